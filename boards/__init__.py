@@ -1,0 +1,1 @@
+"""Board descriptions (the Alveo U280 first) and their Vitis/XRT packaging."""

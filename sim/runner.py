@@ -1,0 +1,319 @@
+"""Build Amaranth components into Verilator models and run cocotb benches on them.
+
+:func:`build` converts a component to Verilog and compiles it with Verilator once per distinct
+design: the cache key is a hash of the generated Verilog, the Verilator version, the build flags
+and the waveform format, so changing a parameter (or the generator) makes a new model and
+nothing stale is ever reused. Builds are guarded by a file lock and marked complete only when
+they finish, so an interrupted build is redone, never trusted.
+
+:func:`run` runs a cocotb test module on a built model with an explicit seed, prints that seed,
+and raises :class:`BenchFailure` (an :class:`AssertionError`, so pytest reports it as an ordinary
+test failure) naming each failing cocotb test with its message.
+
+Environment variables
+---------------------
+``FLIGHTGEN_SEED``
+    Seed for every bench run (default: derived from the bench's name, so runs are repeatable).
+    A failure message prints the seed it used; set this variable to reproduce it.
+``FLIGHTGEN_WAVES``
+    ``fst`` or ``vcd``: build with tracing and write a waveform next to the results.
+``FLIGHTGEN_CACHE``
+    Cache folder (default ``$XDG_CACHE_HOME/flightgen`` or ``~/.cache/flightgen``).
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FlightgenError
+from .toolchain import find_verilator, fst_problem, verilator_env
+
+__all__ = [
+    "VERILATOR_WAIVERS",
+    "BenchFailure",
+    "VerilatorModel",
+    "cache_dir",
+    "resolve_seed",
+    "waves_format",
+    "build",
+    "run",
+]
+
+#: Verilator warnings that Amaranth's Verilog trips and that are fatal by default. Each is a
+#: property of the conversion, not of a design error:
+#:
+#: ``WIDTHEXPAND``/``WIDTHTRUNC``
+#:     Yosys' ``write_verilog`` emits operands of mixed widths and relies on Verilog's implicit
+#:     extension and truncation, whose semantics Amaranth already fixed exactly.
+#: ``CASEINCOMPLETE``
+#:     Amaranth ``Switch``/FSM processes become ``case`` statements without a ``default`` when
+#:     the remaining values cannot occur.
+VERILATOR_WAIVERS = ("-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE")
+
+_WAVE_FORMATS = ("fst", "vcd")
+
+
+class BenchFailure(AssertionError):
+    """One or more cocotb tests failed (or the simulator died)."""
+
+
+@dataclass(frozen=True)
+class VerilatorModel:
+    """A compiled Verilator model of one design.
+
+    Members
+    -------
+    toplevel : str
+        Verilog module name.
+    build_dir : Path
+        The cache folder that holds the executable and ``<toplevel>.v``.
+    waves : str or None
+        ``"fst"``, ``"vcd"`` or ``None`` (built without tracing).
+    """
+
+    toplevel: str
+    build_dir: Path
+    waves: str | None
+
+    @property
+    def verilog(self):
+        """Path of the generated Verilog."""
+        return self.build_dir / f"{self.toplevel}.v"
+
+
+def cache_dir():
+    """Return the root of flightgen's cache folder."""
+    if os.environ.get("FLIGHTGEN_CACHE"):
+        return Path(os.environ["FLIGHTGEN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "flightgen"
+
+
+def resolve_seed(name):
+    """Return the seed for the bench run called ``name``.
+
+    ``FLIGHTGEN_SEED`` wins when set; otherwise the seed is a stable hash of ``name``, so every
+    run of the same bench is repeatable.
+    """
+    value = os.environ.get("FLIGHTGEN_SEED", "").strip()
+    if value:
+        try:
+            return int(value, 0)
+        except ValueError:
+            raise FlightgenError(f"FLIGHTGEN_SEED must be an integer, not {value!r}") from None
+    return zlib.crc32(name.encode())
+
+
+def waves_format():
+    """Return the waveform format requested by ``FLIGHTGEN_WAVES`` (``None`` if unset)."""
+    value = os.environ.get("FLIGHTGEN_WAVES", "").strip().lower()
+    if not value:
+        return None
+    if value not in _WAVE_FORMATS:
+        raise FlightgenError(f"FLIGHTGEN_WAVES must be one of fst, vcd, not {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _activate(verilator):
+    os.environ.update(verilator_env(verilator))
+
+
+def build(component, toplevel, *, waves=None, log=print):
+    """Convert ``component`` to Verilog and compile it with Verilator, once per design.
+
+    Parameters
+    ----------
+    component : amaranth.lib.wiring.Component
+        The design; its signature becomes the Verilog ports (``i_stream__payload``, ...).
+    toplevel : str
+        Verilog module name.
+    waves : str or None
+        ``"fst"`` or ``"vcd"`` to build with tracing. Defaults to ``FLIGHTGEN_WAVES``.
+    log : callable
+        Receives one line when a model is built and when a cached one is reused.
+
+    Returns
+    -------
+    VerilatorModel
+    """
+    from amaranth.back import verilog  # deferred: conversion loads Yosys
+
+    from cocotb_tools.runner import get_runner
+
+    waves = waves if waves is not None else waves_format()
+    if waves is not None and waves not in _WAVE_FORMATS:
+        raise FlightgenError(f"waves must be one of fst, vcd, not {waves!r}")
+    if waves == "fst" and fst_problem():
+        raise FlightgenError(fst_problem())
+    verilator = find_verilator()
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    build_args = list(VERILATOR_WAIVERS) + (["--trace-fst"] if waves == "fst" else [])
+    key = hashlib.sha256(json.dumps({
+        "verilog": text,
+        "verilator": [verilator.version, str(verilator.executable)],
+        "build_args": build_args,
+        "waves": waves,
+        "python": sys.version_info[:2],
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    build_dir = cache_dir() / "verilator" / f"{toplevel}-{key}"
+    model = VerilatorModel(toplevel, build_dir, waves)
+    stamp = build_dir / "complete"
+
+    with _locked(build_dir.with_name(build_dir.name + ".lock")):
+        if stamp.is_file():
+            log(f"reusing Verilator model {build_dir}")
+            return model
+        shutil.rmtree(build_dir, ignore_errors=True)
+        build_dir.mkdir(parents=True)
+        model.verilog.write_text(text)
+        _activate(verilator)
+        started = time.monotonic()
+        log(f"building Verilator model {toplevel} in {build_dir} "
+            f"(Verilator {verilator.version_str}, {verilator.source})")
+        runner = get_runner("verilator")
+        try:
+            runner.build(
+                sources=[model.verilog],
+                hdl_toplevel=toplevel,
+                build_dir=build_dir,
+                build_args=build_args,
+                timescale=("1ns", "1ps"),
+                waves=waves is not None,
+                log_file=build_dir / "build.log",
+            )
+        except (Exception, SystemExit) as error:
+            tail = _tail(build_dir / "build.log")
+            raise FlightgenError(
+                f"Verilator build of {toplevel} failed ({error}); log: {build_dir / 'build.log'}"
+                + (f"\n{tail}" if tail else "")) from None
+        stamp.write_text(f"{time.monotonic() - started:.1f} s\n")
+        log(f"built {toplevel} in {time.monotonic() - started:.1f} s")
+    return model
+
+
+def _tail(path, lines=20):
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def _failures(results_xml):
+    """Return ``(tests, [(name, message), ...])`` from a cocotb results file."""
+    tree = ET.parse(results_xml)
+    tests, failures = 0, []
+    for case in tree.iter("testcase"):
+        tests += 1
+        for tag in ("failure", "error"):
+            for bad in case.iter(tag):
+                message = bad.get("message") or (bad.text or "").strip() or tag
+                failures.append((case.get("name", "?"), message))
+    return tests, failures
+
+
+def run(model, test_module, *, name=None, seed=None, test_filter=None, extra_env=None,
+        test_dir=None, log=print):
+    """Run the cocotb tests of ``test_module`` on ``model``.
+
+    Parameters
+    ----------
+    model : VerilatorModel
+        From :func:`build`.
+    test_module : str
+        Dotted name of the cocotb test module (e.g. ``"flightgen.sim.benches.requant"``).
+    name : str
+        Names this run for seeding and output folders; defaults to ``test_module``.
+    seed : int
+        Overrides :func:`resolve_seed`.
+    test_filter : str
+        Regular expression: run only the cocotb tests whose names it matches.
+    extra_env : dict
+        Environment for the bench (e.g. the design parameters as JSON).
+    test_dir : path
+        Where results (and waveforms) go; defaults to a fresh folder under the cache.
+    log : callable
+        Receives the seed line and where waveforms were written.
+
+    Returns
+    -------
+    int
+        The number of cocotb tests that ran (all passed).
+
+    Raises
+    ------
+    BenchFailure
+        If any cocotb test failed or the simulator exited abnormally. The message names each
+        failing test, its message, and how to reproduce it.
+    """
+    from cocotb_tools.runner import get_runner
+
+    name = name or test_module
+    seed = resolve_seed(name) if seed is None else seed
+    log(f"cocotb seed {seed} for {name} (reproduce with FLIGHTGEN_SEED={seed})")
+    if test_dir is None:
+        runs = cache_dir() / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        test_dir = Path(tempfile.mkdtemp(prefix=f"{model.toplevel}-", dir=runs))
+    test_dir = Path(test_dir)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = test_dir / "results.xml"
+    results.unlink(missing_ok=True)
+
+    _activate(find_verilator())
+    runner = get_runner("verilator")
+    exit_status = 0
+    try:
+        runner.test(
+            test_module=test_module,
+            hdl_toplevel=model.toplevel,
+            hdl_toplevel_lang="verilog",  # required when this runner did not do the build
+            build_dir=model.build_dir,
+            test_dir=test_dir,
+            test_filter=test_filter,
+            seed=seed,
+            extra_env={k: str(v) for k, v in (extra_env or {}).items()},
+            waves=model.waves is not None,
+            results_xml=str(results.resolve()),
+            log_file=test_dir / "sim.log",
+        )
+    except SystemExit as error:  # cocotb exits when a test fails under pytest
+        exit_status = error.code if isinstance(error.code, int) else 1
+
+    reproduce = f"reproduce with FLIGHTGEN_SEED={seed}; log: {test_dir / 'sim.log'}"
+    if not results.is_file():
+        raise BenchFailure(
+            f"{name}: the simulator produced no results (exit status {exit_status}); {reproduce}"
+            + f"\n{_tail(test_dir / 'sim.log')}")
+    tests, failures = _failures(results)
+    if failures:
+        lines = [f"{name}: {len(failures)} of {tests} cocotb tests failed (seed {seed}):"]
+        lines += [f"  {case}: {message}" for case, message in failures]
+        lines.append(f"  {reproduce}")
+        raise BenchFailure("\n".join(lines))
+    if tests == 0:
+        raise BenchFailure(f"{name}: no cocotb test ran; {reproduce}")
+    if exit_status:
+        raise BenchFailure(f"{name}: simulator exited with status {exit_status}; {reproduce}")
+    if model.waves is not None:
+        log(f"waveform: {test_dir / ('dump.' + model.waves)}")
+    return tests

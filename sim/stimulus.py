@@ -1,0 +1,69 @@
+"""Stimulus generators shared by the unit tests and the cocotb benches.
+
+Each generator returns directed edge cases first, then random values, from a numpy generator the
+caller seeds, so a bench and a unit test of the same block exercise the same corners.
+"""
+
+import numpy as np
+
+from ..isa.numerics import ACC_BITS, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
+
+__all__ = ["requant_beats"]
+
+_ACC_MIN, _ACC_MAX = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1
+_MULT_MAX = 2**REQUANT_MULT_BITS - 1
+_SHIFT_MAX = 2**REQUANT_SHIFT_BITS - 1
+
+
+def _beats(accs, mult, shift, lanes):
+    """Pack a flat list of accumulators into beats that share ``mult`` and ``shift``."""
+    accs = np.asarray(accs, dtype=np.int64)
+    accs = np.concatenate([accs, np.zeros(-len(accs) % lanes, dtype=np.int64)])
+    beats = accs.reshape(-1, lanes)
+    return beats, np.full(len(beats), mult, np.int64), np.full(len(beats), shift, np.int64)
+
+
+def requant_beats(rng, lanes, random_beats):
+    """Return ``(acc, mult, shift)`` input beats for a requantizer with ``lanes`` lanes.
+
+    The directed part covers: every accumulator in [-300, 300] at ``mult=1, shift=1`` (each one
+    an exact half or an integer, with the saturation edges at 127.5 and -128.5); the extreme
+    accumulators against the extreme multipliers at every interesting shift (0, 1, the 16/32/48
+    boundaries and 63); and exact ties (``acc * mult`` an odd multiple of ``2**(shift - 1)``) at
+    every shift from 1 to 46, with both even and odd quotients. The random part mixes uniform
+    32-bit accumulators with log-uniform small ones, and shifts that are uniform over 0..63 with
+    shifts chosen to land the result near the INT8 range.
+
+    Returns
+    -------
+    acc : ndarray of int64, shape (beats, lanes)
+    mult, shift : ndarray of int64, shape (beats,)
+    """
+    parts = [_beats(np.arange(-300, 301), 1, 1, lanes)]
+
+    extremes = [_ACC_MIN, _ACC_MIN + 1, -(2**16), -1, 0, 1, 2**16, _ACC_MAX - 1, _ACC_MAX]
+    for mult in (0, 1, 2, 2**15, _MULT_MAX):
+        for shift in (0, 1, 2, 15, 16, 17, 31, 32, 33, 46, 47, 48, 49, _SHIFT_MAX):
+            parts.append(_beats(extremes, mult, shift, lanes))
+
+    for shift in range(1, 47):  # the one tie at shift 47, INT32_MIN * 2**15, is in `extremes`
+        log_mult = int(rng.integers(max(0, shift - 31), min(15, shift - 1), endpoint=True))
+        exponent = shift - 1 - log_mult  # acc = odd * 2**exponent makes acc * mult a tie
+        largest = _ACC_MAX >> exponent  # |odd| may not exceed this
+        half = rng.integers(max(-200, -((largest + 1) // 2)), min(200, (largest - 1) // 2),
+                            size=4 * lanes, endpoint=True)
+        parts.append(_beats((2 * half + 1) << exponent, 1 << log_mult, shift, lanes))
+
+    wide = rng.integers(_ACC_MIN, _ACC_MAX, size=(random_beats, lanes), endpoint=True)
+    small = np.sign(wide) * np.exp2(rng.uniform(0, 31, size=wide.shape)).astype(np.int64)
+    acc = np.where(rng.random(wide.shape) < 0.5, wide, small)
+    mult = rng.integers(0, _MULT_MAX, size=random_beats, endpoint=True)
+    magnitude = np.abs(acc).max(axis=1) * np.maximum(mult, 1)
+    near_int8 = np.maximum(np.ceil(np.log2(magnitude + 1)).astype(np.int64) - 7, 0)
+    near_int8 = np.clip(near_int8 + rng.integers(-2, 3, size=random_beats), 0, _SHIFT_MAX)
+    uniform = rng.integers(0, _SHIFT_MAX, size=random_beats, endpoint=True)
+    shift = np.where(rng.random(random_beats) < 0.25, uniform, near_int8)
+    parts.append((acc, mult, shift))
+
+    acc, mult, shift = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return acc, mult, shift

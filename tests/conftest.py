@@ -1,0 +1,26 @@
+import shutil
+
+import pytest
+
+from flightgen.sim.toolchain import ToolchainError, find_cxx, find_verilator
+
+
+def _simulation_toolchain_problem():
+    try:
+        find_verilator()
+        find_cxx()
+    except ToolchainError as error:
+        return str(error)
+    if shutil.which("make") is None:
+        return "make not found; Verilator builds need it (apt-get install make)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip Verilator benches, visibly and with the reason, when the toolchain is missing."""
+    problem = None
+    for item in items:
+        if "verilator" in item.keywords:
+            problem = problem or _simulation_toolchain_problem() or ""
+            if problem:
+                item.add_marker(pytest.mark.skip(reason=f"simulation toolchain: {problem}"))
