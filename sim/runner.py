@@ -158,7 +158,6 @@ def build(component, toplevel, *, waves=None, log=print):
     VerilatorModel
     """
     from amaranth.back import verilog  # deferred: conversion loads Yosys
-
     from cocotb_tools.runner import get_runner
 
     waves = waves if waves is not None else waves_format()

@@ -150,7 +150,7 @@ def _too_old(where, version):
             f">= {_format(MIN_VERILATOR)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _find(choice, path):
     notes = []
     if choice and choice != "wheel":
@@ -236,7 +236,7 @@ def find_cxx():
     return path, (text.splitlines() or ["unknown version"])[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fst_problem():
     """Return why FST waveforms cannot be built here, or ``None`` if they can.
 

