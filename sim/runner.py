@@ -41,6 +41,7 @@ from .toolchain import find_verilator, fst_problem, verilator_env
 __all__ = [
     "VERILATOR_WAIVERS",
     "BenchFailure",
+    "BenchRecord",
     "VerilatorModel",
     "cache_dir",
     "resolve_seed",
@@ -217,17 +218,39 @@ def _tail(path, lines=20):
     return ""
 
 
-def _failures(results_xml):
-    """Return ``(tests, [(name, message), ...])`` from a cocotb results file."""
-    tree = ET.parse(results_xml)
-    tests, failures = 0, []
-    for case in tree.iter("testcase"):
-        tests += 1
-        for tag in ("failure", "error"):
-            for bad in case.iter(tag):
-                message = bad.get("message") or (bad.text or "").strip() or tag
-                failures.append((case.get("name", "?"), message))
-    return tests, failures
+@dataclass(frozen=True)
+class BenchRecord:
+    """Outcome of one cocotb test.
+
+    Members
+    -------
+    name : str
+    failure : str or None
+        The failure message, or ``None`` if the test passed.
+    sim_time_ns : float
+        Simulated time the test took (benches run a 10 ns clock).
+    real_time_s : float
+        Wall time the test took.
+    """
+
+    name: str
+    failure: str | None
+    sim_time_ns: float
+    real_time_s: float
+
+
+def _records(results_xml):
+    """Return a :class:`BenchRecord` for each test in a cocotb results file."""
+    records = []
+    for case in ET.parse(results_xml).iter("testcase"):
+        failure = None
+        for bad in (*case.iter("failure"), *case.iter("error")):
+            failure = bad.get("message") or (bad.text or "").strip() or bad.tag
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+        records.append(BenchRecord(case.get("name", "?"), failure,
+                                   float(properties.get("sim_time_duration") or 0),
+                                   float(case.get("time") or 0)))
+    return records
 
 
 def run(model, test_module, *, name=None, seed=None, test_filter=None, extra_env=None,
@@ -255,8 +278,8 @@ def run(model, test_module, *, name=None, seed=None, test_filter=None, extra_env
 
     Returns
     -------
-    int
-        The number of cocotb tests that ran (all passed).
+    list of BenchRecord
+        One per cocotb test that ran (all passed).
 
     Raises
     ------
@@ -303,16 +326,17 @@ def run(model, test_module, *, name=None, seed=None, test_filter=None, extra_env
         raise BenchFailure(
             f"{name}: the simulator produced no results (exit status {exit_status}); {reproduce}"
             + f"\n{_tail(test_dir / 'sim.log')}")
-    tests, failures = _failures(results)
+    records = _records(results)
+    failures = [record for record in records if record.failure is not None]
     if failures:
-        lines = [f"{name}: {len(failures)} of {tests} cocotb tests failed (seed {seed}):"]
-        lines += [f"  {case}: {message}" for case, message in failures]
+        lines = [f"{name}: {len(failures)} of {len(records)} cocotb tests failed (seed {seed}):"]
+        lines += [f"  {record.name}: {record.failure}" for record in failures]
         lines.append(f"  {reproduce}")
         raise BenchFailure("\n".join(lines))
-    if tests == 0:
+    if not records:
         raise BenchFailure(f"{name}: no cocotb test ran; {reproduce}")
     if exit_status:
         raise BenchFailure(f"{name}: simulator exited with status {exit_status}; {reproduce}")
     if model.waves is not None:
         log(f"waveform: {test_dir / ('dump.' + model.waves)}")
-    return tests
+    return records

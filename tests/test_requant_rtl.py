@@ -31,9 +31,9 @@ def test_bit_exact_under_stalls(lanes, random_beats):
     values = requant_beats(np.random.default_rng(0), lanes, random_beats)[0].size
     assert values >= 10_000  # per stall configuration: the bench's stimulus size is fixed
     model = runner.build(Requantizer(lanes), f"requant_l{lanes}")
-    ran = runner.run(model, BENCH, name=f"requant-l{lanes}",
-                     extra_env=bench_env(lanes, random_beats))
-    assert ran == STALL_CROSSES + OTHER_TESTS
+    records = runner.run(model, BENCH, name=f"requant-l{lanes}",
+                         extra_env=bench_env(lanes, random_beats))
+    assert len(records) == STALL_CROSSES + OTHER_TESTS
 
 
 class SymmetricSaturation(wiring.Component):
@@ -79,3 +79,20 @@ def test_waveform_on_request(waves):
     written = [line.split(": ", 1)[1] for line in lines if line.startswith("waveform: ")]
     assert len(written) == 1 and written[0].endswith(f".{waves}")
     assert Path(written[0]).stat().st_size > 0
+
+
+def test_benchmark_script_writes_its_table_and_json(tmp_path):
+    import subprocess
+    import sys
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_requant.py"
+    output = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(script), "--lanes", "1", "--random-beats", "0",
+                           "-o", str(output)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(output.read_text())
+    assert result["lanes"] == 1 and len(result["tests"]) == STALL_CROSSES + OTHER_TESTS
+    cycles = {row["test"]: row["cycles"] for row in result["tests"]}
+    # Without stalls the directed beats stream back to back: at least one cycle per beat.
+    beats = requant_beats(np.random.default_rng(0), 1, 0)[0].shape[0]
+    assert cycles["matches_numpy_under_stalls/idle=none/backpressure=none"] >= beats
+    assert "cycles_match_expected" in done.stdout
