@@ -62,6 +62,9 @@ __all__ = [
 VERILATOR_WAIVERS = ("-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE")
 
 _WAVE_FORMATS = ("fst", "vcd")
+#: Bench runs without an explicit ``test_dir`` go to ``<cache>/runs``; the most recent this many
+#: are kept (logs, results, waveforms), older ones are deleted.
+KEEP_RUNS = 50
 
 
 class BenchFailure(AssertionError):
@@ -212,6 +215,13 @@ def build(component, toplevel, *, waves=None, log=print):
     return model
 
 
+def _prune(folder, keep):
+    """Delete all but the ``keep`` most recent subfolders of ``folder``."""
+    runs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in runs[:max(len(runs) - keep, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _tail(path, lines=20):
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -272,7 +282,8 @@ def run(model, test_module, *, name=None, seed=None, test_filter=None, extra_env
     extra_env : dict
         Environment for the bench (e.g. the design parameters as JSON).
     test_dir : path
-        Where results (and waveforms) go; defaults to a fresh folder under the cache.
+        Where results (and waveforms) go; defaults to a fresh folder under ``<cache>/runs``,
+        of which the :data:`KEEP_RUNS` most recent are kept.
     log : callable
         Receives the seed line and where waveforms were written.
 
@@ -295,6 +306,7 @@ def run(model, test_module, *, name=None, seed=None, test_filter=None, extra_env
     if test_dir is None:
         runs = cache_dir() / "runs"
         runs.mkdir(parents=True, exist_ok=True)
+        _prune(runs, keep=KEEP_RUNS - 1)
         test_dir = Path(tempfile.mkdtemp(prefix=f"{model.toplevel}-", dir=runs))
     test_dir = Path(test_dir)
     test_dir.mkdir(parents=True, exist_ok=True)

@@ -96,3 +96,4 @@ def test_benchmark_script_writes_its_table_and_json(tmp_path):
     beats = requant_beats(np.random.default_rng(0), 1, 0)[0].shape[0]
     assert cycles["matches_numpy_under_stalls/idle=none/backpressure=none"] >= beats
     assert "cycles_match_expected" in done.stdout
+

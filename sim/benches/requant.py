@@ -138,7 +138,7 @@ async def reset_empties_pipeline(dut):
     tb = RequantTB(dut, backpressure="none", salt="reset")
     await tb.reset()
     acc, mult, shift = (column[:6] for column in requant_beats(tb.rng, tb.model.lanes, 0))
-    tb.sink._backpressure = lambda: True
+    tb.sink.backpressure = lambda: True
     tb.source.send(tb.pack(acc, mult, shift))
     await ClockCycles(dut.clk, 10)
     assert dut.o_stream__valid.value == 1, "a stalled pipeline should hold a valid output beat"
@@ -146,7 +146,7 @@ async def reset_empties_pipeline(dut):
     dut.i_stream__valid.value = 0
     await tb.reset()
     assert dut.o_stream__valid.value == 0, "output still valid after reset"
-    tb.sink._backpressure = lambda: False
+    tb.sink.backpressure = lambda: False
     tb.source = StreamSource(dut, "i_stream", dut.clk, tb.counter)
     got = await tb.run(acc, mult, shift)
     tb.check(got, acc, mult, shift)

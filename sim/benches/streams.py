@@ -75,14 +75,15 @@ class StreamSource:
         Gives the cycle number recorded for each transfer.
     idle : callable
         Stall generator: while it returns ``True`` no new beat is offered (a beat already
-        offered is held until transferred, as the stream rules require).
+        offered is held until transferred, as the stream rules require). Also an attribute,
+        replaceable during a test.
     """
 
     def __init__(self, dut, name, clock, counter, idle=lambda: False):
         self._payload = getattr(dut, f"{name}__payload")
         self._valid = getattr(dut, f"{name}__valid")
         self._ready = getattr(dut, f"{name}__ready")
-        self._clock, self._counter, self._idle = clock, counter, idle
+        self._clock, self._counter, self.idle = clock, counter, idle
         self._queue = collections.deque()
         self._pending = None
         self.transfer_cycles = []
@@ -104,7 +105,7 @@ class StreamSource:
             await RisingEdge(self._clock)
             if transferred:
                 self._pending = None
-            if self._pending is None and self._queue and not self._idle():
+            if self._pending is None and self._queue and not self.idle():
                 self._pending = self._queue.popleft()
             self._valid.value = int(self._pending is not None)
             if self._pending is not None:
@@ -126,7 +127,8 @@ class StreamSink:
     dut, name, clock, counter
         As for :class:`StreamSource`.
     backpressure : callable
-        Stall generator: while it returns ``True``, ``ready`` is low.
+        Stall generator: while it returns ``True``, ``ready`` is low. Also an attribute,
+        replaceable during a test.
     reset : cocotb handle or None
         The design's synchronous reset; a beat withdrawn by a reset is not a violation.
 
@@ -145,7 +147,7 @@ class StreamSink:
         self._payload = getattr(dut, f"{name}__payload")
         self._valid = getattr(dut, f"{name}__valid")
         self._ready = getattr(dut, f"{name}__ready")
-        self._clock, self._counter, self._backpressure = clock, counter, backpressure
+        self._clock, self._counter, self.backpressure = clock, counter, backpressure
         self.payloads, self.transfer_cycles, self.violations = [], [], []
         self._ready.value = 0
         self._task = cocotb.start_soon(self._run())
@@ -154,7 +156,7 @@ class StreamSink:
         offered = None  # payload of a valid beat that was not taken last cycle
         while True:
             await RisingEdge(self._clock)
-            self._ready.value = int(not self._backpressure())
+            self._ready.value = int(not self.backpressure())
             await ReadOnly()
             valid = bool(self._valid.value)
             payload = int(self._payload.value) if valid else None
