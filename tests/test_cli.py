@@ -94,3 +94,42 @@ def test_model_checksum_mismatch_is_reported(tmp_path):
     fake.write_bytes(b"GGUF not really")
     with pytest.raises(models.ModelNotInstalled, match=r"does not match the SmolLM2-135M"):
         models.SMOLLM2_135M.verify(fake)
+
+
+def default_model_or_skip():
+    try:
+        return models.DEFAULT_MODEL.locate()
+    except models.ModelNotInstalled as error:
+        pytest.skip(str(error))
+
+
+def test_run_prints_the_continuation():
+    default_model_or_skip()
+    done = run(str(SCRIPT), "run", "--prompt", "The capital of France is", "--max-tokens", "3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "The capital of France is Paris.\n\n"
+    assert "3 tokens generated" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("/nonexistent/model.gguf", "--prompt", "x"),
+     "flightgen: error: /nonexistent/model.gguf: no such file or folder"),
+    (("--prompt", "x", "--max-tokens", "9000"),
+     "flightgen: error: prompt (1 tokens) plus --max-tokens 9000 exceeds the model's context "
+     "of 8192"),
+])
+def test_run_errors_are_one_line(args, message):
+    if args[0] == "--prompt":
+        default_model_or_skip()
+    done = run(str(SCRIPT), "run", *args)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == message
+    assert "Traceback" not in done.stderr
+
+
+def test_run_rejects_a_corrupt_model(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes([3, 0, 0, 0]) + b"\xff" * 10)
+    done = run(str(SCRIPT), "run", str(bad), "--prompt", "x")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith(f"flightgen: error: {bad}: truncated file")

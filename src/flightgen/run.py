@@ -1,0 +1,44 @@
+"""``flightgen run``: generate text with a reference model, printing it as it is produced."""
+
+import sys
+
+from .errors import FlightgenError
+
+__all__ = ["main"]
+
+
+def main(args, out=None, err=None):
+    """Run the ``run`` verb; returns the exit status."""
+    from .compiler.frontends import load_model
+    from .compiler.models import DEFAULT_MODEL
+    from .sim.float_model import FloatLlama
+    from .sim.generate import TextStream, greedy
+
+    out, err = out or sys.stdout, err or sys.stderr
+    path = args.model or DEFAULT_MODEL.locate()
+    print(f"loading {path}", file=err, flush=True)
+    model = load_model(path)
+    if model.tokenizer is None:
+        raise FlightgenError(f"{path}: no tokenizer (a checkpoint folder needs tokenizer.json)")
+    prompt = model.tokenizer.encode(args.prompt)
+    if not prompt:
+        raise FlightgenError("the prompt is empty after tokenization")
+    limit = model.config.context_length
+    if len(prompt) + args.max_tokens > limit:
+        raise FlightgenError(f"prompt ({len(prompt)} tokens) plus --max-tokens "
+                             f"{args.max_tokens} exceeds the model's context of {limit}")
+    backend = FloatLlama(model)
+    stream = TextStream(model.tokenizer)
+    print(args.prompt, end="", file=out, flush=True)
+
+    def show(token):
+        print(stream.push(token), end="", file=out, flush=True)
+
+    result = greedy(backend, prompt, args.max_tokens, eos_id=model.tokenizer.eos_id,
+                    on_token=show)
+    print(file=out, flush=True)
+    steps = max(len(result.tokens) - 1, 1)
+    print(f"{args.backend}: prompt {len(prompt)} tokens in {result.prefill_s:.2f} s, "
+          f"{len(result.tokens)} tokens generated, "
+          f"{result.decode_s / steps * 1e3:.0f} ms per decode step", file=err)
+    return 0
