@@ -38,8 +38,18 @@ __all__ = [
     "REQUANT_MULT_BITS",
     "REQUANT_SHIFT_BITS",
     "REQUANT_SHIFT_LIMIT",
+    "mul_round_shift",
+    "saturate",
     "requantize",
     "requant_params",
+    "SCALE_BITS",
+    "bit_length",
+    "normalize_scale",
+    "div_round",
+    "reciprocal",
+    "rsqrt",
+    "scale_mul",
+    "quantize_per_token",
 ]
 
 #: Width of a MAC accumulator (signed).
@@ -69,6 +79,75 @@ def _check_range(name, values, lo, hi):
     return values.astype(np.int64)
 
 
+def _as_int_array(values):
+    values = np.asarray(values)
+    if values.dtype == object:
+        return values
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"expected integers, not {values.dtype}")
+    return values.astype(np.int64)
+
+
+def _round_shift_exact(product, shift):
+    """Round half to even of ``product / 2**shift`` on Python integers (any size)."""
+    if shift <= 0:
+        return product << -shift
+    quotient = product >> shift
+    twice = (product - (quotient << shift)) << 1
+    half = 1 << shift
+    return quotient + (1 if twice > half or (twice == half and quotient & 1) else 0)
+
+
+def mul_round_shift(value, mult, shift):
+    """Return ``round_half_even(value * mult / 2**shift)``, computed exactly.
+
+    This is the one rounding rule of flightgen: every rescale, requantization and fixed-point
+    operation rounds through it. ``shift`` may be negative (an exact left shift). Arguments
+    broadcast; the result is int64 when it fits, else a Python-integer (object) array.
+    """
+    value, mult, shift = _as_int_array(value), _as_int_array(mult), _as_int_array(shift)
+    value, mult, shift = np.broadcast_arrays(value, mult, shift)
+    exact_bits = 0
+    if value.size and value.dtype != object and mult.dtype != object:
+        exact_bits = int(np.abs(value).max()).bit_length() + int(np.abs(mult).max()).bit_length()
+    if value.dtype == object or mult.dtype == object or shift.dtype == object or \
+            exact_bits > 61 or (shift.size and (shift.min() < 0 and
+                                                 exact_bits - int(shift.min()) > 61)):
+        out = np.empty(value.shape, dtype=object)
+        for index in np.ndindex(value.shape):
+            out[index] = _round_shift_exact(int(value[index]) * int(mult[index]),
+                                            int(shift[index]))
+        return _narrow(out)
+    product = value * mult  # exact: below 2**61
+    left = np.maximum(-shift, 0)
+    right = np.minimum(np.maximum(shift, 0), 62)  # |product| < 2**61: shifts >= 62 give 0
+    quotient = product >> right
+    twice = (product - (quotient << right)) << 1
+    half = np.left_shift(1, right)
+    rounded = quotient + ((twice > half) | ((twice == half) & (quotient & 1 == 1)))
+    return np.where(shift > 0, rounded, product << left)
+
+
+def _narrow(values):
+    """Return an int64 array if every value fits, else the object array unchanged."""
+    if values.size == 0:
+        return values.astype(np.int64)
+    low, high = min(values.flat), max(values.flat)
+    if -(2**63) <= low and high < 2**63:
+        return values.astype(np.int64)
+    return values
+
+
+def saturate(values, bits):
+    """Clip integers (int64 or Python-integer arrays) to the signed ``bits``-bit range."""
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    values = np.asarray(values)
+    if values.dtype == object:
+        return np.array([min(max(int(v), low), high) for v in values.flat],
+                        dtype=np.int64).reshape(values.shape)
+    return np.clip(values, low, high)
+
+
 def requantize(acc, mult, shift):
     """Requantize INT32 accumulators to INT8 activations.
 
@@ -96,15 +175,7 @@ def requantize(acc, mult, shift):
     acc = _check_range("acc", acc, _ACC_MIN, _ACC_MAX)
     mult = _check_range("mult", mult, 0, 2**REQUANT_MULT_BITS - 1)
     shift = _check_range("shift", shift, 0, 2**REQUANT_SHIFT_BITS - 1)
-    shift = np.minimum(shift, REQUANT_SHIFT_LIMIT)  # larger shifts round to 0 just the same
-    product = acc * mult  # exact: |product| < 2**47
-    quotient = product >> shift  # floor division by 2**shift
-    remainder = product - (quotient << shift)  # in [0, 2**shift)
-    twice = remainder << 1  # compared with 2**shift: above half, half, below half
-    half = np.left_shift(1, shift)
-    round_up = (twice > half) | ((twice == half) & (quotient & 1 == 1))
-    result = quotient + round_up
-    return np.clip(result, ACT_MIN, ACT_MAX).astype(np.int8)
+    return saturate(mul_round_shift(acc, mult, shift), ACT_BITS).astype(np.int8)
 
 
 def requant_params(scale):
@@ -136,3 +207,135 @@ def requant_params(scale):
             f"requantization scale {scale!r} is too large (must be below {2**REQUANT_MULT_BITS})"
         )
     return mult, shift
+
+
+# Scales -------------------------------------------------------------------------------------
+#
+# A scale is a pair of integer arrays (mult, exp) standing for mult * 2**exp, with mult
+# normalised into [2**15, 2**16) (or 0 for a zero scale). Scales of per-token activations,
+# reciprocals and reciprocal square roots all use this form; products are renormalised with
+# round half to even.
+
+SCALE_BITS = 16
+
+
+def bit_length(values):
+    """Bit length of each non-negative integer (0 for 0), exactly, for int64 arrays."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.size and values.min() < 0:
+        raise ValueError("bit_length needs non-negative integers")
+    length = np.zeros(values.shape, dtype=np.int64)
+    rest = values.copy()
+    for step in (32, 16, 8, 4, 2, 1):
+        big = rest >= (1 << step)
+        length += np.where(big, step, 0)
+        rest = np.where(big, rest >> step, rest)
+    return length + (rest > 0)
+
+
+def normalize_scale(value, exp):
+    """Return the scale ``value * 2**exp`` normalised to a 16-bit multiplier.
+
+    ``value`` is a non-negative integer array; rounding is half to even.
+    """
+    value = np.asarray(value, dtype=np.int64)
+    exp = np.broadcast_to(np.asarray(exp, dtype=np.int64), value.shape)
+    drop = bit_length(value) - SCALE_BITS
+    mult = mul_round_shift(value, 1, drop)
+    carry = mult == (1 << SCALE_BITS)  # rounding reached the next power of two
+    mult = np.where(carry, mult >> 1, mult)
+    exp = exp + drop + carry
+    zero = value == 0
+    return np.where(zero, 0, mult), np.where(zero, 0, exp)
+
+
+def div_round(numerator, denominator):
+    """Round half to even of ``numerator / denominator`` (integers, denominator > 0)."""
+    numerator = np.asarray(numerator, dtype=np.int64)
+    denominator = np.asarray(denominator, dtype=np.int64)
+    quotient, remainder = np.divmod(numerator, denominator)
+    twice = 2 * remainder
+    up = (twice > denominator) | ((twice == denominator) & (quotient & 1 == 1))
+    return quotient + up
+
+
+def reciprocal(value):
+    """Return the scale nearest ``1 / value`` for positive integers ``value < 2**47``.
+
+    ``mult = round_half_even(2**s / value)`` with ``s = 15 + bit_length(value)``, so
+    ``mult * 2**-s`` is within half a unit of the 16th significant bit (relative error at most
+    2**-16). Hardware computes it with a sequential divider, once per vector.
+    """
+    value = np.asarray(value, dtype=np.int64)
+    if value.size and (value.min() < 1 or value.max() >= 2**47):
+        raise ValueError("reciprocal needs integers in [1, 2**47)")
+    shift = SCALE_BITS - 1 + bit_length(value)
+    mult = div_round(np.left_shift(1, shift), value)
+    carry = mult == (1 << SCALE_BITS)
+    return np.where(carry, mult >> 1, mult), -(shift - carry)
+
+
+def rsqrt(value):
+    """Return the scale nearest below ``1 / sqrt(value)`` for positive integers.
+
+    ``mult = isqrt(2**(2s) // value)`` with ``s = 15 + ceil(bit_length(value) / 2)``: both
+    steps round down, so ``mult * 2**-s`` is below the true value by less than 2**-15
+    relative. Hardware uses a divider and a digit-by-digit square root, once per vector.
+    """
+    value = np.asarray(value, dtype=np.int64)
+    if value.size and value.min() < 1:
+        raise ValueError("rsqrt needs positive integers")
+    mult = np.empty(value.shape, dtype=np.int64)
+    exp = np.empty(value.shape, dtype=np.int64)
+    for index in np.ndindex(value.shape):
+        v = int(value[index])
+        shift = SCALE_BITS - 1 + (v.bit_length() + 1) // 2
+        m = math.isqrt((1 << (2 * shift)) // v)
+        if m == 1 << SCALE_BITS:
+            m, shift = m >> 1, shift - 1
+        mult[index], exp[index] = m, -shift
+    return mult, exp
+
+
+def scale_mul(a, b):
+    """Product of two scales ``(mult, exp)``, renormalised (round half to even)."""
+    (am, ae), (bm, be) = a, b
+    product = np.asarray(am, dtype=np.int64) * np.asarray(bm, dtype=np.int64)  # < 2**32
+    return normalize_scale(product, np.asarray(ae) + np.asarray(be))
+
+
+# Per-token INT8 activations -------------------------------------------------------------------
+
+#: Magnitude bits kept before the per-token quantizer multiplies (see quantize_per_token).
+QUANT_INPUT_BITS = 24
+
+
+def quantize_per_token(values, axis=-1):
+    """Quantize integer vectors to INT8 codes with one scale per vector (absmax / 127).
+
+    Along ``axis``: ``A = max |v|``; vectors wider than 24 bits are first rounded down to 24
+    bits (``v' = round(v / 2**k)``); then ``codes = round(v' * 127 * r)`` with ``r`` the
+    :func:`reciprocal` of ``A'``, clipped to [-127, 127]. The scale (the value of code 1, in the
+    units of ``values``) is ``A' * 2**k / 127`` normalised, so ``codes * scale ~ values``.
+
+    Returns
+    -------
+    codes : int8 array, shape of ``values``
+    scale : (mult, exp) arrays with ``axis`` removed; all-zero vectors get codes 0, scale 0.
+    """
+    values = np.moveaxis(np.asarray(values, dtype=np.int64), axis, -1)
+    peak = np.abs(values).max(axis=-1)
+    drop = np.maximum(bit_length(peak) - QUANT_INPUT_BITS, 0)
+    narrowed = mul_round_shift(values, 1, drop[..., None])
+    peak = np.abs(narrowed).max(axis=-1)
+    safe = np.maximum(peak, 1)
+    rmult, rexp = reciprocal(safe)
+    codes = mul_round_shift(narrowed, (ACT_MAX * rmult)[..., None], (-rexp)[..., None])
+    codes = np.clip(codes, -ACT_MAX, ACT_MAX).astype(np.int8)
+    # scale = peak * 2**drop / 127, as a normalised 16-bit multiplier
+    shift = SCALE_BITS + 7 - bit_length(safe)  # makes the quotient about 16 bits
+    quotient = div_round(np.left_shift(safe, np.maximum(shift, 0)), ACT_MAX)
+    scale = normalize_scale(quotient, drop - np.maximum(shift, 0))
+    zero = peak == 0
+    scale = (np.where(zero, 0, scale[0]), np.where(zero, 0, scale[1]))
+    return np.moveaxis(codes, -1, axis), scale
