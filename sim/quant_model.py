@@ -1,0 +1,240 @@
+"""The quantized model reference: the integer forward pass that defines "correct".
+
+Written directly from a :class:`~flightgen.compiler.model.ModelDescription` and the exact
+definitions in :mod:`flightgen.isa`; the compiler's ISA programs and the RTL must reproduce it
+bit for bit. Deterministic: integer arithmetic throughout (float64 only where it is exact).
+
+Dataflow of one decoder layer, per token:
+
+1. ``h = rms_norm(x)`` in FX.
+2. ``q, k, v = linear(h)``: ``h`` to INT8 with one scale per block of 32 along K
+   (:func:`~flightgen.isa.numerics.quantize_per_group`), then the exact block products with the
+   group-quantized weights, each rescaled once onto a 2**-32 grid, summed, rounded to FX
+   (:func:`~flightgen.isa.weights.linear`).
+3. RoPE on ``q`` and ``k`` (FX); ``q``, ``k`` and ``v`` to INT8 per token and head; ``k`` and
+   ``v`` codes and scales go to the **INT8 KV cache**.
+4. Scores: INT8 dot products, rescaled to FX by ``s_q * s_k / sqrt(head_dim)``; causal mask;
+   softmax in Q0.16.
+5. ``w = p * s_v`` (each cached token's value scale folded into its probability), 16-bit codes
+   per query and head; ``o = w @ v`` exactly, rescaled to FX.
+6. Output projection ``linear(o)``, residual add (saturating FX).
+7. FFN: ``rms_norm`` -> gate, up = ``linear`` (FX) -> ``linear(silu(gate) * up)`` -> residual
+   add.
+
+Logits: final ``rms_norm`` -> ``linear`` with the LM head -> FX. Greedy decoding takes the
+largest FX logit (lowest id on ties).
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..isa import special as S
+from ..isa.numerics import (
+    ACT_GROUP,
+    mul_round_shift,
+    quantize_per_group,
+    quantize_per_token,
+    rsqrt,
+    scale_mul,
+)
+from ..isa.weights import GroupQuantized, linear
+
+__all__ = ["QuantConfig", "QuantLlama", "QuantCache"]
+
+_FX = S.FX_FRAC
+#: Code width of the attention weights (probability times the cached value scale) in P @ V.
+ATTN_WEIGHT_BITS = 16
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the model's weights are quantized (activations are always INT8 per token).
+
+    Members
+    -------
+    weights : str
+        ``"gguf"``: the model's own quantized tensors, exactly (float matrices become INT8,
+        symmetric groups of 32). ``"int8"`` or ``"int4"``: re-quantize every matrix from its
+        float values.
+    group : int
+        Group size along K for re-quantized weights (32..128, a power of two).
+    symmetric : bool
+        Symmetric groups (no minimum) for re-quantized weights.
+    """
+
+    weights: str = "gguf"
+    group: int = 32
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if self.weights not in ("gguf", "int8", "int4"):
+            raise ValueError(f"weights must be gguf, int8 or int4, not {self.weights!r}")
+        if self.group not in (32, 64, 128):
+            raise ValueError(f"group must be 32, 64 or 128, not {self.group!r}")
+
+    @property
+    def label(self):
+        """Short human-readable name, e.g. ``"W-gguf A8"`` or ``"W4 g128 sym A8"``."""
+        if self.weights == "gguf":
+            return "W-gguf A8"
+        kind = "sym" if self.symmetric else "asym"
+        return f"W{self.weights[3:]} g{self.group} {kind} A8"
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _quantized(tensor, config):
+    if config.weights == "gguf":
+        if isinstance(tensor, GroupQuantized):
+            return tensor
+        return GroupQuantized.from_float(tensor, 8, 32, True)
+    values = tensor.dequantize() if isinstance(tensor, GroupQuantized) else tensor
+    return GroupQuantized.from_float(values, 8 if config.weights == "int8" else 4,
+                                     config.group, config.symmetric)
+
+
+class _Linear:
+    def __init__(self, weight):
+        self.weight = weight
+        self.prepared = weight.prepare(ACT_GROUP)
+
+    def __call__(self, x):
+        """FX activations ``(T, K)`` -> INT8 blocks -> FX outputs ``(T, N)``."""
+        codes, scale = quantize_per_group(x)
+        return linear(codes, scale, self.weight, self.prepared)
+
+
+@dataclass
+class QuantCache:
+    """INT8 KV cache: codes ``(layers, capacity, kv_heads, head_dim)`` and per-(token, head)
+    scales ``(layers, capacity, kv_heads)`` for keys and values."""
+
+    k_codes: np.ndarray
+    k_mult: np.ndarray
+    k_exp: np.ndarray
+    v_codes: np.ndarray
+    v_mult: np.ndarray
+    v_exp: np.ndarray
+    length: int = 0
+
+    @property
+    def capacity(self):
+        return self.k_codes.shape[1]
+
+
+class QuantLlama:
+    """Integer reference of a LLaMA decoder.
+
+    Parameters
+    ----------
+    model : flightgen.compiler.model.ModelDescription
+    config : QuantConfig
+    """
+
+    def __init__(self, model, config=QuantConfig()):
+        self.config, self.quant = model.config, config
+        c = model.config
+        self.embedding = _quantized(model.weight("token_embd.weight"), QuantConfig())
+        self._embed_terms = self.embedding.exact_terms()
+        self.head = _Linear(_quantized(model.weight("output.weight"), config))
+        self.output_norm = model.weight("output_norm.weight")
+        names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+        self.layers = []
+        for i in range(c.n_layers):
+            layer = {name: _Linear(_quantized(model.weight(f"blk.{i}.{name}.weight"), config))
+                     for name in names}
+            layer["attn_norm"] = model.weight(f"blk.{i}.attn_norm.weight")
+            layer["ffn_norm"] = model.weight(f"blk.{i}.ffn_norm.weight")
+            self.layers.append(layer)
+        self.frequencies = S.rope_frequencies(c.head_dim, c.rope_theta)
+        mult, exp = rsqrt(np.array([c.head_dim]))
+        self._attn_scale = (mult, exp)  # 1 / sqrt(head_dim)
+
+    def new_cache(self, capacity):
+        """Return an empty INT8 KV cache for up to ``capacity`` tokens."""
+        c = self.config
+        codes = (c.n_layers, capacity, c.n_kv_heads, c.head_dim)
+        scales = codes[:3]
+        return QuantCache(np.zeros(codes, np.int8), np.zeros(scales, np.int64),
+                          np.zeros(scales, np.int64), np.zeros(codes, np.int8),
+                          np.zeros(scales, np.int64), np.zeros(scales, np.int64))
+
+    def embed(self, tokens):
+        """FX embedding rows of ``tokens`` (exact values, rounded once to FX)."""
+        d, m, row_exp = self._embed_terms
+        group = self.embedding.group
+        codes = self.embedding.codes[tokens].astype(np.int64)
+        scale = np.repeat(d[tokens], group, axis=1)
+        value = codes * scale
+        if m is not None:
+            value = value + np.repeat(m[tokens], group, axis=1)
+        return S.saturate_fx(mul_round_shift(value, 1, -(row_exp[tokens][:, None] + _FX)))
+
+    def _attention(self, layer, index, h, positions, cache):
+        c = self.config
+        count, start = len(positions), cache.length
+        heads, kv_heads, hd = c.n_heads, c.n_kv_heads, c.head_dim
+        q = layer["attn_q"](h).reshape(count, heads, hd)
+        k = layer["attn_k"](h).reshape(count, kv_heads, hd)
+        v = layer["attn_v"](h).reshape(count, kv_heads, hd)
+        q = S.rope(q, positions, self.frequencies)
+        k = S.rope(k, positions, self.frequencies)
+        q_codes, (q_mult, q_exp) = quantize_per_token(q)
+        k_codes, (k_mult, k_exp) = quantize_per_token(k)
+        v_codes, (v_mult, v_exp) = quantize_per_token(v)
+        span = slice(start, start + count)
+        cache.k_codes[index, span], cache.k_mult[index, span], cache.k_exp[index, span] = \
+            k_codes, k_mult, k_exp
+        cache.v_codes[index, span], cache.v_mult[index, span], cache.v_exp[index, span] = \
+            v_codes, v_mult, v_exp
+        seen = start + count
+        group = heads // kv_heads
+        # Heads as (kv_head, group): query head h uses kv head h // group.
+        qg = q_codes.reshape(count, kv_heads, group, hd).transpose(1, 2, 0, 3)
+        keys = cache.k_codes[index, :seen].transpose(1, 2, 0)[:, None]  # (kv, 1, hd, seen)
+        values = cache.v_codes[index, :seen].transpose(1, 0, 2)[:, None]  # (kv, 1, seen, hd)
+        # exact integer dot products (|acc| < 2**20, so float64 BLAS is exact)
+        acc = np.matmul(qg.astype(np.float64), keys.astype(np.float64)).astype(np.int64)
+        q_scale = (q_mult.reshape(count, kv_heads, group).transpose(1, 2, 0)[..., None],
+                   q_exp.reshape(count, kv_heads, group).transpose(1, 2, 0)[..., None])
+        k_scale = (cache.k_mult[index, :seen].T[:, None, None, :],
+                   cache.k_exp[index, :seen].T[:, None, None, :])
+        mult, exp = scale_mul(scale_mul(q_scale, k_scale), self._attn_scale)
+        # q and k scales are in FX units: score = acc * mult * 2**exp * 2**-32, FX * 2**16
+        scores = S.saturate_fx(mul_round_shift(acc, mult, _FX - exp))
+        visible = np.arange(seen)[None, :] <= positions[:, None]
+        probs = S.softmax(scores, visible)  # Q0.16, (kv, group, count, seen)
+        # fold each cached token's value scale into its probability, in units of 2**-32:
+        # (P * 2**-16) * (mult * 2**exp * 2**-16) * 2**32 = P * mult * 2**exp
+        weights = mul_round_shift(probs, cache.v_mult[index, :seen].T[:, None, None, :],
+                                  -cache.v_exp[index, :seen].T[:, None, None, :])
+        w_codes, (w_mult, w_exp) = quantize_per_token(weights, bits=ATTN_WEIGHT_BITS)
+        # exact: |acc| < 2**22 * seen, far below 2**53
+        acc = np.matmul(w_codes.astype(np.float64), values.astype(np.float64)).astype(np.int64)
+        # value = acc * w_mult * 2**w_exp * 2**-32; FX multiplies by 2**16
+        out = S.saturate_fx(mul_round_shift(acc, w_mult[..., None], _FX - w_exp[..., None]))
+        out = out.transpose(2, 0, 1, 3).reshape(count, heads, hd)
+        return layer["attn_output"](out.reshape(count, heads * hd))
+
+    def forward(self, tokens, cache):
+        """Run ``tokens`` after the ``cache.length`` tokens in ``cache``; return the FX logits
+        of every position, int64 ``(len(tokens), vocab)``, and extend the cache."""
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64)
+        count, start = len(tokens), cache.length
+        if start + count > cache.capacity:
+            raise ValueError(f"cache holds {cache.capacity} tokens; {start + count} needed")
+        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
+        positions = np.arange(start, start + count)
+        x = self.embed(tokens)
+        for index, layer in enumerate(self.layers):
+            h = S.rms_norm(x, layer["attn_norm"], c.norm_eps)
+            x = S.add(x, self._attention(layer, index, h, positions, cache))
+            h = S.rms_norm(x, layer["ffn_norm"], c.norm_eps)
+            gate, up = layer["ffn_gate"](h), layer["ffn_up"](h)
+            x = S.add(x, layer["ffn_down"](S.mul(S.silu(gate), up)))
+        cache.length = start + count
+        return self.head(S.rms_norm(x, self.output_norm, c.norm_eps))
