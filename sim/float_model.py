@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..isa.weights import GroupQuantized
+from .generate import step_positions
 
 __all__ = ["FloatLlama", "KVCache"]
 
@@ -92,13 +93,8 @@ class FloatLlama:
         appends the tokens' keys and values to ``cache``.
         """
         c = self.config
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens, positions = step_positions(tokens, cache, c.vocab_size)
         count, start = len(tokens), cache.length
-        if start + count > cache.capacity:
-            raise ValueError(f"cache holds {cache.capacity} tokens; {start + count} needed")
-        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
-        positions = np.arange(start, start + count)
         group = c.n_heads // c.n_kv_heads
         # query t (position start + t) sees keys 0 .. start + t
         visible = np.arange(start + count)[None, :] <= positions[:, None]

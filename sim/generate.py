@@ -6,7 +6,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Generation", "greedy", "TextStream"]
+__all__ = ["Generation", "greedy", "TextStream", "step_positions"]
+
+
+def step_positions(tokens, cache, vocab_size):
+    """Check a forward step for a backend and return ``(tokens, positions)`` as int64 arrays.
+
+    Raises ValueError if the tokens do not fit the cache or lie outside the vocabulary.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    start, end = cache.length, cache.length + len(tokens)
+    if end > cache.capacity:
+        raise ValueError(f"cache holds {cache.capacity} tokens; {end} needed")
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size})")
+    return tokens, np.arange(start, end)
 
 
 @dataclass

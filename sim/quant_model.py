@@ -39,6 +39,7 @@ from ..isa.numerics import (
     scale_mul,
 )
 from ..isa.weights import GroupQuantized, linear
+from .generate import step_positions
 
 __all__ = ["QuantConfig", "QuantLlama", "QuantCache"]
 
@@ -222,13 +223,8 @@ class QuantLlama:
         """Run ``tokens`` after the ``cache.length`` tokens in ``cache``; return the FX logits
         of every position, int64 ``(len(tokens), vocab)``, and extend the cache."""
         c = self.config
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens, positions = step_positions(tokens, cache, c.vocab_size)
         count, start = len(tokens), cache.length
-        if start + count > cache.capacity:
-            raise ValueError(f"cache holds {cache.capacity} tokens; {start + count} needed")
-        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
-        positions = np.arange(start, start + count)
         x = self.embed(tokens)
         for index, layer in enumerate(self.layers):
             h = S.rms_norm(x, layer["attn_norm"], c.norm_eps)

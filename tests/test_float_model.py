@@ -6,7 +6,6 @@ import pytest
 from model_files import TINY, random_tensors, write_gguf, write_hf
 
 from flightgen.compiler.frontends import gguf_to_hf_rows, load_model
-from flightgen.compiler.models import DEFAULT_MODEL, ModelNotInstalled
 from flightgen.sim.float_model import FloatLlama
 from flightgen.sim.generate import TextStream, greedy
 
@@ -15,14 +14,6 @@ from flightgen.sim.generate import TextStream, greedy
 # 17.37; greedy continuation ids 7042, 30, 198, 198, 504, 2988, 314, 42.
 PROMPT_IDS = [504, 3575, 282, 4649, 314]
 GREEDY_IDS = [7042, 30, 198, 198, 504, 2988, 314, 42]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return load_model(DEFAULT_MODEL.locate())
-    except ModelNotInstalled as error:
-        pytest.skip(str(error))
 
 
 def test_tokenizer_matches_hugging_face(smollm2):

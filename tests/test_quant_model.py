@@ -13,7 +13,6 @@ import pytest
 from model_files import TINY, random_tensors, write_gguf
 
 from flightgen.compiler.frontends import load_model
-from flightgen.compiler.models import DEFAULT_MODEL, ModelNotInstalled
 from flightgen.isa.numerics import quantize_per_group
 from flightgen.isa.weights import GroupQuantized, linear
 from flightgen.sim.accuracy import evaluate, parse_config, shipped_text
@@ -133,14 +132,6 @@ def test_eval_cli_on_a_tiny_model(tmp_path):
     done = subprocess.run([str(SCRIPT), "eval", str(model), "--text", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "cannot read the text" in done.stderr.splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return load_model(DEFAULT_MODEL.locate())
-    except ModelNotInstalled as error:
-        pytest.skip(str(error))
 
 
 def test_reference_says_paris(smollm2):
