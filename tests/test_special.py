@@ -21,7 +21,13 @@ def digest(array):
 # They change only when the definition changes, and then the RTL must change with it:
 # regenerate them deliberately with the expressions below and say so in the commit.
 def grid():
-    return np.arange(-(24 << 16), 24 << 16, 997, dtype=np.int64)  # 100,000 FX values
+    return np.arange(-(24 << 16), 24 << 16, 997, dtype=np.int64)  # 3,156 FX values in +-24
+
+
+def vectors(rows, width, magnitude=8):
+    """Seeded FX vectors: ``rows`` x ``width`` values within +-magnitude."""
+    rng = np.random.default_rng(20261121)
+    return rng.integers(-(magnitude << 16), magnitude << 16, size=(rows, width))
 
 
 GOLDEN = {
@@ -33,6 +39,21 @@ GOLDEN = {
     "sigmoid": (lambda: S.sigmoid(grid()), "6e937454fa2ae635"),
     "silu": (lambda: S.silu(grid()), "3f1c1b8db03af8e2"),
     "gelu": (lambda: S.gelu(grid()), "07ca2c4fc0654cb9"),
+    "softmax": (lambda: S.softmax(vectors(300, 30), np.tril(np.ones((30, 30), bool))[
+        np.arange(300) % 30]), "ed1cc83cf590c468"),
+    "rope": (lambda: S.rope(vectors(300, 128).reshape(300, 2, 64), np.arange(300) * 7,
+                            S.rope_frequencies(64, 1e4)), "bc40b83d6145a873"),
+    "rms_norm": (lambda: S.rms_norm(vectors(200, 64), np.linspace(-2, 3, 64), 1e-5),
+                 "94c5c15408f2ae33"),
+    "layer_norm": (lambda: S.layer_norm(vectors(200, 64), np.linspace(-2, 3, 64),
+                                        np.linspace(1, -1, 64), 1e-5), "724d28104dd8f733"),
+    "mul": (lambda: S.mul(grid(), grid()[::-1] // 7), "99eefc27301c922d"),
+    "reciprocal": (lambda: np.concatenate(N.reciprocal(np.abs(grid()) + 1)), "729aff4e037a29e6"),
+    "rsqrt": (lambda: np.concatenate(N.rsqrt(np.abs(grid()[::50]) + 1)), "b1a10182aa16f510"),
+    "quantize_per_group": (lambda: np.concatenate([
+        N.quantize_per_group(vectors(200, 64, 1 << 10))[0].ravel(),
+        *(part.ravel() for part in N.quantize_per_group(vectors(200, 64, 1 << 10))[1])]),
+        "0f65799f1f0e8858"),
     "rope_cos_sin": (lambda: np.concatenate(S.rope_cos_sin(np.arange(0, 8192, 3),
                                                            S.rope_frequencies(64, 1e5))),
                      "2c2fe1dbdc21a289"),
