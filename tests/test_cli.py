@@ -105,9 +105,11 @@ def default_model_or_skip():
 
 def test_run_prints_the_continuation():
     default_model_or_skip()
-    done = run(str(SCRIPT), "run", "--prompt", "The capital of France is", "--max-tokens", "3")
+    done = run(str(SCRIPT), "run", "--backend", "reference", "--prompt",
+               "The capital of France is", "--max-tokens", "3")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "The capital of France is Paris.\n\n"
+    assert "reference W-gguf A8" in done.stderr
     assert "3 tokens generated" in done.stderr
 
 
@@ -117,9 +119,12 @@ def test_run_prints_the_continuation():
     (("--prompt", "x", "--max-tokens", "9000"),
      "flightgen: error: prompt (1 tokens) plus --max-tokens 9000 exceeds the model's context "
      "of 8192"),
+    (("--backend", "float", "--weights", "int4", "--prompt", "x"),
+     "flightgen: error: --weights, --group and --asymmetric apply to the reference backend, "
+     "not --backend float"),
 ])
 def test_run_errors_are_one_line(args, message):
-    if args[0] == "--prompt":
+    if args[0].startswith("--"):
         default_model_or_skip()
     done = run(str(SCRIPT), "run", *args)
     assert done.returncode == 2

@@ -19,6 +19,10 @@ def make_backend(args, model):
     if args.backend == "float":
         from .sim.float_model import FloatLlama
 
+        if (args.weights, args.group, args.asymmetric) != ("gguf", 32, False):
+            raise FlightgenError("--weights, --group and --asymmetric apply to the reference "
+                                 "backend, not --backend float")
+
         return FloatLlama(model)
     from .sim.quant_model import QuantLlama
 
