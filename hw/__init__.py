@@ -5,6 +5,7 @@ throughput, backpressure, reset) and carries ``reference()`` (numpy, the arithme
 :mod:`flightgen.isa`) and ``expected_cycles()``. This package imports :mod:`flightgen.isa` only.
 """
 
+from .dsp import PackedMultiplier
 from .requant import Requantizer, requant_input_layout
 
-__all__ = ["Requantizer", "requant_input_layout"]
+__all__ = ["PackedMultiplier", "Requantizer", "requant_input_layout"]

