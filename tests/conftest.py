@@ -8,12 +8,18 @@ from flightgen.sim.toolchain import ToolchainError, find_cxx, find_verilator
 
 
 @pytest.fixture(scope="session")
-def smollm2():
-    """The default real model (SmolLM2-135M-Instruct), or a visible skip saying how to get it."""
+def default_model_path():
+    """Path of the default real model's GGUF, or a visible skip saying how to install it."""
     try:
-        return load_model(DEFAULT_MODEL.locate())
+        return DEFAULT_MODEL.locate()
     except ModelNotInstalled as error:
         pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def smollm2(default_model_path):
+    """The default real model (SmolLM2-135M-Instruct), loaded."""
+    return load_model(default_model_path)
 
 
 def _simulation_toolchain_problem():

@@ -97,15 +97,7 @@ def test_model_checksum_mismatch_is_reported(tmp_path):
         models.SMOLLM2_135M.verify(fake)
 
 
-def default_model_or_skip():
-    try:
-        return models.DEFAULT_MODEL.locate()
-    except models.ModelNotInstalled as error:
-        pytest.skip(str(error))
-
-
-def test_run_prints_the_continuation():
-    default_model_or_skip()
+def test_run_prints_the_continuation(default_model_path):
     done = run(str(SCRIPT), "run", "--backend", "reference", "--prompt",
                "The capital of France is", "--max-tokens", "3")
     assert done.returncode == 0, done.stderr
@@ -124,9 +116,9 @@ def test_run_prints_the_continuation():
      "flightgen: error: --weights, --group and --asymmetric apply to the reference backend, "
      "not --backend float"),
 ])
-def test_run_errors_are_one_line(args, message):
-    if args[0].startswith("--"):
-        default_model_or_skip()
+def test_run_errors_are_one_line(args, message, request):
+    if args[0].startswith("--"):  # these reach the default model
+        request.getfixturevalue("default_model_path")
     done = run(str(SCRIPT), "run", *args)
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == message

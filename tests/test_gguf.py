@@ -6,15 +6,7 @@ import pytest
 from model_files import write_gguf
 
 from flightgen.compiler.gguf import GGUFFile, ModelFileError
-from flightgen.compiler.models import DEFAULT_MODEL, ModelNotInstalled
 from flightgen.isa.weights import GroupQuantized
-
-
-def default_model_path():
-    try:
-        return DEFAULT_MODEL.locate()
-    except ModelNotInstalled as error:
-        pytest.skip(str(error))
 
 
 @pytest.mark.parametrize("matrix_type", ["Q8_0", "Q4_0", "Q4_1", "F16", "F32"])
@@ -30,8 +22,8 @@ def test_tensors_equal_the_gguf_package(tmp_path, matrix_type):
         np.testing.assert_array_equal(values.astype(np.float32), reference)
 
 
-def test_the_default_model_equals_the_gguf_package():
-    path = default_model_path()
+def test_the_default_model_equals_the_gguf_package(default_model_path):
+    path = default_model_path
     ours, theirs = GGUFFile(path), gguf.GGUFReader(path)
     assert ours.version == 3 and len(ours.tensors) == 272
     for key in ("general.architecture", "llama.block_count", "llama.embedding_length",

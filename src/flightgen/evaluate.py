@@ -12,8 +12,7 @@ __all__ = ["main"]
 
 def main(args, out=None, err=None):
     """Run the ``eval`` verb; returns the exit status."""
-    from .compiler.frontends import load_model
-    from .compiler.models import DEFAULT_MODEL
+    from .run import load_cli_model
     from .sim.accuracy import as_json, evaluate, parse_config, shipped_text
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -31,11 +30,8 @@ def main(args, out=None, err=None):
             raise FlightgenError(f"{args.text}: cannot read the text ({error})") from None
     else:
         text = shipped_text()
-    path = args.model or DEFAULT_MODEL.locate()
-    print(f"loading {path}", file=err, flush=True)
-    model = load_model(path)
-    if model.tokenizer is None:
-        raise FlightgenError(f"{path}: no tokenizer (a checkpoint folder needs tokenizer.json)")
+    model = load_cli_model(args.model, err)
+    path = model.source
     tokens = model.tokenizer.encode(text)[:args.max_tokens]
     if len(tokens) < 2:
         raise FlightgenError("the text has fewer than 2 tokens")

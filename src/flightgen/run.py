@@ -4,7 +4,20 @@ import sys
 
 from .errors import FlightgenError
 
-__all__ = ["main", "quant_config", "make_backend", "backend_label"]
+__all__ = ["main", "load_cli_model", "quant_config", "make_backend", "backend_label"]
+
+
+def load_cli_model(path, err):
+    """Load the model a command names (default: the packaged SmolLM2), with its tokenizer."""
+    from .compiler.frontends import load_model
+    from .compiler.models import DEFAULT_MODEL
+
+    path = path or DEFAULT_MODEL.locate()
+    print(f"loading {path}", file=err, flush=True)
+    model = load_model(path)
+    if model.tokenizer is None:
+        raise FlightgenError(f"{path}: no tokenizer (a checkpoint folder needs tokenizer.json)")
+    return model
 
 
 def quant_config(args):
@@ -38,16 +51,10 @@ def backend_label(args):
 
 def main(args, out=None, err=None):
     """Run the ``run`` verb; returns the exit status."""
-    from .compiler.frontends import load_model
-    from .compiler.models import DEFAULT_MODEL
     from .sim.generate import TextStream, greedy
 
     out, err = out or sys.stdout, err or sys.stderr
-    path = args.model or DEFAULT_MODEL.locate()
-    print(f"loading {path}", file=err, flush=True)
-    model = load_model(path)
-    if model.tokenizer is None:
-        raise FlightgenError(f"{path}: no tokenizer (a checkpoint folder needs tokenizer.json)")
+    model = load_cli_model(args.model, err)
     prompt = model.tokenizer.encode(args.prompt)
     if not prompt:
         raise FlightgenError("the prompt is empty after tokenization")
