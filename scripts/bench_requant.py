@@ -13,6 +13,7 @@ import json
 import sys
 import time
 
+from flightgen.files import write_atomic
 from flightgen.hw.requant import Requantizer
 from flightgen.sim import runner
 from flightgen.sim.stimulus import requant_beats
@@ -58,8 +59,7 @@ def main(argv=None):
     for row in rows:
         print(f"{row['test']:<{width}}  {row['cycles']:>8}  {row['wall_s']:>7.3f}  "
               f"{row['kcycles_per_s'] if row['kcycles_per_s'] is not None else '-':>9}")
-    with open(args.output, "w") as file:
-        json.dump(result, file, indent=2)
+    write_atomic(args.output, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 

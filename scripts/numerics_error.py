@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from flightgen.files import write_atomic
 from flightgen.isa import numerics as N
 from flightgen.isa import special as S
 
@@ -97,8 +98,7 @@ def main(argv=None):
         error = f"{row['error']:.3g} {row['kind']}"
         print(f"| `{row['function']}` | {row['domain']} | {row['unit']} | {error} |")
         row["error"] = float(row["error"])
-    with open(args.output, "w") as file:
-        json.dump(rows, file, indent=2)
+    write_atomic(args.output, json.dumps(rows, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 
