@@ -17,7 +17,7 @@ from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["LANE_BITS", "LANE_PRODUCTS", "PACKED_BITS", "PackedMultiplier"]
+__all__ = ["LANE_BITS", "LANE_PRODUCTS", "PACKED_BITS", "PackedMultiplier", "pack", "split"]
 
 #: Width of the low lane of a packed product.
 LANE_BITS = 18
@@ -27,14 +27,39 @@ LANE_PRODUCTS = ((1 << (LANE_BITS - 1)) - 1) // (127 * 128)
 PACKED_BITS = 27
 
 
+def pack(a0, a1):
+    """The packed operand ``a1 * 2**18 + a0`` of two signed values of at most 9 bits; it fits
+    :data:`PACKED_BITS` unless ``a1 = -256``."""
+    return (a1.as_signed() << LANE_BITS) + a0.as_signed()
+
+
+def split(product):
+    """The two lanes of a packed product or of a sum of packed products: ``(low, high)``,
+    with the high lane given back the borrow of a negative low lane. Exact while the low
+    lane's true value fits :data:`LANE_BITS` signed bits."""
+    low = product[:LANE_BITS].as_signed()
+    return low, product[LANE_BITS:].as_signed() + low[-1]
+
+
 class PackedMultiplier(wiring.Component):
-    """Multiply two signed 8-bit activations by one shared signed 8-bit weight, using one
-    multiplier.
+    """Multiply two signed activations by one shared signed weight, using one multiplier.
+
+    Parameters
+    ----------
+    width : int
+        Operand width, 8 or 9 bits (the matrix engine's chain uses 9-bit codes:
+        :mod:`flightgen.hw.chain`).
+
+    Raises
+    ------
+    ValueError
+        If ``width`` is not 8 or 9.
 
     Contract
     --------
-    * ``p0 = a0 * w`` and ``p1 = a1 * w`` exactly, for every 8-bit ``a0``, ``a1``, ``w``
-      (proven exhaustively on the generated Verilog by ``tests/test_dsp_rtl.py``).
+    * ``p0 = a0 * w`` and ``p1 = a1 * w`` exactly, for every ``a0``, ``a1``, ``w`` of ``width``
+      bits, except ``a1 = -256`` at 9 bits (the packed operand would leave 27 bits); proven
+      exhaustively on the generated Verilog by ``tests/test_dsp_rtl.py``.
     * Latency :attr:`LATENCY` cycles while ``en`` is high (packed operand, product, corrected
       lanes are registered); the pipeline holds while ``en`` is low. One input set per cycle.
     * Reset clears the pipeline registers.
@@ -43,23 +68,24 @@ class PackedMultiplier(wiring.Component):
     -------
     en : In(1)
         Advance the pipeline.
-    a0, a1 : In(signed(8))
+    a0, a1 : In(signed(width))
         Activations.
-    w : In(signed(8))
+    w : In(signed(width))
         Shared weight.
-    p0, p1 : Out(signed(16))
+    p0, p1 : Out(signed(2 * width))
         The two products, :attr:`LATENCY` enabled cycles after their inputs.
     """
 
     #: Enabled cycles from inputs to outputs.
     LATENCY = 3
 
-    en: In(1)
-    a0: In(signed(8))
-    a1: In(signed(8))
-    w: In(signed(8))
-    p0: Out(signed(16))
-    p1: Out(signed(16))
+    def __init__(self, width=8):
+        if width not in (8, 9):
+            raise ValueError(f"operand width must be 8 or 9 bits, not {width!r}")
+        self.width = width
+        super().__init__({"en": In(1), "a0": In(signed(width)), "a1": In(signed(width)),
+                          "w": In(signed(width)), "p0": Out(signed(2 * width)),
+                          "p1": Out(signed(2 * width))})
 
     @staticmethod
     def reference(a0, a1, w):
@@ -69,15 +95,14 @@ class PackedMultiplier(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         packed = Signal(signed(PACKED_BITS))
-        weight = Signal(signed(8))
-        product = Signal(signed(PACKED_BITS + 8))
+        weight = Signal(signed(self.width))
+        product = Signal(signed(PACKED_BITS + self.width))
         with m.If(self.en):
             # Stage 1: pack (a pre-adder in the DSP): a1 * 2**18 + a0, sign-extended a0.
-            m.d.sync += [packed.eq((self.a1 << LANE_BITS) + self.a0), weight.eq(self.w)]
+            m.d.sync += [packed.eq(pack(self.a0, self.a1)), weight.eq(self.w)]
             # Stage 2: one multiply.
             m.d.sync += product.eq(packed * weight)
             # Stage 3: split; the high lane takes back the borrow of a negative low lane.
-            low = product[:LANE_BITS].as_signed()
-            high = product[LANE_BITS:].as_signed() + low[-1]
+            low, high = split(product)
             m.d.sync += [self.p0.eq(low), self.p1.eq(high)]
         return m

@@ -1,20 +1,19 @@
 """INT32 to INT8 requantizer."""
 
 import numpy as np
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..isa.numerics import (
     ACC_BITS,
     ACT_BITS,
-    ACT_MAX,
-    ACT_MIN,
     REQUANT_MULT_BITS,
     REQUANT_SHIFT_BITS,
     REQUANT_SHIFT_LIMIT,
     requantize,
 )
+from .arith import halve_shift, round_half_even, saturate
 
 __all__ = ["Requantizer", "requant_input_layout"]
 
@@ -140,22 +139,14 @@ class Requantizer(wiring.Component):
         # worth one half); the sticky bit says whether anything below the guard bit was set.
         shifted = [Signal(signed(product_bits + 1), name=f"shifted{n}") for n in range(self.lanes)]
         sticky = [Signal(name=f"sticky{n}") for n in range(self.lanes)]
-        below_guard = Signal(product_bits + 1)
-        m.d.comb += below_guard.eq((Const(1, product_bits + 1) << shift1) - 1)
         with m.If(advance):
             for lane in range(self.lanes):
-                doubled = Cat(Const(0, 1), product[lane]).as_signed()
-                m.d.sync += [
-                    shifted[lane].eq(doubled >> shift1),
-                    sticky[lane].eq((doubled.as_unsigned() & below_guard).any()),
-                ]
+                halved, below = halve_shift(product[lane], shift1)
+                m.d.sync += [shifted[lane].eq(halved), sticky[lane].eq(below)]
 
         # Stage 3: round half to even, then saturate.
         with m.If(advance):
             for lane in range(self.lanes):
-                quotient = shifted[lane][1:].as_signed()
-                guard = shifted[lane][0]
-                rounded = quotient + (guard & (sticky[lane] | quotient[0]))
-                m.d.sync += o_beat[lane].eq(
-                    Mux(rounded > ACT_MAX, ACT_MAX, Mux(rounded < ACT_MIN, ACT_MIN, rounded)))
+                rounded = round_half_even(shifted[lane], sticky[lane])
+                m.d.sync += o_beat[lane].eq(saturate(rounded, ACT_BITS))
         return m

@@ -27,7 +27,8 @@ import numpy as np
 
 from .numerics import mul_round_shift, saturate
 
-__all__ = ["GroupQuantized", "GGUF_BLOCK", "MAX_ROW_SPREAD", "LINEAR_ACC_FRAC", "linear"]
+__all__ = ["GroupQuantized", "GGUF_BLOCK", "MAX_ROW_SPREAD", "LINEAR_ACC_FRAC", "LINEAR_TERM_BITS",
+           "linear"]
 
 #: Elements per GGUF Q8_0/Q4_0/Q4_1 block (= the group size along K).
 GGUF_BLOCK = 32
@@ -51,6 +52,10 @@ class GroupQuantized:
         Elements per group along K; divides K.
     scales : ndarray of float16, shape (N, K // group)
     mins : ndarray of float16, shape (N, K // group), or None for symmetric groups
+    mask : ndarray of bool, shape (N, K), or None for a dense matrix
+        Kept positions of a pruned (sparse) matrix. A pruned weight is exactly zero, whatever
+        its group's minimum; its code must be 0. :mod:`flightgen.isa.sparse` makes and checks
+        N:M masks.
     """
 
     codes: np.ndarray
@@ -59,6 +64,7 @@ class GroupQuantized:
     group: int
     scales: np.ndarray
     mins: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
@@ -84,6 +90,12 @@ class GroupQuantized:
             if value.dtype != np.float16 or value.shape != (n, k // self.group):
                 raise ValueError(f"{name} must be float16 of shape {(n, k // self.group)}, not "
                                  f"{value.dtype} {value.shape}")
+        if self.mask is not None:
+            if self.mask.dtype != np.bool_ or self.mask.shape != (n, k):
+                raise ValueError(f"mask must be bool of shape {(n, k)}, not {self.mask.dtype} "
+                                 f"{self.mask.shape}")
+            if np.any(codes[~self.mask]):
+                raise ValueError("pruned weights (mask False) must have code 0")
 
     @property
     def shape(self):
@@ -115,13 +127,15 @@ class GroupQuantized:
         values = codes * self.scales.astype(np.float32)[..., None]
         if self.mins is not None:
             values = values + self.mins.astype(np.float32)[..., None]
-        return values.reshape(n, k)
+        values = values.reshape(n, k)
+        return values if self.mask is None else np.where(self.mask, values, np.float32(0))
 
     def rows(self, index):
         """Return the rows ``index`` (e.g. token ids of an embedding) as a new tensor."""
         return GroupQuantized(self.codes[index], self.bits, self.signed, self.group,
                               self.scales[index],
-                              None if self.mins is None else self.mins[index])
+                              None if self.mins is None else self.mins[index],
+                              None if self.mask is None else self.mask[index])
 
     @classmethod
     def from_gguf_blocks(cls, kind, raw, shape):
@@ -239,7 +253,11 @@ class GroupQuantized:
         # block * 2**15 at every step; float32 holds integers exactly below 2**24.
         dtype = np.float32 if block * 2**15 < 2**24 else np.float64
         grouped = self.codes.astype(dtype).reshape(n, k // block, block)
-        return (d, m, row_exp), np.ascontiguousarray(grouped.transpose(1, 2, 0)), block
+        kept = None
+        if self.mask is not None and m is not None:
+            kept = self.mask.astype(dtype).reshape(n, k // block, block).transpose(1, 2, 0)
+            kept = np.ascontiguousarray(kept)
+        return (d, m, row_exp), np.ascontiguousarray(grouped.transpose(1, 2, 0)), block, kept
 
     def block_products(self, x, prepared=None):
         """Exact per-block products of INT8 activation codes with this weight matrix.
@@ -247,10 +265,12 @@ class GroupQuantized:
         ``x`` is an int8 array ``(T, K)``. Returns ``(terms, E)``: int64 ``terms`` of shape
         ``(T, N, K // block)`` and row exponents ``E`` ``(N,)``, where block ``b`` of row ``n``
         contributes exactly ``terms[t, n, b] * 2**E[n]`` (times the block's activation scale):
-        ``terms = D[n,b] * P[t,n,b] + M[n,b] * X[t,b]`` with ``P`` the block's integer dot
-        product and ``X`` the block's sum of activation codes.
+        ``terms = D[n,b] * P[t,n,b] + M[n,b] * X[t,n,b]`` with ``P`` the block's integer dot
+        product and ``X`` the block's sum of activation codes over the positions row ``n`` keeps
+        (all of them when the matrix is dense).
         """
-        (d, m, row_exp), grouped, block = prepared if prepared is not None else self.prepare()
+        (d, m, row_exp), grouped, block, kept = (prepared if prepared is not None
+                                                 else self.prepare())
         x = np.asarray(x)
         t, k = x.shape
         blocks = k // block
@@ -259,7 +279,10 @@ class GroupQuantized:
         xb = x.astype(grouped.dtype).reshape(t, blocks, block).transpose(1, 0, 2)
         partial = np.matmul(xb, grouped).astype(np.int64).transpose(1, 2, 0)  # (T, N, blocks)
         terms = partial * d[None]
-        if m is not None:
+        if m is not None and kept is not None:
+            sums = np.matmul(xb, kept).astype(np.int64).transpose(1, 2, 0)  # (T, N, blocks)
+            terms = terms + sums * m[None]
+        elif m is not None:
             sums = x.astype(np.int64).reshape(t, blocks, block).sum(-1)  # (T, blocks)
             terms = terms + sums[:, None, :] * m[None]
         return terms, row_exp
@@ -267,6 +290,11 @@ class GroupQuantized:
 
 #: Fractional bits of the linear layer's accumulator (units of 2**-32 of the real value).
 LINEAR_ACC_FRAC = 32
+#: Each block's contribution to the accumulator saturates to this many signed bits. A
+#: contribution that large is 16 times the FX range, so saturating it changes no result the
+#: model can produce except where other blocks would cancel it; it bounds the hardware's
+#: accumulator to ``LINEAR_TERM_BITS + log2(blocks)`` bits.
+LINEAR_TERM_BITS = 52
 _FX_FRAC = 16
 #: Block terms per slice (T * N * blocks) when evaluating :func:`linear`, to bound memory.
 _SLICE = 1 << 22
@@ -280,7 +308,8 @@ def linear(codes, scale, weight, prepared=None):
     units) come from :func:`flightgen.isa.numerics.quantize_per_group`. Each block's exact term
     (:meth:`GroupQuantized.block_products`) is rescaled by the block's activation scale and
     rounded once onto the accumulator grid of 2**-32, ``c = round(term * mult * 2**(E + exp +
-    16))``; the row sums ``sum_b c`` exactly and rounds once more to FX (saturating).
+    16))``, saturated to :data:`LINEAR_TERM_BITS` signed bits; the row sums ``sum_b c``
+    exactly and rounds once more to FX (saturating).
     """
     prepared = prepared if prepared is not None else weight.prepare()
     mult, exp = scale
@@ -292,7 +321,8 @@ def linear(codes, scale, weight, prepared=None):
         rows = slice(start, start + step)
         terms, row_exp = weight.block_products(codes[rows], prepared)
         shift = -(row_exp[None, :, None] + exp[rows][:, None, :] + LINEAR_ACC_FRAC - _FX_FRAC)
-        contributions = mul_round_shift(terms, mult[rows][:, None, :], shift)
+        contributions = saturate(mul_round_shift(terms, mult[rows][:, None, :], shift),
+                                 LINEAR_TERM_BITS)
         total = contributions.sum(axis=-1)
         out[rows] = saturate(mul_round_shift(total, 1, LINEAR_ACC_FRAC - _FX_FRAC), 32)
     return out

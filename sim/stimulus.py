@@ -8,7 +8,7 @@ import numpy as np
 
 from ..isa.numerics import ACC_BITS, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
 
-__all__ = ["requant_beats"]
+__all__ = ["requant_beats", "matrix_operation", "WEIGHT_FORMATS"]
 
 _ACC_MIN, _ACC_MAX = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1
 _MULT_MAX = 2**REQUANT_MULT_BITS - 1
@@ -67,3 +67,52 @@ def requant_beats(rng, lanes, random_beats):
 
     acc, mult, shift = (np.concatenate(column) for column in zip(*parts, strict=True))
     return acc, mult, shift
+
+
+#: Weight formats of the matrix-engine stimulus: name -> (bits, symmetric).
+WEIGHT_FORMATS = {"int8": (8, True), "int8-asym": (8, False), "int4": (4, True),
+                  "int4-asym": (4, False), "int2": (2, True), "int2-asym": (2, False)}
+
+
+def matrix_operation(rng, geometry, mode, weights="int8", pattern=(16, 16), k=None, rows=None,
+                     tokens=None, group=32, load=True, activations=None):
+    """A random :class:`flightgen.isa.matrix.MatrixOperation`.
+
+    Weights are random normals quantized to ``weights`` (:data:`WEIGHT_FORMATS`) in groups of
+    ``group``, then pruned to ``pattern``; their per-row spread of scales is large but within
+    what :func:`flightgen.isa.weights.linear` accumulates exactly. Activations are FX vectors
+    whose 32-blocks span 2**8 to 2**28 in magnitude (one block is all zero), quantized per
+    block. ``k``, ``rows`` and ``tokens`` default to random sizes that exercise padding.
+    ``activations`` (``(codes, scale)``, e.g. ``.activations`` of an earlier operation) reuses
+    a tile instead.
+    """
+    from ..isa.matrix import MatrixMode, MatrixOperation
+    from ..isa.numerics import quantize_per_group
+    from ..isa.sparse import prune
+    from ..isa.weights import GroupQuantized
+
+    mode = MatrixMode(mode)
+    g = geometry
+    bits, symmetric = WEIGHT_FORMATS[weights]
+    if activations is not None:
+        k = activations[0].shape[1]
+    if k is None:
+        k = int(rng.integers(1, 6)) * max(group, 32)
+    if rows is None:
+        rows = 2 * int(rng.integers(1, 2 * g.vpus + 2))
+    if tokens is None:
+        tokens = 1 if mode == MatrixMode.MV else int(rng.integers(1, g.lanes + 1))
+    row_scale = np.exp2(rng.uniform(-9, -1, (rows, 1)))
+    values = rng.normal(0, 1, (rows, k)) * row_scale * np.exp2(rng.uniform(-3, 3, (rows, k)))
+    weight = GroupQuantized.from_float(values, bits, group, symmetric)
+    weight = prune(weight, *pattern)
+    if activations is None:
+        blocks = k // 32
+        magnitude = np.exp2(rng.uniform(8, 28, (tokens, blocks, 1)))
+        fx = (rng.normal(0, 1, (tokens, blocks, 32)) * magnitude).astype(np.int64)
+        fx[:, int(rng.integers(0, blocks))] = 0
+        activations = quantize_per_group(fx.reshape(tokens, k))
+    codes, scale = activations
+    operation = MatrixOperation(g, mode, weight, codes, scale, load=load)
+    operation.activations = activations
+    return operation

@@ -1,6 +1,7 @@
 """PackedMultiplier in amaranth.sim: products, latency, enable, and the lane budget."""
 
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 
 from flightgen.hw.dsp import LANE_BITS, LANE_PRODUCTS, PackedMultiplier
@@ -43,3 +44,9 @@ def test_products_latency_and_enable():
     assert len(seen) > 300
     for (a0, a1, w), p0, p1 in seen:
         assert (p0, p1) == PackedMultiplier.reference(a0, a1, w), (a0, a1, w)
+
+
+@pytest.mark.parametrize("width", [7, 10, "8"])
+def test_width_is_validated(width):
+    with pytest.raises(ValueError, match=rf"^operand width must be 8 or 9 bits, not {width!r}$"):
+        PackedMultiplier(width)

@@ -17,15 +17,17 @@ HARNESS = importlib.resources.files("flightgen.sim").joinpath(
 
 
 def run_harness(component):
-    executable = build_harness(component, "packed_multiplier", HARNESS)
+    source = f"#define WIDTH {component.width}\n" + HARNESS
+    executable = build_harness(component, "packed_multiplier", source)
     return subprocess.run([str(executable)], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.verilator
-def test_every_input_exactly():
-    done = run_harness(PackedMultiplier())
+@pytest.mark.parametrize(("width", "cases"), [(8, 1 << 24), (9, (1 << 27) - (1 << 18))])
+def test_every_input_exactly(width, cases):
+    done = run_harness(PackedMultiplier(width))
     assert done.returncode == 0, done.stdout
-    assert done.stdout.strip().splitlines()[-1] == "checked 16777216 mismatches 0"
+    assert done.stdout.strip().splitlines()[-1] == f"checked {cases} mismatches 0"
 
 
 class WithoutCorrection(wiring.Component):
@@ -33,6 +35,7 @@ class WithoutCorrection(wiring.Component):
 
     def __init__(self):
         self.inner = PackedMultiplier()
+        self.width = self.inner.width
         super().__init__(self.inner.signature)
 
     def elaborate(self, platform):
@@ -57,8 +60,8 @@ def test_harness_catches_a_missing_correction():
 def test_two_products_per_dsp48e2():
     from flightgen.boards.synth import estimate
 
-    result = estimate(PackedMultiplier(), "packed_multiplier")
-    assert result.dsp == 1  # two 8x8 products, one DSP48E2
+    result = estimate(PackedMultiplier(9), "packed_multiplier")
+    assert result.dsp == 1  # two 9x9 products, one DSP48E2
     # and no multiplier left in the fabric: a 27x8 LUT multiplier would be hundreds of gates,
     # here only the lane split's few gates and carries remain
     assert "$mul" not in result.cells

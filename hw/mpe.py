@@ -1,0 +1,356 @@
+"""The matrix processing engine (MPE): VPUs of sparse DSP chains, MV and MM modes,
+mixed-precision weights, block scaling, one command at a time.
+
+The streams, command and arithmetic are specified in :mod:`flightgen.isa.matrix`; the result is
+:func:`flightgen.isa.weights.linear` bit for bit.
+
+Dataflow
+--------
+``cmd`` -> (``load``) ``act`` beats into the activation memories (one per token lane, ``8 L``
+codes per row) and the block-scale memories -> per step: the weight unpacker cuts one step of
+codes (INT8/4/2, sign- or zero-extended to 9 bits), the mask unpacker one step of window masks,
+the activation memory row holding the step's columns is read -> V :class:`~flightgen.hw.chain.
+SparseChain` -> a serializer hands completed 32-blocks one per cycle to the
+:class:`~flightgen.hw.scaler.BlockScaler` (which takes the block's ``scales`` beat and its
+activation scales) -> ``out``, one beat of ``2 V`` FX values per row group.
+
+Cycles
+------
+See :meth:`MatrixEngine.expected_cycles`. A step takes one cycle unless it completes more than
+one 32-block (``2 N < L``): the scaler takes one block per cycle, so such steps take ``L / 2N``
+cycles. Dense and 8:16 steps never wait for it when ``L <= 16``.
+"""
+
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..isa.matrix import BITS_CODES, KEEP_CODES, Geometry, MatrixMode, command_layout
+from ..isa.numerics import ACC_BITS, ACT_GROUP
+from ..isa.sparse import WINDOW
+from ..isa.weights import linear
+from .chain import CODE_BITS, GROUP, SparseChain, chain_latency
+from .scaler import BlockScaler
+from .unpack import StepUnpacker
+
+__all__ = ["MatrixEngine", "ERROR_CODES"]
+
+#: ``error`` values: 0 none; a refused command sets one and is dropped (it reads no stream).
+ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3}
+
+
+class MatrixEngine(wiring.Component):
+    """Matrix engine with ``vpus`` sparse chains of ``chain`` packed DSPs.
+
+    Parameters
+    ----------
+    chain : int
+        Packed DSPs per VPU (8, 16, 32 or 64).
+    vpus : int
+        VPUs, a power of two from 1 to 64.
+    max_k : int
+        Longest K (activation-memory capacity), a multiple of ``8 * chain``.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range.
+
+    Contract
+    --------
+    * Computes :class:`flightgen.isa.matrix.MatrixOperation` ``.expected`` for every command,
+      bit for bit, whatever the stalls on any stream. Streams obey the Amaranth stream rules.
+    * A command whose ``blocks`` exceed ``max_k / 32``, whose ``bits`` code is unknown, or with
+      no blocks or rows, sets ``error`` (:data:`ERROR_CODES`) and is dropped; ``error`` stays
+      until reset.
+    * Cycles: :meth:`expected_cycles` exactly, with every source always valid and ``out``
+      always ready. Commands run one at a time; activations of a command without ``load`` are
+      those of the last load.
+    * Reset empties every pipeline and drops held beats.
+
+    Members
+    -------
+    cmd : In(stream.Signature(command_layout))
+    act, weights, masks, scales : In(stream.Signature(...))
+        See :mod:`flightgen.isa.matrix` for their widths and contents.
+    out : Out(stream.Signature(ArrayLayout(signed(32), 2 * vpus)))
+    error : Out(2)
+    """
+
+    def __init__(self, chain=8, vpus=2, max_k=4096):
+        self.geometry = g = Geometry(chain, vpus)
+        if not isinstance(max_k, int) or max_k < g.row_codes or max_k % g.row_codes:
+            raise ValueError(f"max_k must be a positive multiple of {g.row_codes}, not {max_k!r}")
+        if max_k // ACT_GROUP >= 1 << 16:
+            raise ValueError(f"max_k must be below {32 << 16}, not {max_k!r}")
+        self.chain, self.vpus, self.max_k = chain, vpus, max_k
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout)),
+            "act": In(stream.Signature(g.act_bits)),
+            "weights": In(stream.Signature(g.weight_bits)),
+            "masks": In(stream.Signature(g.mask_bits)),
+            "scales": In(stream.Signature(32 * g.lanes)),
+            "out": Out(stream.Signature(data.ArrayLayout(signed(ACC_BITS), g.lanes))),
+            "error": Out(2),
+        })
+
+    @property
+    def LATENCY(self):  # noqa: N802  (a per-instance constant)
+        """Cycles from the cycle a row group's last step issues (or, when steps wait for the
+        scaler, its last block enters the serializer) to its ``out`` transfer, both included
+        less one: issue register, chain, serializer, scaler."""
+        return 1 + chain_latency(self.chain) + 1 + BlockScaler.LATENCY + 1
+
+    # -- the model side ------------------------------------------------------------------------
+
+    @staticmethod
+    def reference(operation):
+        """The ``out`` beats of a :class:`~flightgen.isa.matrix.MatrixOperation` (numpy)."""
+        return operation.expected
+
+    @staticmethod
+    def linear(weight, codes, scale):
+        """The layer the engine computes (:func:`flightgen.isa.weights.linear`)."""
+        return linear(codes, scale, weight)
+
+    def cycles_per_step(self, keep):
+        """Cycles per step in steady state: ``max(1, L / 2N)``."""
+        return max(1, self.chain // (2 * keep))
+
+    def expected_cycles(self, operation):
+        """Cycles of one command with every source always valid and ``out`` always ready, from
+        the ``cmd`` transfer to the last ``out`` transfer, both included."""
+        g = self.geometry
+        loads = len(operation.beats["act"])
+        steps = operation.steps * self.cycles_per_step(operation.keep)
+        assert operation.geometry == g
+        return 1 + loads + steps + self.LATENCY
+
+    # -- the hardware ------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        g, L, V = self.geometry, self.chain, self.vpus
+        lanes = g.lanes
+        row_codes = g.row_codes
+        rows = self.max_k // row_codes
+        scales_per_row = row_codes // ACT_GROUP
+
+        # Command registers.
+        cmd = Signal(command_layout)
+        mm = cmd.mode == MatrixMode.MM
+        sparse = cmd.keep != KEEP_CODES[16]
+        error = Signal(2)
+        m.d.comb += self.error.eq(error)
+
+        # Memories: one activation row memory and one block-scale memory per token lane.
+        act_mem, scale_mem, act_read, scale_read = [], [], [], []
+        for lane in range(lanes):
+            mem = Memory(shape=8 * row_codes, depth=rows, init=[])
+            smem = Memory(shape=24 * scales_per_row, depth=rows, init=[])
+            m.submodules[f"act_mem{lane}"] = mem
+            m.submodules[f"scale_mem{lane}"] = smem
+            act_mem.append(mem)
+            scale_mem.append(smem)
+            act_read.append(mem.read_port())
+            scale_read.append(smem.read_port(domain="comb"))
+
+        # Unpackers.
+        code_slices = [g.codes_per_step(mode) * bits for mode in MatrixMode
+                       for bits in BITS_CODES]
+        mask_slices = [g.mask_windows_per_step(mode, keep) * WINDOW for mode in MatrixMode
+                       for keep in (8, 4, 2)]
+        m.submodules.weight_unpacker = wu = StepUnpacker(g.weight_bits, code_slices)
+        m.submodules.mask_unpacker = mu = StepUnpacker(g.mask_bits, mask_slices)
+        wiring.connect(m, wiring.flipped(self.weights), wu.i)
+        wiring.connect(m, wiring.flipped(self.masks), mu.i)
+        m.d.comb += [wu.select.eq(cmd.mode.as_value() * len(BITS_CODES) + cmd.bits),
+                     mu.select.eq(cmd.mode.as_value() * 3 + cmd.keep - 1)]
+
+        # Per-command geometry.
+        steps = Signal(range((self.max_k // ACT_GROUP) * 32 // L + 1))
+        span = Signal(range(row_codes + 1))  # columns per step
+        with m.Switch(cmd.keep):
+            for keep, code in KEEP_CODES.items():
+                with m.Case(code):
+                    m.d.comb += [steps.eq(cmd.blocks * (2 * keep) // L),
+                                 span.eq(L if keep == 16 else WINDOW * L // keep)]
+        load_rows = Signal(range(rows + 1))
+        m.d.comb += load_rows.eq((cmd.blocks + scales_per_row - 1) // scales_per_row)
+
+        # Back end first: the serializer and scaler decide whether the chains may advance.
+        m.submodules.scaler = scaler = BlockScaler(lanes)
+        groups = L // GROUP
+        pending = Signal(range(groups + 1))
+        index = Signal(range(max(groups, 2)))
+        held_p = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(22), 2),
+                                                          groups), V))
+        held_x = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(14), 2),
+                                                          groups), V))
+        out_free = ~self.out.valid | self.out.ready
+        emit = (pending != 0) & out_free & self.scales.valid
+        advance_b = out_free & ((pending == 0) | self.scales.valid)
+        advance_c = advance_b & (pending <= 1)
+        m.d.comb += [self.scales.ready.eq(emit), scaler.en.eq(advance_b),
+                     scaler.i_valid.eq(emit)]
+        # Output register: takes the scaler's result as the scaler advances, so a result is
+        # sent exactly once even when the scaler is held by a missing scales beat.
+        with m.If(self.out.ready):
+            m.d.sync += self.out.valid.eq(0)
+        with m.If(advance_b & scaler.o_valid):
+            m.d.sync += [self.out.valid.eq(1), self.out.payload.eq(scaler.o_value)]
+
+        block = Signal(16)  # block index within the row being scaled
+        m.d.comb += [scaler.i_block.first.eq(block == 0),
+                     scaler.i_block.last.eq(block == cmd.blocks - 1)]
+        with m.If(emit):
+            m.d.sync += block.eq(Mux(block == cmd.blocks - 1, 0, block + 1))
+        scale_row = block // scales_per_row
+        scale_entry = block % scales_per_row
+        for lane in range(lanes):
+            m.d.comb += scale_read[lane].addr.eq(scale_row)
+        for v in range(V):
+            for k in range(2):
+                lane = 2 * v + k
+                m.d.comb += [scaler.i_block.partial[lane].eq(held_p[v][index][k]),
+                             scaler.i_block.sums[lane].eq(held_x[v][index][k])]
+                weight_lane = Mux(mm, 0, lane)
+                word = self.scales.payload.word_select(weight_lane, 32)
+                own = scale_read[lane].data.word_select(scale_entry, 24)
+                first = scale_read[0].data.word_select(scale_entry, 24)
+                entry = Mux(mm, own, first)
+                m.d.comb += [scaler.i_block.scale[lane].eq(word[:16]),
+                             scaler.i_block.minimum[lane].eq(word[16:]),
+                             scaler.i_block.mult[lane].eq(entry[:16]),
+                             scaler.i_block.exp[lane].eq(entry[16:24])]
+
+        # Chains.
+        chains = []
+        for v in range(V):
+            m.submodules[f"vpu{v}"] = chain = SparseChain(L)
+            chains.append(chain)
+            m.d.comb += [chain.en.eq(advance_c), chain.mm.eq(mm), chain.keep.eq(cmd.keep)]
+            own = [act_read[2 * v + k].data for k in range(2)]
+            for k in range(2):
+                m.d.comb += chain.act[k].as_value().eq(Mux(mm, own[k], act_read[0].data))
+        with m.If(advance_c):
+            m.d.sync += [pending.eq(chains[0].o_count), index.eq(0)]
+            for v in range(V):
+                m.d.sync += [held_p[v].eq(chains[v].o_partial), held_x[v].eq(chains[v].o_sums)]
+        with m.Elif(emit):
+            m.d.sync += [pending.eq(pending - 1), index.eq(index + 1)]
+
+        # Front end: command, loads, step issue.
+        group = Signal(16)
+        step = Signal.like(steps)
+        column = Signal(range(self.max_k + row_codes))
+        token = Signal(range(lanes + 1))
+        load_row = Signal(range(rows + 1))
+        sent = Signal(16)
+        issue = Signal()
+        last_step = (group == cmd.groups - 1) & (step == steps - 1)
+        inputs_ready = wu.o.valid & (~sparse | mu.o.valid)
+
+        with m.If(self.out.valid & self.out.ready):
+            m.d.sync += sent.eq(sent + 1)
+
+        # Activation memory writes.
+        act_codes = self.act.payload[:8 * row_codes]
+        act_scales = self.act.payload[8 * row_codes:]
+        for lane in range(lanes):
+            write = act_mem[lane].write_port()
+            swrite = scale_mem[lane].write_port()
+            hit = self.act.valid & self.act.ready & (token == lane)
+            m.d.comb += [write.addr.eq(load_row), write.data.eq(act_codes), write.en.eq(hit),
+                         swrite.addr.eq(load_row), swrite.data.eq(act_scales),
+                         swrite.en.eq(hit)]
+        for lane in range(lanes):
+            m.d.comb += [act_read[lane].addr.eq(column // row_codes),
+                         act_read[lane].en.eq(advance_c)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    new = self.cmd.payload
+                    m.d.sync += [cmd.eq(new), group.eq(0), step.eq(0), column.eq(0),
+                                 token.eq(0), load_row.eq(0), sent.eq(0), block.eq(0)]
+                    with m.If(new.blocks > self.max_k // ACT_GROUP):
+                        m.d.sync += error.eq(ERROR_CODES["too_long"])
+                    with m.Elif(new.bits > max(BITS_CODES.values())):
+                        m.d.sync += error.eq(ERROR_CODES["bad_bits"])
+                    with m.Elif((new.blocks == 0) | (new.groups == 0)):
+                        m.d.sync += error.eq(ERROR_CODES["empty"])
+                    with m.Elif(new.load):
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "RUN"
+            with m.State("LOAD"):
+                m.d.comb += self.act.ready.eq(1)
+                with m.If(self.act.valid):
+                    last_row = load_row == load_rows - 1
+                    m.d.sync += load_row.eq(Mux(last_row, 0, load_row + 1))
+                    with m.If(last_row):
+                        m.d.sync += token.eq(token + 1)
+                        with m.If(~mm | (token == lanes - 1)):
+                            m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += issue.eq(advance_c & inputs_ready)
+                with m.If(issue):
+                    end_of_row = step == steps - 1
+                    m.d.sync += [step.eq(Mux(end_of_row, 0, step + 1)),
+                                 column.eq(Mux(end_of_row, 0, column + span))]
+                    with m.If(end_of_row):
+                        m.d.sync += group.eq(group + 1)
+                    with m.If(last_step):
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If((sent == cmd.groups) |
+                          ((sent == cmd.groups - 1) & self.out.valid & self.out.ready)):
+                    m.next = "IDLE"
+
+        m.d.comb += [wu.o.ready.eq(issue), wu.last.eq(last_step),
+                     mu.o.ready.eq(issue & sparse), mu.last.eq(last_step)]
+
+        # Issue register: the step's codes, masks and column offset, beside the memory read.
+        valid0 = Signal()
+        offset0 = Signal(range(row_codes))
+        codes0 = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(CODE_BITS), 2),
+                                                          L), V))
+        masks0 = Signal(data.ArrayLayout(data.ArrayLayout(WINDOW, L // 2), V))
+        with m.If(advance_c):
+            m.d.sync += [valid0.eq(issue), offset0.eq(column % row_codes)]
+            with m.Switch(Cat(cmd.bits, cmd.mode)):
+                for mode in MatrixMode:
+                    for bits, code in BITS_CODES.items():
+                        with m.Case(code | (mode.value << 2)):
+                            m.d.sync += self._unpack_codes(codes0, wu.o.payload, mode, bits,
+                                                           cmd.signed)
+            with m.Switch(Cat(cmd.keep, cmd.mode)):
+                for mode in MatrixMode:
+                    for keep in (8, 4, 2):
+                        with m.Case(KEEP_CODES[keep] | (mode.value << 2)):
+                            per = L // keep
+                            for v in range(V):
+                                base = v * per if mode == MatrixMode.MV else 0
+                                for w in range(per):
+                                    m.d.sync += masks0[v][w].eq(
+                                        mu.o.payload.word_select(base + w, WINDOW))
+        for v, chain in enumerate(chains):
+            m.d.comb += [chain.i_valid.eq(valid0), chain.offset.eq(offset0),
+                         chain.codes.eq(codes0[v]), chain.masks.eq(masks0[v])]
+        return m
+
+    def _unpack_codes(self, codes, payload, mode, bits, signed_codes):
+        """Assignments of one step's codes from ``payload`` into ``codes[v][i][k]``."""
+        L, V = self.chain, self.vpus
+        statements = []
+        for v in range(V):
+            for i in range(L):
+                for k in range(2 if mode == MatrixMode.MV else 1):
+                    index = (v * L + i) * 2 + k if mode == MatrixMode.MV else i
+                    raw = payload.word_select(index, bits)
+                    value = Mux(signed_codes, raw.as_signed(), raw.as_unsigned())
+                    statements.append(codes[v][i][k].eq(value))
+        return statements

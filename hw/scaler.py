@@ -1,0 +1,187 @@
+"""Block scaler: applies weight-group scales, zero-points and activation block scales to the
+matrix engine's integer block partials, and accumulates rows in FX.
+
+For every 32-block ``b`` of a row, the chain delivers the integer dot product ``P`` of the
+block's INT8 activation codes with the weight codes, and the sum ``X`` of the activation codes
+the row keeps. With the weight group's float16 scale ``d`` and minimum ``m`` (both decoded
+exactly as ``mantissa * 2**e``) and the activation block scale ``(mult, exp)``, the block
+contributes::
+
+    c = saturate_52(round_half_even((d * P + m * X) * mult * 2**(exp + 16)))
+
+on the accumulator grid of 2**-32, and the row's result is
+``saturate_32(round_half_even(sum_b c / 2**16))`` in FX. This is
+:func:`flightgen.isa.weights.linear` bit for bit: the real value of each block term is the
+same as in the numpy grid (which aligns a row's scales to its smallest exponent), so both round
+it identically.
+"""
+
+import numpy as np
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..isa.numerics import ACC_BITS, mul_round_shift
+from ..isa.numerics import saturate as saturate_values
+from ..isa.weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS
+from .arith import halve_shift, round_half_even, saturate
+
+__all__ = ["BlockScaler", "block_input_layout", "PARTIAL_BITS", "SUM_BITS", "decode_half"]
+
+#: Width of a block partial ``P``: 32 products of a 9-bit code and an 8-bit activation.
+PARTIAL_BITS = 22
+#: Width of a block activation sum ``X``: 32 codes of 8 bits.
+SUM_BITS = 14
+_FX_FRAC = 16
+#: float16 value = mantissa * 2**exponent, exponent in [_EXP_MIN, _EXP_MIN + 29].
+_EXP_MIN = -24
+_EXP_SPREAD = 29
+#: Accumulator: LINEAR_TERM_BITS plus headroom for 4096 blocks (K up to 131072).
+ACCUMULATOR_BITS = LINEAR_TERM_BITS + 12
+
+
+def block_input_layout(lanes):
+    """One block of every lane.
+
+    Members
+    -------
+    partial : ArrayLayout(signed(22), lanes)
+        ``P`` per lane.
+    sums : ArrayLayout(signed(14), lanes)
+        ``X`` per lane.
+    scale, minimum : ArrayLayout(unsigned(16), lanes)
+        The lane's weight-group float16 scale and minimum, raw bits.
+    mult : ArrayLayout(unsigned(16), lanes); exp : ArrayLayout(signed(8), lanes)
+        The lane's activation block scale.
+    first, last : unsigned(1)
+        The block is the first / last of its row (all lanes run in step).
+    """
+    return data.StructLayout({
+        "partial": data.ArrayLayout(signed(PARTIAL_BITS), lanes),
+        "sums": data.ArrayLayout(signed(SUM_BITS), lanes),
+        "scale": data.ArrayLayout(unsigned(16), lanes),
+        "minimum": data.ArrayLayout(unsigned(16), lanes),
+        "mult": data.ArrayLayout(unsigned(16), lanes),
+        "exp": data.ArrayLayout(signed(8), lanes),
+        "first": 1,
+        "last": 1,
+    })
+
+
+def decode_half(bits):
+    """An exact float16 as ``(signed 12-bit mantissa, exponent)``: value = mantissa * 2**exp,
+    exponent ``max(field, 1) - 25`` (subnormals share the smallest exponent)."""
+    field = bits[10:15]
+    magnitude = bits[:10] | ((field != 0).as_unsigned() << 10)
+    mantissa = Mux(bits[15], -magnitude, magnitude)
+    exponent = Mux(field == 0, 1, field) - 25
+    return mantissa, exponent
+
+
+class BlockScaler(wiring.Component):
+    """Scale and accumulate block partials of ``lanes`` lanes in lockstep.
+
+    Contract
+    --------
+    * A valid input with ``last`` set produces, :attr:`LATENCY` enabled cycles later, ``o_valid``
+      with every lane's FX row result in ``o_value``; the accumulation restarts at an input with
+      ``first`` set. A row's blocks arrive in order, one per enabled cycle at most.
+    * The pipeline advances only while ``en`` is high; reset empties it.
+
+    Parameters
+    ----------
+    lanes : int
+
+    Members
+    -------
+    en : In(1)
+    i_valid : In(1)
+    i_block : In(block_input_layout(lanes))
+    o_valid : Out(1)
+    o_value : Out(ArrayLayout(signed(32), lanes))
+    """
+
+    #: Enabled cycles from a row's last block to its result.
+    LATENCY = 6
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        super().__init__({
+            "en": In(1),
+            "i_valid": In(1),
+            "i_block": In(block_input_layout(lanes)),
+            "o_valid": Out(1),
+            "o_value": Out(data.ArrayLayout(signed(ACC_BITS), lanes)),
+        })
+
+    @staticmethod
+    def reference(partial, sums, scale, minimum, mult, exp):
+        """FX row results (numpy) for blocks of one row: every argument has shape
+        ``(blocks, lanes)``; ``scale`` and ``minimum`` are float16 arrays."""
+        shape = np.shape(partial)
+        d_fraction, d_exp = np.frexp(np.asarray(scale, np.float64))
+        m_fraction, m_exp = np.frexp(np.asarray(minimum, np.float64))
+        d = np.rint(d_fraction * 2**11).astype(np.int64)
+        m = np.rint(m_fraction * 2**11).astype(np.int64)
+        low = np.minimum(d_exp, m_exp) - 11
+        term = (np.asarray(partial, np.int64) * (d << (d_exp - 11 - low))
+                + np.asarray(sums, np.int64) * (m << (m_exp - 11 - low)))
+        shift = -(low + np.asarray(exp) + LINEAR_ACC_FRAC - _FX_FRAC)
+        c = saturate_values(mul_round_shift(term, np.asarray(mult), shift), LINEAR_TERM_BITS)
+        total = c.reshape(shape).sum(axis=0)
+        return saturate_values(mul_round_shift(total, 1, LINEAR_ACC_FRAC - _FX_FRAC), ACC_BITS)
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, i = self.lanes, self.i_block
+        valid = Signal(self.LATENCY)
+        first = Signal(self.LATENCY)
+        last = Signal(self.LATENCY)
+        with m.If(self.en):
+            m.d.sync += [valid.eq(valid << 1 | self.i_valid),
+                         first.eq(first << 1 | i.first), last.eq(last << 1 | i.last)]
+        m.d.comb += self.o_valid.eq(valid[-1] & last[-1])
+
+        for lane in range(lanes):
+            def stage(shape, name, lane=lane):
+                return Signal(shape, name=f"{name}{lane}")
+
+            # 1: decode the float16 scale and minimum; one narrow product each.
+            pd, pm = stage(signed(PARTIAL_BITS + 12), "pd"), stage(signed(SUM_BITS + 12), "pm")
+            ed, em = stage(signed(7), "ed"), stage(signed(7), "em")
+            mult1, exp1 = stage(unsigned(16), "mult1_"), stage(signed(8), "exp1_")
+            d_mant, d_exp = decode_half(i.scale[lane])
+            m_mant, m_exp = decode_half(i.minimum[lane])
+            # 2: align the two products to the smaller exponent and add (exact, 64 bits).
+            term, shift2 = stage(signed(64), "term"), stage(signed(10), "shift")
+            mult2 = stage(unsigned(16), "mult2_")
+            low = Mux(ed < em, ed, em)
+            # 3: times the activation multiplier (exact, 80 bits).
+            product = stage(signed(81), "product")
+            shift3 = stage(signed(10), "shift3_")
+            # 4: round half to even onto the 2**-32 grid, saturate to LINEAR_TERM_BITS.
+            contribution = stage(signed(LINEAR_TERM_BITS), "c")
+            right = Mux(shift3 > 82, 82, shift3).as_unsigned()[:7]
+            left = Mux(-shift3 > 63, 63, -shift3).as_unsigned()[:6]
+            halved, sticky = halve_shift(product, right)
+            widened = stage(signed(81 + 63), "widened")
+            m.d.comb += widened.eq(product << left)
+            scaled = Mux(shift3 > 0, round_half_even(halved, sticky), widened)
+            # 5: accumulate the row; 6: round to FX.
+            acc = stage(signed(ACCUMULATOR_BITS), "acc")
+            fx_halved, fx_sticky = halve_shift(acc, LINEAR_ACC_FRAC - _FX_FRAC)
+            with m.If(self.en):
+                m.d.sync += [
+                    pd.eq(i.partial[lane] * d_mant), pm.eq(i.sums[lane] * m_mant),
+                    ed.eq(d_exp), em.eq(m_exp), mult1.eq(i.mult[lane]), exp1.eq(i.exp[lane]),
+                    term.eq((pd << (ed - low).as_unsigned()[:5])
+                            + (pm << (em - low).as_unsigned()[:5])),
+                    shift2.eq(-(low + exp1 + LINEAR_ACC_FRAC - _FX_FRAC)), mult2.eq(mult1),
+                    product.eq(term * mult2), shift3.eq(shift2),
+                    contribution.eq(saturate(scaled, LINEAR_TERM_BITS)),
+                    self.o_value[lane].eq(saturate(round_half_even(fx_halved, fx_sticky),
+                                                   ACC_BITS)),
+                ]
+                with m.If(valid[3]):
+                    m.d.sync += acc.eq(Mux(first[3], 0, acc) + contribution)
+        return m

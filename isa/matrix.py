@@ -1,0 +1,363 @@
+"""The matrix engine's contract: its command, the layout of every stream it reads and writes,
+and what it computes.
+
+The matrix engine (:class:`flightgen.hw.mpe.MatrixEngine`) computes :func:`~flightgen.isa.
+weights.linear`, bit for bit: INT8 activation blocks (one scale per 32 inputs) times
+group-quantized weights (INT8, INT4 or INT2 codes, signed or with group minimums, dense or N:M
+sparse), in FX. Its shape is set by two parameters, collected in :class:`Geometry`:
+
+* ``chain`` (L): packed DSPs per VPU. Each DSP multiplies one shared operand by two packed
+  ones, so a VPU does ``2 L`` MACs per cycle.
+* ``vpus`` (V): VPUs. The engine has ``2 V`` output **lanes**.
+
+Modes
+-----
+* **MV** (decode): one activation vector; VPU ``v`` takes weight rows ``2 v`` and ``2 v + 1``
+  of each **row group** of ``2 V`` rows (the packed operand is the two rows' codes, the shared
+  operand is the activation). Output lane ``2 v + j`` is row ``2 V g + 2 v + j``.
+* **MM** (prefill): a tile of up to ``2 V`` tokens; every VPU takes the same weight row (the
+  shared operand) and its own two tokens (packed). A row group is one row; output lane ``t``
+  is token ``t``.
+
+Kept slots and steps
+--------------------
+Each row is processed as its stream of **kept slots**: all columns in order (dense), or the
+kept columns in order (sparse). The hardware mode keeps ``n`` of every 16 columns
+(:func:`~flightgen.isa.sparse.hardware_keep`: 16, 8, 4 or 2; 2:4 runs as 8:16). A **step**
+covers ``L`` consecutive slots of every row in flight; a row takes ``S = K n / (16 L)`` steps.
+K is padded with zero columns (and zero activation blocks, which contribute nothing) to a
+multiple of ``max(32, 16 L / n)``.
+
+Streams (every beat is a little-endian bit field, element 0 in the lowest bits)
+------------------------------------------------------------------------------
+``cmd``      :data:`command_layout`.
+``act``      (when ``load``) ``ceil(K / 8L)`` beats per token (MV: 1 token; MM: ``2 V``),
+             each ``8 L`` INT8 codes then ``L / 4`` block scales (mult: 16 bits, exp: 8 bits
+             signed). Missing tokens and the tail are zero.
+``weights``  :attr:`Geometry.weight_bits`-bit beats holding the codes of consecutive steps
+             back to back (the last beat zero-padded). A step is ``2 V L`` codes in MV (index
+             ``(v L + i) 2 + j``: VPU ``v``, slot ``i``, row ``j`` of the pair) or ``L`` codes
+             in MM, each ``bits`` wide (two's complement when signed).
+``masks``    (sparse only) :attr:`Geometry.mask_bits`-bit beats, consecutive steps back to back:
+             per step and row pair (MV: ``V`` pairs; MM: the row's pair), the ``L / n``
+             16-bit window masks the step covers (:func:`~flightgen.isa.sparse.window_masks`).
+``scales``   one beat per row group and 32-block: per lane (MV: its row; MM: lane 0 only, the
+             row) the block's float16 scale (low 16 bits) and minimum (high 16 bits, 0 when
+             symmetric).
+``out``      one beat per row group: ``2 V`` FX values (int32).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.lib import data, enum
+
+from .numerics import ACT_GROUP
+from .sparse import WINDOW, check_nm, window_masks
+from .weights import GroupQuantized, linear
+
+__all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "command_layout", "Geometry",
+           "MatrixOperation", "CHAIN_RANGE", "MAX_VPUS"]
+
+
+class MatrixMode(enum.Enum, shape=1):
+    """Which operand the engine packs: MV packs two weight rows, MM two tokens."""
+    MV = 0
+    MM = 1
+
+
+#: Hardware keep (of 16) -> its command code.
+KEEP_CODES = {16: 0, 8: 1, 4: 2, 2: 3}
+#: Code width -> its command code.
+BITS_CODES = {8: 0, 4: 1, 2: 2}
+#: Allowed chain lengths (packed DSPs per VPU).
+CHAIN_RANGE = (8, 16, 32, 64)
+#: Largest VPU count.
+MAX_VPUS = 64
+
+#: The command beat. ``blocks`` counts 32-blocks of (padded) K; ``groups`` counts row groups;
+#: ``load`` makes the engine take a new activation tile first (else it reuses the last one).
+command_layout = data.StructLayout({
+    "mode": MatrixMode,
+    "keep": 2,
+    "bits": 2,
+    "signed": 1,
+    "load": 1,
+    "blocks": 16,
+    "groups": 16,
+})
+
+
+def _bits_to_beats(values, bits, beat_bits):
+    """Pack unsigned ``values`` (each ``bits`` wide) back to back into ``beat_bits``-bit beats,
+    the last one zero-padded."""
+    values = np.asarray(values, dtype=np.uint64).ravel()
+    if values.size == 0:
+        return []
+    planes = ((values[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
+    flat = planes.ravel()
+    beats = -(-flat.size // beat_bits)
+    flat = np.concatenate([flat, np.zeros(beats * beat_bits - flat.size, dtype=np.uint8)])
+    raw = np.packbits(flat.reshape(beats, beat_bits), axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in raw]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Chain length and VPU count, with the stream widths they imply."""
+
+    chain: int
+    vpus: int
+
+    def __post_init__(self):
+        if self.chain not in CHAIN_RANGE:
+            raise ValueError(f"chain length must be one of {', '.join(map(str, CHAIN_RANGE))}, "
+                             f"not {self.chain!r}")
+        if not (isinstance(self.vpus, int) and 1 <= self.vpus <= MAX_VPUS
+                and self.vpus & (self.vpus - 1) == 0):
+            raise ValueError(f"VPU count must be a power of two from 1 to {MAX_VPUS}, "
+                             f"not {self.vpus!r}")
+
+    @property
+    def lanes(self):
+        """Output lanes: ``2 V``."""
+        return 2 * self.vpus
+
+    @property
+    def macs(self):
+        """Multiply-accumulates per cycle: ``2 V L``."""
+        return 2 * self.vpus * self.chain
+
+    @property
+    def row_codes(self):
+        """Activation codes per activation-memory row (and ``act`` beat): ``8 L``."""
+        return 8 * self.chain
+
+    @property
+    def weight_bits(self):
+        """``weights`` beat width: one MV step of INT8 codes, ``16 V L``."""
+        return 16 * self.vpus * self.chain
+
+    @property
+    def mask_bits(self):
+        """``masks`` beat width: one MV step of 2:16 masks, ``8 V L``."""
+        return 8 * self.vpus * self.chain
+
+    @property
+    def act_bits(self):
+        """``act`` beat width: ``8 L`` codes and ``L / 4`` block scales."""
+        return 64 * self.chain + 24 * (self.chain // 4)
+
+    def k_multiple(self, keep):
+        """K is padded to a multiple of this for hardware keep ``keep``."""
+        return max(ACT_GROUP, WINDOW * self.chain // keep)
+
+    def codes_per_step(self, mode):
+        return 2 * self.vpus * self.chain if mode == MatrixMode.MV else self.chain
+
+    def mask_windows_per_step(self, mode, keep):
+        """16-bit masks per step: ``L / n`` per row pair in flight."""
+        pairs = self.vpus if mode == MatrixMode.MV else 1
+        return pairs * self.chain // keep
+
+    def steps(self, blocks, keep):
+        """Steps per row group."""
+        return blocks * ACT_GROUP * keep // (WINDOW * self.chain)
+
+
+def _pad_columns(weight, k_padded, keep):
+    """Pad a weight matrix with zero columns (and a valid mask) to ``k_padded`` columns."""
+    n, k = weight.shape
+    extra = k_padded - k
+    groups = extra // weight.group
+    if extra == 0:
+        return weight
+    if extra % weight.group:
+        raise ValueError(f"cannot pad K={k} to {k_padded} in whole groups of {weight.group}")
+    codes = np.concatenate([weight.codes, np.zeros((n, extra), weight.codes.dtype)], axis=1)
+    zeros = np.zeros((n, groups), np.float16)
+    scales = np.concatenate([weight.scales, zeros], axis=1)
+    mins = None if weight.mins is None else np.concatenate([weight.mins, zeros], axis=1)
+    mask = None
+    if weight.mask is not None:
+        tail = np.zeros((n, extra // WINDOW, WINDOW), bool)
+        tail[..., :keep] = True
+        mask = np.concatenate([weight.mask, tail.reshape(n, extra)], axis=1)
+    return GroupQuantized(codes, weight.bits, weight.signed, weight.group, scales, mins, mask)
+
+
+def _pad_rows(weight, rows):
+    """Pad with zero rows (zero scales; a valid mask) to ``rows`` rows."""
+    n, k = weight.shape
+    extra = rows - n
+    if extra == 0:
+        return weight
+    groups = k // weight.group
+    codes = np.concatenate([weight.codes, np.zeros((extra, k), weight.codes.dtype)])
+    scales = np.concatenate([weight.scales, np.zeros((extra, groups), np.float16)])
+    mins = None if weight.mins is None else np.concatenate(
+        [weight.mins, np.zeros((extra, groups), np.float16)])
+    mask = None
+    if weight.mask is not None:
+        mask = np.concatenate([weight.mask, np.repeat(weight.mask[-1:], extra, axis=0)])
+        codes[n:] = 0
+    return GroupQuantized(codes, weight.bits, weight.signed, weight.group, scales, mins, mask)
+
+
+class MatrixOperation:
+    """One matrix-engine command with every beat of its streams and its expected output.
+
+    Parameters
+    ----------
+    geometry : Geometry
+    mode : MatrixMode
+    weight : GroupQuantized
+        ``(N, K)``; INT8, INT4 or INT2 codes; a mask must be an N:16 pattern shared by row
+        pairs (2:4 included); the group must be a multiple of 32.
+    codes : ndarray of int8, ``(T, K)``
+        Activation codes (T = 1 in MV, at most ``2 V`` in MM).
+    scale : (mult, exp)
+        Activation block scales, ``(T, K // 32)`` each, as from
+        :func:`flightgen.isa.numerics.quantize_per_group`.
+    load : bool
+        Whether the command loads the activations (``False`` reuses the engine's tile).
+
+    Members
+    -------
+    command : dict
+        The ``cmd`` beat's fields.
+    beats : dict
+        Stream name -> list of raw payloads (ints).
+    expected : ndarray of int64, ``(groups, 2 V)``
+        The ``out`` beats: :func:`~flightgen.isa.weights.linear` arranged by lane.
+    reference : ndarray of int64, ``(T, N)``
+        :func:`~flightgen.isa.weights.linear` of the unpadded operands.
+    """
+
+    def __init__(self, geometry, mode, weight, codes, scale, *, load=True):
+        mode = MatrixMode(mode)
+        codes = np.asarray(codes)
+        mult, exp = (np.asarray(v, dtype=np.int64) for v in scale)
+        n, k = weight.shape
+        if weight.bits not in BITS_CODES:
+            raise ValueError(f"the matrix engine takes {', '.join(map(str, BITS_CODES))}-bit "
+                             f"codes, not {weight.bits}-bit")
+        if weight.group % ACT_GROUP:
+            raise ValueError(f"weight groups must be multiples of {ACT_GROUP}, not "
+                             f"{weight.group}")
+        tokens = codes.shape[0]
+        limit = 1 if mode == MatrixMode.MV else geometry.lanes
+        if codes.shape != (tokens, k) or not 1 <= tokens <= limit:
+            raise ValueError(f"{mode.name} takes 1 to {limit} activation vectors of {k} codes, "
+                             f"not shape {codes.shape}")
+        keep = 16
+        if weight.mask is not None:
+            keep = int(weight.mask[0, :WINDOW].sum()) if k >= WINDOW else 0
+            if keep not in KEEP_CODES or keep == 16:
+                raise ValueError(f"mask keeps {keep} of 16 columns; the engine runs N:16 with "
+                                 f"N in 2, 4, 8")
+            check_nm(weight.mask, keep, WINDOW)
+        self.reference = linear(codes, (mult, exp), weight)
+
+        g = geometry
+        multiple = np.lcm(g.k_multiple(keep), weight.group)
+        k_padded = -(-k // multiple) * multiple
+        rows = n if mode == MatrixMode.MM else -(-n // g.lanes) * g.lanes
+        weight = _pad_rows(_pad_columns(weight, k_padded, keep), rows)
+        blocks = k_padded // ACT_GROUP
+        if blocks >= 1 << 16:
+            raise ValueError(f"K={k} is too long for one command")
+        act = np.zeros((limit if mode == MatrixMode.MM else 1, k_padded), np.int64)
+        act[:tokens, :k] = codes
+        amult = np.zeros((act.shape[0], blocks), np.int64)
+        aexp = np.zeros_like(amult)
+        amult[:tokens, :k // ACT_GROUP] = mult
+        aexp[:tokens, :k // ACT_GROUP] = exp
+        groups = rows // g.lanes if mode == MatrixMode.MV else rows
+        self.geometry, self.mode, self.keep, self.blocks, self.groups = (
+            g, mode, keep, blocks, groups)
+        self.command = {"mode": mode, "keep": KEEP_CODES[keep], "bits": BITS_CODES[weight.bits],
+                        "signed": int(weight.signed), "load": int(load), "blocks": blocks,
+                        "groups": groups}
+        self.beats = {
+            "act": self._act_beats(act, amult, aexp) if load else [],
+            "weights": self._weight_beats(weight, keep),
+            "masks": self._mask_beats(weight, keep),
+            "scales": self._scale_beats(weight),
+        }
+        full = linear(act, (amult, aexp), weight)  # zero padding contributes exactly nothing
+        self.expected = (full.reshape(groups, g.lanes) if mode == MatrixMode.MV
+                         else full.T.copy())
+
+    @property
+    def steps(self):
+        """Steps in the whole command."""
+        return self.groups * self.geometry.steps(self.blocks, self.keep)
+
+    def _act_beats(self, act, amult, aexp):
+        g = self.geometry
+        rows = -(-act.shape[1] // g.row_codes)
+        width = rows * g.row_codes
+        codes = np.zeros((act.shape[0], width), np.int64)
+        codes[:, :act.shape[1]] = act
+        mult = np.zeros((act.shape[0], width // ACT_GROUP), np.int64)
+        exp = np.zeros_like(mult)
+        mult[:, :amult.shape[1]], exp[:, :aexp.shape[1]] = amult, aexp
+        beats = []
+        per_row = g.row_codes // ACT_GROUP
+        for token in range(act.shape[0]):
+            for row in range(rows):
+                value = 0
+                for i, c in enumerate(codes[token, row * g.row_codes:(row + 1) * g.row_codes]):
+                    value |= (int(c) & 0xFF) << (8 * i)
+                base = 8 * g.row_codes
+                for j in range(per_row):
+                    block = row * per_row + j
+                    field = int(mult[token, block]) | ((int(exp[token, block]) & 0xFF) << 16)
+                    value |= field << (base + 24 * j)
+                beats.append(value)
+        return beats
+
+    def _kept(self, array, weight):
+        """Per row, the kept slots of ``array`` (same shape as the weight)."""
+        if weight.mask is None:
+            return array
+        n = array.shape[0]
+        return array[weight.mask].reshape(n, -1)
+
+    def _weight_beats(self, weight, keep):
+        g, b = self.geometry, weight.bits
+        slots = self._kept(weight.codes.astype(np.int64), weight)  # (rows, S L)
+        steps = g.steps(self.blocks, keep)
+        if self.mode == MatrixMode.MV:
+            order = slots.reshape(self.groups, g.vpus, 2, steps, g.chain).transpose(0, 3, 1, 4, 2)
+        else:
+            order = slots.reshape(self.groups, steps, g.chain)
+        return _bits_to_beats(order.ravel() & ((1 << b) - 1), b, g.weight_bits)
+
+    def _mask_beats(self, weight, keep):
+        if weight.mask is None:
+            return []
+        g = self.geometry
+        windows = window_masks(weight.mask).astype(np.int64)  # (pairs, K / 16)
+        steps = g.steps(self.blocks, keep)
+        per_step = g.chain // keep
+        if self.mode == MatrixMode.MV:
+            order = windows.reshape(self.groups, g.vpus, steps, per_step).transpose(0, 2, 1, 3)
+        else:
+            order = np.repeat(windows, 2, axis=0).reshape(self.groups, steps, per_step)
+        return _bits_to_beats(order.ravel(), WINDOW, g.mask_bits)
+
+    def _scale_beats(self, weight):
+        g = self.geometry
+        repeat = weight.group // ACT_GROUP
+        scales = np.repeat(weight.scales.view(np.uint16).astype(np.int64), repeat, axis=1)
+        mins = np.zeros_like(scales) if weight.mins is None else np.repeat(
+            weight.mins.view(np.uint16).astype(np.int64), repeat, axis=1)
+        words = scales | (mins << 16)  # (rows, blocks)
+        if self.mode == MatrixMode.MV:
+            order = words.reshape(self.groups, g.lanes, self.blocks).transpose(0, 2, 1)
+        else:
+            order = np.zeros((self.groups, self.blocks, g.lanes), np.int64)
+            order[:, :, 0] = words
+        return _bits_to_beats(order.ravel(), 32, 32 * g.lanes)
