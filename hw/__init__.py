@@ -5,12 +5,17 @@ throughput, backpressure, reset) and carries ``reference()`` (numpy, the arithme
 :mod:`flightgen.isa`) and ``expected_cycles()``. This package imports :mod:`flightgen.isa` only.
 """
 
+from .buffers import BankedBuffer, BufferConfig, BufferSpec, DoubleBuffer, OnChipBuffers
 from .chain import SparseChain
 from .dsp import PackedMultiplier
 from .mpe import MatrixEngine
 from .requant import Requantizer, requant_input_layout
+from .scalar import ScalarOp, ScalarUnit
 from .scaler import BlockScaler
+from .sfu import LaneArray, SpecialFunctionUnit
 from .unpack import StepUnpacker
 
-__all__ = ["BlockScaler", "MatrixEngine", "PackedMultiplier", "Requantizer", "SparseChain",
-           "StepUnpacker", "requant_input_layout"]
+__all__ = ["BankedBuffer", "BlockScaler", "BufferConfig", "BufferSpec", "DoubleBuffer",
+           "LaneArray", "MatrixEngine", "OnChipBuffers", "PackedMultiplier", "Requantizer",
+           "ScalarOp", "ScalarUnit", "SparseChain", "SpecialFunctionUnit", "StepUnpacker",
+           "requant_input_layout"]

@@ -7,7 +7,7 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 
 from amaranth import Cat, Const, Mux
 
-__all__ = ["halve_shift", "round_half_even", "saturate"]
+__all__ = ["halve_shift", "round_half_even", "round_shift", "saturate"]
 
 
 def halve_shift(value, shift):
@@ -30,3 +30,16 @@ def saturate(value, bits):
     """Clip signed ``value`` to the signed ``bits``-bit range."""
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(value > high, high, Mux(value < low, low, value))
+
+
+def round_shift(value, shift, *, max_right, max_left):
+    """``round_half_even(value * 2**-shift)`` for a signed ``shift`` (a Value): a rounding
+    right shift when positive, an exact left shift when not. Right shifts beyond
+    ``max_right`` (at least the width of ``value``) give the same result as ``max_right``;
+    left shifts are clamped at ``max_left``, so callers saturate the result to fewer than
+    ``max_left`` bits."""
+    right_bits, left_bits = max_right.bit_length(), max_left.bit_length()
+    right = Mux(shift > max_right, max_right, shift).as_unsigned()[:right_bits]
+    left = Mux(-shift > max_left, max_left, -shift).as_unsigned()[:left_bits]
+    halved, sticky = halve_shift(value, right)
+    return Mux(shift > 0, round_half_even(halved, sticky), value << left)

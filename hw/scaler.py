@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.numerics import ACC_BITS, mul_round_shift
 from ..isa.numerics import saturate as saturate_values
 from ..isa.weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS
-from .arith import halve_shift, round_half_even, saturate
+from .arith import halve_shift, round_half_even, round_shift, saturate
 
 __all__ = ["BlockScaler", "block_input_layout", "PARTIAL_BITS", "SUM_BITS", "decode_half"]
 
@@ -161,12 +161,7 @@ class BlockScaler(wiring.Component):
             shift3 = stage(signed(10), "shift3_")
             # 4: round half to even onto the 2**-32 grid, saturate to LINEAR_TERM_BITS.
             contribution = stage(signed(LINEAR_TERM_BITS), "c")
-            right = Mux(shift3 > 82, 82, shift3).as_unsigned()[:7]
-            left = Mux(-shift3 > 63, 63, -shift3).as_unsigned()[:6]
-            halved, sticky = halve_shift(product, right)
-            widened = stage(signed(81 + 63), "widened")
-            m.d.comb += widened.eq(product << left)
-            scaled = Mux(shift3 > 0, round_half_even(halved, sticky), widened)
+            scaled = round_shift(product, shift3, max_right=82, max_left=63)
             # 5: accumulate the row; 6: round to FX.
             acc = stage(signed(ACCUMULATOR_BITS), "acc")
             fx_halved, fx_sticky = halve_shift(acc, LINEAR_ACC_FRAC - _FX_FRAC)

@@ -290,6 +290,11 @@ class MatrixOperation:
                          else full.T.copy())
 
     @property
+    def out_beats(self):
+        """``out`` beats of the command: one per row group."""
+        return self.groups
+
+    @property
     def steps(self):
         """Steps in the whole command."""
         return self.groups * self.geometry.steps(self.blocks, self.keep)

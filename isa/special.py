@@ -22,7 +22,9 @@ __all__ = [
     "EXP_FRAC", "POW2_TABLE", "SIGMOID_TABLE", "NORMAL_CDF_TABLE", "SINE_TABLE",
     "exp_neg", "softmax", "sigmoid", "silu", "normal_cdf", "gelu",
     "rope_frequencies", "rope_cos_sin", "rope", "add", "mul",
-    "rms_norm", "layer_norm", "norm_weight",
+    "rms_norm", "layer_norm", "norm_weight", "eps_fixed",
+    "LOG2E", "LOG2E_FRAC", "SIGMOID_RANGE", "SIGMOID_STEP_BITS", "CDF_RANGE", "CDF_STEP_BITS",
+    "PHASE_BITS", "TRIG_FRAC",
 ]
 
 #: Fractional bits of an FX value.
@@ -70,6 +72,8 @@ POW2_TABLE = np.array([_rounded(_CONTEXT.power(decimal.Decimal(2), decimal.Decim
 #: log2(e) with 24 fractional bits.
 _LOG2E_FRAC = 24
 _LOG2E = _rounded(decimal.Decimal(1) / _CONTEXT.ln(decimal.Decimal(2)), _LOG2E_FRAC)
+#: log2(e) as used by :func:`exp_neg`: an integer with :data:`LOG2E_FRAC` fractional bits.
+LOG2E, LOG2E_FRAC = _LOG2E, _LOG2E_FRAC
 
 
 def _interpolate(table, index, fraction, fraction_bits):
@@ -121,6 +125,9 @@ def softmax(x, mask=None, axis=-1):
 
 _SIGMOID_RANGE, _SIGMOID_STEP_BITS = 16, 5  # table over [-16, 16) in steps of 1/32
 _CDF_RANGE, _CDF_STEP_BITS = 8, 6  # table over [-8, 8) in steps of 1/64
+#: Table ranges (``[-range, range)``) and step widths (``2**-step_bits``) of sigmoid and Phi.
+SIGMOID_RANGE, SIGMOID_STEP_BITS = _SIGMOID_RANGE, _SIGMOID_STEP_BITS
+CDF_RANGE, CDF_STEP_BITS = _CDF_RANGE, _CDF_STEP_BITS
 
 
 def _sigmoid_value(x):
@@ -193,6 +200,8 @@ def gelu(x):
 
 _PHASE_BITS = 32
 _TRIG_FRAC = 15
+#: RoPE phase accumulator width (a full turn is 2**32) and cos/sin fractional bits (Q1.15).
+PHASE_BITS, TRIG_FRAC = _PHASE_BITS, _TRIG_FRAC
 
 
 def _sine_table():
@@ -291,16 +300,22 @@ def norm_weight(weight):
     return values, frac
 
 
+def eps_fixed(eps):
+    """A norm's epsilon in the units of a mean square of FX values (2**-32), rounded half to
+    even, as :func:`rms_norm` and :func:`layer_norm` add it."""
+    return _rounded(decimal.Decimal(repr(float(eps))), 2 * FX_FRAC)
+
+
 def _inverse_rms(centred, eps):
     """Scale ``(mult, exp)`` of ``1 / sqrt(mean(c**2) + eps)`` for FX vectors ``c`` (last
     axis): the real value is ``mult * 2**exp``."""
     n = centred.shape[-1]
-    eps_fixed = _rounded(decimal.Decimal(repr(float(eps))), 2 * FX_FRAC)
+    epsilon = eps_fixed(eps)
     rows = centred.reshape(-1, n)
     narrowed, drops = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
     for index, row in enumerate(rows):
         squares = sum(int(v) * int(v) for v in row)  # exact: Python integers
-        total = squares // n + eps_fixed  # mean square in FX**2 units (2**-32), plus eps
+        total = squares // n + epsilon  # mean square in FX**2 units (2**-32), plus eps
         drop = max(0, total.bit_length() - 61) + max(0, total.bit_length() - 61) % 2
         narrowed[index], drops[index] = max(total >> drop, 1), drop  # drop is even
     mult, exp = rsqrt(narrowed)

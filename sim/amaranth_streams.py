@@ -5,7 +5,7 @@ from an async testbench, inserting idle and backpressure cycles from stall gener
 :func:`flightgen.sim.benches.streams.stall_pattern`; any callable returning a bool works).
 """
 
-__all__ = ["put_beats", "get_beats"]
+__all__ = ["put_beats", "get_beats", "run_commands"]
 
 
 async def put_beats(ctx, stream, payloads, idle=lambda: False):
@@ -47,3 +47,48 @@ async def get_beats(ctx, stream, count, backpressure=lambda: False):
             cycles.append(cycle - 1)
     ctx.set(stream.ready, 0)
     return payloads, cycles
+
+
+def run_commands(component, operations, inputs, command_layout, stall=None, seed=0):
+    """Simulate a command-driven component (matrix engine, SFU) in :mod:`amaranth.sim`.
+
+    Every operation's ``command`` goes to ``cmd`` and its ``beats[name]`` (raw payload bits) to
+    each stream in ``inputs``; ``out`` is drained of ``sum(op.out_beats)`` beats. With
+    ``stall`` (a probability), every source idles and the sink stalls at random.
+
+    Returns ``(payloads, cycles)``: the ``out`` payloads and the cycles of every ``cmd`` and
+    ``out`` transfer.
+    """
+    import numpy as np
+    from amaranth.sim import Simulator
+
+    rng = np.random.default_rng(seed)
+    idle = (lambda: bool(rng.random() < stall)) if stall else (lambda: False)
+    got, cycles = [], {}
+    total = sum(op.out_beats for op in operations)
+
+    def feeder(name):
+        async def bench(ctx):
+            port = getattr(component, name)
+            shape = port.payload.shape()
+            convert = shape.from_bits if hasattr(shape, "from_bits") else (lambda bits: bits)
+            beats = [convert(beat) for op in operations for beat in op.beats[name]]
+            await put_beats(ctx, port, beats, idle)
+        return bench
+
+    async def commands(ctx):
+        payloads = [command_layout.const(op.command) for op in operations]
+        cycles["cmd"] = await put_beats(ctx, component.cmd, payloads, idle)
+
+    async def sink(ctx):
+        payloads, cycles["out"] = await get_beats(ctx, component.out, total, idle)
+        got.extend(payloads)
+
+    sim = Simulator(component)
+    sim.add_clock(1e-8)
+    for name in inputs:
+        sim.add_testbench(feeder(name), background=True)
+    sim.add_testbench(commands, background=True)
+    sim.add_testbench(sink)
+    sim.run()
+    return got, cycles

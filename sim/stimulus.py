@@ -8,7 +8,7 @@ import numpy as np
 
 from ..isa.numerics import ACC_BITS, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
 
-__all__ = ["requant_beats", "matrix_operation", "WEIGHT_FORMATS"]
+__all__ = ["requant_beats", "matrix_operation", "vector_operation", "WEIGHT_FORMATS"]
 
 _ACC_MIN, _ACC_MAX = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1
 _MULT_MAX = 2**REQUANT_MULT_BITS - 1
@@ -116,3 +116,33 @@ def matrix_operation(rng, geometry, mode, weights="int8", pattern=(16, 16), k=No
     operation = MatrixOperation(g, mode, weight, codes, scale, load=load)
     operation.activations = activations
     return operation
+
+
+def vector_operation(rng, lanes, op, length, *, valid=None, scale=None):
+    """A random :class:`flightgen.isa.vector.VectorOperation` of ``length`` elements.
+
+    FX inputs are normals of a random magnitude from 2**-4 to 2**12 (``scale`` fixes it), with
+    occasional saturating extremes; norm weights and biases are normals, epsilon 1e-5 or 1e-6;
+    RoPE takes a random position and a head's frequencies (theta 10000).
+    """
+    from ..isa import special
+    from ..isa.vector import VectorOp, VectorOperation
+
+    op = VectorOp(op)
+    magnitude = scale if scale is not None else 2.0 ** rng.uniform(-4, 12)
+    a = special.to_fx(rng.normal(0, magnitude, length))
+    if length > 4 and rng.random() < 0.3:
+        a[rng.integers(0, length)] = rng.choice([-(2**31), 2**31 - 1])
+    kwargs = {}
+    if op in (VectorOp.ADD, VectorOp.MUL):
+        kwargs["b"] = special.to_fx(rng.normal(0, 2.0 ** rng.uniform(-4, 12), length))
+    elif op == VectorOp.SOFTMAX:
+        kwargs["valid"] = int(rng.integers(0, length + 1)) if valid is None else valid
+    elif op in (VectorOp.RMSNORM, VectorOp.LAYERNORM):
+        kwargs["weight"] = rng.normal(1, 0.3, length) * 2.0 ** rng.uniform(-3, 3)
+        kwargs["bias"] = rng.normal(0, 0.5, length)
+        kwargs["eps"] = float(rng.choice([1e-5, 1e-6]))
+    elif op == VectorOp.ROPE:
+        kwargs["position"] = int(rng.integers(0, 1 << 20))
+        kwargs["frequencies"] = special.rope_frequencies(length, 10000.0)
+    return VectorOperation(lanes, op, a, **kwargs)

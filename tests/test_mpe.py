@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from flightgen.hw.mpe import ERROR_CODES, MatrixEngine
 from flightgen.hw.unpack import StepUnpacker
 from flightgen.isa.matrix import MatrixMode, command_layout
-from flightgen.sim.amaranth_streams import get_beats, put_beats
+from flightgen.sim.amaranth_streams import put_beats, run_commands
 from flightgen.sim.stimulus import matrix_operation
 
 INPUTS = ("act", "weights", "masks", "scales")
@@ -18,34 +18,8 @@ INPUTS = ("act", "weights", "masks", "scales")
 def simulate(engine, operations, stall=None, seed=0):
     """Run ``operations`` back to back; return the out beats and the cycle of every cmd and
     out transfer."""
-    rng = np.random.default_rng(seed)
-    idle = (lambda: bool(rng.random() < stall)) if stall else (lambda: False)
-    got, cycles = [], {}
-    total = sum(op.groups for op in operations)
-
-    def feeder(name):
-        async def bench(ctx):
-            beats = [beat for op in operations for beat in op.beats[name]]
-            await put_beats(ctx, getattr(engine, name), beats, idle)
-        return bench
-
-    async def commands(ctx):
-        payloads = [command_layout.const(op.command) for op in operations]
-        cycles["cmd"] = await put_beats(ctx, engine.cmd, payloads, idle)
-
-    async def sink(ctx):
-        payloads, cycles["out"] = await get_beats(ctx, engine.out, total, idle)
-        got.extend(payloads)
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    for name in INPUTS:
-        sim.add_testbench(feeder(name), background=True)
-    sim.add_testbench(commands, background=True)
-    sim.add_testbench(sink)
-    sim.run()
-    values = np.array([[int(v) for v in beat] for beat in got], dtype=np.int64)
-    return values, cycles
+    got, cycles = run_commands(engine, operations, INPUTS, command_layout, stall, seed)
+    return np.array([[int(v) for v in beat] for beat in got], dtype=np.int64), cycles
 
 
 def check(values, operations):

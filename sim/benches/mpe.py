@@ -9,27 +9,22 @@ a JSON file the throughput test writes its cycle counts to.
 import json
 import os
 import warnings
-import zlib
 
 import cocotb
 import numpy as np
 from amaranth.hdl import UnusedElaboratable
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import ClockCycles
 
 from ...hw.mpe import MatrixEngine
 from ...isa.matrix import MatrixMode, command_layout
 from ...isa.sparse import PATTERNS
 from ..stimulus import WEIGHT_FORMATS, matrix_operation
-from .streams import STALL_PATTERNS, CycleCounter, StreamSink, StreamSource, stall_pattern
+from .streams import STALL_PATTERNS, CommandBench, StreamSource
 
 warnings.simplefilter("ignore", UnusedElaboratable)
 
 PARAMS = json.loads(os.environ.get("FLIGHTGEN_PARAMS", "{}"))
 INPUTS = ("cmd", "act", "weights", "masks", "scales")
-#: Cycles allowed per expected cycle before a run is declared hung (heavy stalls on five
-#: sources and the sink need about 4 to 8 times the unstalled count).
-HANG_FACTOR = 40
 
 
 def combinations():
@@ -42,28 +37,18 @@ def describe(op):
     return f"{op.label} ({op.groups} row groups, {op.blocks} blocks)"
 
 
-class MatrixTB:
-    """Clock, reset, sources on every input stream and a sink on ``out``."""
+class MatrixTB(CommandBench):
+    """Sources on every input stream of the matrix engine and a sink on ``out``."""
+
+    INPUTS = INPUTS
 
     def __init__(self, dut, idle="none", backpressure="none", salt=""):
-        self.dut = dut
+        super().__init__(dut, idle, backpressure, salt)
         self.engine = MatrixEngine(**PARAMS)
         self.geometry = self.engine.geometry
-        self.seed = cocotb.RANDOM_SEED
-        self.rng = np.random.default_rng([self.seed, zlib.crc32(salt.encode())])
-        Clock(dut.clk, 10, unit="ns").start()
-        self.counter = CycleCounter(dut.clk)
-        self.sources = {name: StreamSource(dut, name, dut.clk, self.counter,
-                                           idle=stall_pattern(idle, self.rng))
-                        for name in INPUTS}
-        self.sink = StreamSink(dut, "out", dut.clk, self.counter,
-                               backpressure=stall_pattern(backpressure, self.rng), reset=dut.rst)
 
-    async def reset(self):
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 2)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+    def command_payload(self, op):
+        return command_layout.const(op.command).as_bits()
 
     def operation(self, mode, weights, pattern, **kwargs):
         op = matrix_operation(self.rng, self.geometry, mode, weights, pattern, **kwargs)
@@ -78,27 +63,7 @@ class MatrixTB:
 
     async def run(self, ops):
         """Send every command's beats, wait for every output beat, check them."""
-        for op in ops:
-            self.sources["cmd"].send([command_layout.const(op.command).as_bits()])
-            for name in INPUTS[1:]:
-                self.sources[name].send(op.beats[name])
-        expected_beats = sum(op.groups for op in ops)
-        first = len(self.sink.payloads)
-        limit = HANG_FACTOR * sum(self.engine.expected_cycles(op) for op in ops) + 200
-        for _ in range(limit):
-            await RisingEdge(self.dut.clk)
-            if len(self.sink.payloads) - first >= expected_beats:
-                break
-        got = self.sink.payloads[first:]
-        assert len(got) == expected_beats, (
-            f"hung: {len(got)} of {expected_beats} output beats after {limit} cycles "
-            f"(error code {int(self.dut.error.value)}, seed {self.seed})")
-        await ClockCycles(self.dut.clk, 8)
-        assert len(self.sink.payloads) - first == expected_beats, "extra output beats"
-        assert not self.sink.violations, "stream rule broken: " + "; ".join(self.sink.violations)
-        for name in INPUTS:
-            assert self.sources[name].done, f"{name} beats left unread"
-        assert int(self.dut.error.value) == 0, f"error code {int(self.dut.error.value)}"
+        got = await self.transfer(ops, sum(self.engine.expected_cycles(op) for op in ops))
         start = 0
         for op in ops:
             values = np.array([self.unpack(p) for p in got[start:start + op.groups]],
@@ -152,7 +117,7 @@ async def cycles_match_expected(dut):
     for op in tb.sequence():
         first_cmd = len(tb.sources["cmd"].transfer_cycles)
         await tb.run([op])
-        measured = tb.sink.transfer_cycles[-1] - tb.sources["cmd"].transfer_cycles[first_cmd] + 1
+        measured = tb.measured_cycles(first_cmd)
         assert measured == tb.engine.expected_cycles(op), (
             f"{describe(op)} took {measured} cycles, expected_cycles() says "
             f"{tb.engine.expected_cycles(op)}")
@@ -176,8 +141,7 @@ async def sparse_speedup(dut):
                               activations=tile.activations)
             first_cmd = len(tb.sources["cmd"].transfer_cycles)
             await tb.run([op])
-            measured = (tb.sink.transfer_cycles[-1]
-                        - tb.sources["cmd"].transfer_cycles[first_cmd] + 1)
+            measured = tb.measured_cycles(first_cmd)
             assert measured == tb.engine.expected_cycles(op)
             cycles[pattern] = measured
             tokens = 1 if mode == MatrixMode.MV else g.lanes

@@ -16,7 +16,8 @@ import collections
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-__all__ = ["STALL_PATTERNS", "stall_pattern", "CycleCounter", "StreamSource", "StreamSink"]
+__all__ = ["STALL_PATTERNS", "stall_pattern", "CycleCounter", "StreamSource", "StreamSink",
+           "CommandBench"]
 
 #: Named stall patterns: ``none`` (never stall), ``light`` (random, 1 cycle in 4), ``heavy``
 #: (random, 3 cycles in 4), ``bursty`` (runs of 5 stalls every 8 cycles).
@@ -175,3 +176,79 @@ class StreamSink:
 
     def stop(self):
         self._task.cancel()
+
+
+class CommandBench:
+    """Clock, reset, a :class:`StreamSource` on each input stream and a :class:`StreamSink` on
+    ``out``: the frame of a bench for a command-driven block (matrix engine, SFU).
+
+    Subclasses give :meth:`command_payload` and per-command ``beats`` (stream name -> raw
+    payloads) and ``out_beats``.
+    """
+
+    #: Input stream names, ``cmd`` first.
+    INPUTS = ("cmd",)
+    #: Cycles allowed per expected cycle before a run is declared hung.
+    HANG_FACTOR = 40
+
+    def __init__(self, dut, idle="none", backpressure="none", salt=""):
+        import zlib
+
+        import numpy as np
+        from cocotb.clock import Clock
+
+        self.dut = dut
+        self.seed = cocotb.RANDOM_SEED
+        self.rng = np.random.default_rng([self.seed, zlib.crc32(salt.encode())])
+        Clock(dut.clk, 10, unit="ns").start()
+        self.counter = CycleCounter(dut.clk)
+        self.sources = {name: StreamSource(dut, name, dut.clk, self.counter,
+                                           idle=stall_pattern(idle, self.rng))
+                        for name in self.INPUTS}
+        self.sink = StreamSink(dut, "out", dut.clk, self.counter,
+                               backpressure=stall_pattern(backpressure, self.rng), reset=dut.rst)
+
+    async def reset(self):
+        from cocotb.triggers import ClockCycles
+
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, 2)
+        self.dut.rst.value = 0
+        await RisingEdge(self.dut.clk)
+
+    def command_payload(self, op):
+        raise NotImplementedError
+
+    async def transfer(self, ops, expected_cycles):
+        """Send every command's beats and wait for all their output beats; check the stream
+        rules, that nothing is left unread or extra, and that ``error`` stayed 0. Returns the
+        raw output payloads of these commands."""
+        from cocotb.triggers import ClockCycles
+
+        for op in ops:
+            self.sources["cmd"].send([self.command_payload(op)])
+            for name in self.INPUTS[1:]:
+                self.sources[name].send(op.beats[name])
+        wanted = sum(op.out_beats for op in ops)
+        first = len(self.sink.payloads)
+        limit = self.HANG_FACTOR * expected_cycles + 200
+        for _ in range(limit):
+            await RisingEdge(self.dut.clk)
+            if len(self.sink.payloads) - first >= wanted:
+                break
+        got = self.sink.payloads[first:]
+        assert len(got) == wanted, (
+            f"hung: {len(got)} of {wanted} output beats after {limit} cycles "
+            f"(error code {int(self.dut.error.value)}, seed {self.seed})")
+        await ClockCycles(self.dut.clk, 8)
+        assert len(self.sink.payloads) - first == wanted, "extra output beats"
+        assert not self.sink.violations, "stream rule broken: " + "; ".join(self.sink.violations)
+        for name in self.INPUTS:
+            assert self.sources[name].done, f"{name} beats left unread"
+        assert int(self.dut.error.value) == 0, f"error code {int(self.dut.error.value)}"
+        return got
+
+    def measured_cycles(self, first_cmd):
+        """Cycles from the ``cmd`` transfer number ``first_cmd`` to the last output, both
+        included."""
+        return self.sink.transfer_cycles[-1] - self.sources["cmd"].transfer_cycles[first_cmd] + 1

@@ -1,0 +1,117 @@
+"""SpecialFunctionUnit in amaranth.sim (the fast tier): every operation against
+flightgen.isa.special through flightgen.isa.vector, with stalls, odd lengths and exact
+cycles."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from flightgen.hw.sfu import ERROR_CODES, SpecialFunctionUnit
+from flightgen.isa.vector import VectorOp, command_layout
+from flightgen.sim.amaranth_streams import put_beats, run_commands
+from flightgen.sim.stimulus import vector_operation
+
+
+def simulate(sfu, operations, stall=None, seed=0):
+    got, cycles = run_commands(sfu, operations, ("a", "b"), command_layout, stall, seed)
+    results, start = [], 0
+    for op in operations:
+        beats = got[start:start + op.out_beats]
+        start += op.out_beats
+        values = np.array([int(v) for beat in beats for v in beat], dtype=np.int64)
+        results.append(values[:op.length])
+    return results, cycles
+
+
+def check(results, operations):
+    for values, op in zip(results, operations, strict=True):
+        assert values.shape == op.expected.shape
+        mismatch = np.argwhere(values != op.expected)
+        assert not len(mismatch), (op.op.name, op.length, int(mismatch[0][0]),
+                                   int(values[mismatch[0][0]]), int(op.expected[mismatch[0][0]]))
+
+
+@pytest.mark.parametrize("op", list(VectorOp))
+def test_every_op_under_stalls(op):
+    sfu = SpecialFunctionUnit(4, 256)
+    rng = np.random.default_rng(op.value)
+    lengths = [2, 7, 16, 33, 64] if op != VectorOp.ROPE else [2, 6, 16, 64]
+    ops = [vector_operation(rng, 4, op, n) for n in lengths]
+    results, _ = simulate(sfu, ops, stall=0.3)
+    check(results, ops)
+
+
+def test_edge_vectors():
+    """All-equal vectors, large negatives, saturation, fully and singly masked softmax rows."""
+    from flightgen.isa.vector import VectorOperation
+
+    sfu = SpecialFunctionUnit(4, 256)
+    top, bottom = 2**31 - 1, -(2**31)
+    ops = [
+        VectorOperation(4, VectorOp.SOFTMAX, np.full(9, 12345)),
+        VectorOperation(4, VectorOp.SOFTMAX, np.full(9, bottom), valid=0),
+        VectorOperation(4, VectorOp.SOFTMAX, [top, bottom, 0, 5], valid=1),
+        VectorOperation(4, VectorOp.SOFTMAX, [bottom, top, bottom, top, 7], valid=4),
+        VectorOperation(4, VectorOp.SILU, [top, bottom, -(16 << 16), 16 << 16, 0, -1, 1]),
+        VectorOperation(4, VectorOp.GELU, [top, bottom, -(8 << 16), 8 << 16, 0, -1, 1]),
+        VectorOperation(4, VectorOp.ADD, [top, bottom, top], [top, bottom, bottom]),
+        VectorOperation(4, VectorOp.MUL, [top, bottom, top], [top, bottom, bottom]),
+        VectorOperation(4, VectorOp.RMSNORM, np.full(5, 7), weight=np.ones(5), eps=1e-5),
+        VectorOperation(4, VectorOp.RMSNORM, np.zeros(3), weight=np.ones(3), eps=1e-6),
+        VectorOperation(4, VectorOp.RMSNORM, [top, bottom, top], weight=[1, -2, 3], eps=1e-5),
+        VectorOperation(4, VectorOp.LAYERNORM, np.full(6, -3 << 16), weight=np.ones(6),
+                        bias=np.full(6, 0.5), eps=1e-5),
+        VectorOperation(4, VectorOp.LAYERNORM, [top, bottom, top, bottom, 1],
+                        weight=np.linspace(-2, 2, 5), bias=np.zeros(5), eps=1e-6),
+        VectorOperation(4, VectorOp.ROPE, [top, bottom, bottom, top], position=(1 << 32) - 1,
+                        frequencies=[2**32 - 1, 1 << 30]),
+    ]
+    results, _ = simulate(sfu, ops, stall=0.2, seed=1)
+    check(results, ops)
+
+
+@pytest.mark.parametrize("op", list(VectorOp))
+def test_cycles_equal_expected(op):
+    sfu = SpecialFunctionUnit(4, 256)
+    rng = np.random.default_rng(100 + op.value)
+    for length in (2, 12, 61 if op != VectorOp.ROPE else 62):
+        operation = vector_operation(rng, 4, op, length)
+        results, cycles = simulate(sfu, [operation])
+        check(results, [operation])
+        measured = cycles["out"][-1] - cycles["cmd"][0] + 1
+        assert measured == sfu.expected_cycles(operation), (op.name, length, measured)
+
+
+@pytest.mark.parametrize(("change", "code"), [
+    ({"length": 0}, ERROR_CODES["bad_length"]), ({"length": 257}, ERROR_CODES["bad_length"]),
+    ({"op": VectorOp.ROPE, "length": 5}, ERROR_CODES["odd_rope"]),
+    ({"op": VectorOp.SOFTMAX, "length": 5, "valid": 6}, ERROR_CODES["bad_valid"])])
+def test_refused_command_sets_error_and_reads_nothing(change, code):
+    sfu = SpecialFunctionUnit(4, 256)
+    command = {"op": VectorOp.ADD, "length": 8, "valid": 8, "frac": 0, "eps": 0, "position": 0}
+    command.update(change)
+    seen = {}
+
+    async def bench(ctx):
+        await put_beats(ctx, sfu.cmd, [command_layout.const(command)])
+        ctx.set(sfu.a.valid, 1)
+        ctx.set(sfu.b.valid, 1)
+        for _ in range(40):
+            await ctx.tick()
+            assert not ctx.get(sfu.a.ready) and not ctx.get(sfu.b.ready)
+            assert not ctx.get(sfu.out.valid)
+        seen.update(error=ctx.get(sfu.error), ready=ctx.get(sfu.cmd.ready))
+
+    sim = Simulator(sfu)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == {"error": code, "ready": 1}
+
+
+def test_parameters_are_validated():
+    with pytest.raises(ValueError, match="^lanes must be a power of two from 2 to 64, not 3$"):
+        SpecialFunctionUnit(3)
+    with pytest.raises(ValueError, match="^max_length must be a positive multiple of 4, "
+                                         "not 30$"):
+        SpecialFunctionUnit(4, 30)
