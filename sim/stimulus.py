@@ -8,7 +8,8 @@ import numpy as np
 
 from ..isa.numerics import ACC_BITS, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
 
-__all__ = ["requant_beats", "matrix_operation", "vector_operation", "WEIGHT_FORMATS"]
+__all__ = ["requant_beats", "matrix_operation", "vector_operation", "vector_edge_cases",
+           "WEIGHT_FORMATS"]
 
 _ACC_MIN, _ACC_MAX = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1
 _MULT_MAX = 2**REQUANT_MULT_BITS - 1
@@ -146,3 +147,35 @@ def vector_operation(rng, lanes, op, length, *, valid=None, scale=None):
         kwargs["position"] = int(rng.integers(0, 1 << 20))
         kwargs["frequencies"] = special.rope_frequencies(length, 10000.0)
     return VectorOperation(lanes, op, a, **kwargs)
+
+
+def vector_edge_cases(lanes):
+    """Directed SFU commands: all-equal vectors, the int32 extremes (saturation, large
+    negatives), table edges, fully and singly masked softmax rows, zero vectors for the norms,
+    lengths that are not whole beats, RoPE at the last position with extreme frequencies."""
+    from ..isa.vector import VectorOp, VectorOperation
+
+    top, bottom = 2**31 - 1, -(2**31)
+    return [
+        VectorOperation(lanes, VectorOp.SOFTMAX, np.full(9, 12345)),
+        VectorOperation(lanes, VectorOp.SOFTMAX, np.full(9, bottom), valid=0),
+        VectorOperation(lanes, VectorOp.SOFTMAX, [top, bottom, 0, 5], valid=1),
+        VectorOperation(lanes, VectorOp.SOFTMAX, [bottom, top, bottom, top, 7], valid=4),
+        VectorOperation(lanes, VectorOp.SOFTMAX, np.full(7, bottom)),
+        VectorOperation(lanes, VectorOp.SILU, [top, bottom, -(16 << 16), 16 << 16, 0, -1, 1]),
+        VectorOperation(lanes, VectorOp.GELU, [top, bottom, -(8 << 16), 8 << 16, 0, -1, 1]),
+        VectorOperation(lanes, VectorOp.ADD, [top, bottom, top], [top, bottom, bottom]),
+        VectorOperation(lanes, VectorOp.MUL, [top, bottom, top], [top, bottom, bottom]),
+        VectorOperation(lanes, VectorOp.RMSNORM, np.full(5, 7), weight=np.ones(5), eps=1e-5),
+        VectorOperation(lanes, VectorOp.RMSNORM, np.zeros(3), weight=np.ones(3), eps=1e-6),
+        VectorOperation(lanes, VectorOp.RMSNORM, [top, bottom, top], weight=[1, -2, 3],
+                        eps=1e-5),
+        VectorOperation(lanes, VectorOp.LAYERNORM, np.full(6, -3 << 16), weight=np.ones(6),
+                        bias=np.full(6, 0.5), eps=1e-5),
+        VectorOperation(lanes, VectorOp.LAYERNORM, [top, bottom, top, bottom, 1],
+                        weight=np.linspace(-2, 2, 5), bias=np.zeros(5), eps=1e-6),
+        VectorOperation(lanes, VectorOp.ROPE, [top, bottom, bottom, top],
+                        position=(1 << 32) - 1, frequencies=[2**32 - 1, 1 << 30]),
+        VectorOperation(lanes, VectorOp.ROPE, np.full(6, bottom), position=0,
+                        frequencies=[0, 1, 2**31]),
+    ]

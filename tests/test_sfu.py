@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from flightgen.hw.sfu import ERROR_CODES, SpecialFunctionUnit
 from flightgen.isa.vector import VectorOp, command_layout
 from flightgen.sim.amaranth_streams import put_beats, run_commands
-from flightgen.sim.stimulus import vector_operation
+from flightgen.sim.stimulus import vector_edge_cases, vector_operation
 
 
 def simulate(sfu, operations, stall=None, seed=0):
@@ -43,29 +43,8 @@ def test_every_op_under_stalls(op):
 
 def test_edge_vectors():
     """All-equal vectors, large negatives, saturation, fully and singly masked softmax rows."""
-    from flightgen.isa.vector import VectorOperation
-
     sfu = SpecialFunctionUnit(4, 256)
-    top, bottom = 2**31 - 1, -(2**31)
-    ops = [
-        VectorOperation(4, VectorOp.SOFTMAX, np.full(9, 12345)),
-        VectorOperation(4, VectorOp.SOFTMAX, np.full(9, bottom), valid=0),
-        VectorOperation(4, VectorOp.SOFTMAX, [top, bottom, 0, 5], valid=1),
-        VectorOperation(4, VectorOp.SOFTMAX, [bottom, top, bottom, top, 7], valid=4),
-        VectorOperation(4, VectorOp.SILU, [top, bottom, -(16 << 16), 16 << 16, 0, -1, 1]),
-        VectorOperation(4, VectorOp.GELU, [top, bottom, -(8 << 16), 8 << 16, 0, -1, 1]),
-        VectorOperation(4, VectorOp.ADD, [top, bottom, top], [top, bottom, bottom]),
-        VectorOperation(4, VectorOp.MUL, [top, bottom, top], [top, bottom, bottom]),
-        VectorOperation(4, VectorOp.RMSNORM, np.full(5, 7), weight=np.ones(5), eps=1e-5),
-        VectorOperation(4, VectorOp.RMSNORM, np.zeros(3), weight=np.ones(3), eps=1e-6),
-        VectorOperation(4, VectorOp.RMSNORM, [top, bottom, top], weight=[1, -2, 3], eps=1e-5),
-        VectorOperation(4, VectorOp.LAYERNORM, np.full(6, -3 << 16), weight=np.ones(6),
-                        bias=np.full(6, 0.5), eps=1e-5),
-        VectorOperation(4, VectorOp.LAYERNORM, [top, bottom, top, bottom, 1],
-                        weight=np.linspace(-2, 2, 5), bias=np.zeros(5), eps=1e-6),
-        VectorOperation(4, VectorOp.ROPE, [top, bottom, bottom, top], position=(1 << 32) - 1,
-                        frequencies=[2**32 - 1, 1 << 30]),
-    ]
+    ops = vector_edge_cases(4)
     results, _ = simulate(sfu, ops, stall=0.2, seed=1)
     check(results, ops)
 

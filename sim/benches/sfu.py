@@ -16,7 +16,7 @@ from amaranth.hdl import UnusedElaboratable
 
 from ...hw.sfu import SpecialFunctionUnit
 from ...isa.vector import VectorOp, command_layout
-from ..stimulus import vector_operation
+from ..stimulus import vector_edge_cases, vector_operation
 from .streams import STALL_PATTERNS, CommandBench
 
 warnings.simplefilter("ignore", UnusedElaboratable)
@@ -91,6 +91,15 @@ async def every_op_under_stalls(dut, idle, backpressure):
     ops = [vector_operation(tb.rng, tb.sfu.lanes, op, sample(tb.rng, op == VectorOp.ROPE))
            for op in VectorOp for sample in classes.values()]
     await tb.run(ops)
+
+
+@cocotb.test()
+@cocotb.parametrize(idle=("none", "heavy"), backpressure=("none", "heavy"))
+async def edge_vectors(dut, idle, backpressure):
+    """Directed edge cases (:func:`flightgen.sim.stimulus.vector_edge_cases`)."""
+    tb = VectorTB(dut, idle, backpressure, salt=f"edges/{idle}/{backpressure}")
+    await tb.reset()
+    await tb.run(vector_edge_cases(tb.sfu.lanes))
 
 
 @cocotb.test()
