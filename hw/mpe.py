@@ -37,7 +37,7 @@ from .unpack import StepUnpacker
 __all__ = ["MatrixEngine", "ERROR_CODES"]
 
 #: ``error`` values: 0 none; a refused command sets one and is dropped (it reads no stream).
-ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3}
+ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3, "bad_mask": 4}
 
 
 class MatrixEngine(wiring.Component):
@@ -62,7 +62,9 @@ class MatrixEngine(wiring.Component):
     * Computes :class:`flightgen.isa.matrix.MatrixOperation` ``.expected`` for every command,
       bit for bit, whatever the stalls on any stream. Streams obey the Amaranth stream rules.
     * A command whose ``blocks`` exceed ``max_k / 32``, whose ``bits`` code is unknown, or with
-      no blocks or rows, sets ``error`` (:data:`ERROR_CODES`) and is dropped; ``error`` stays
+      no blocks or rows, sets ``error`` (:data:`ERROR_CODES`) and is dropped. A window mask
+      that does not keep exactly N of 16 columns sets ``bad_mask``; the command still runs to
+      its end (its results are then meaningless), so nothing hangs. ``error`` stays
       until reset.
     * Cycles: :meth:`expected_cycles` exactly, with every source always valid and ``out``
       always ready. Commands run one at a time; activations of a command without ``load`` are
@@ -75,7 +77,7 @@ class MatrixEngine(wiring.Component):
     act, weights, masks, scales : In(stream.Signature(...))
         See :mod:`flightgen.isa.matrix` for their widths and contents.
     out : Out(stream.Signature(ArrayLayout(signed(32), 2 * vpus)))
-    error : Out(2)
+    error : Out(3)
     """
 
     def __init__(self, chain=8, vpus=2, max_k=4096):
@@ -92,7 +94,7 @@ class MatrixEngine(wiring.Component):
             "masks": In(stream.Signature(g.mask_bits)),
             "scales": In(stream.Signature(32 * g.lanes)),
             "out": Out(stream.Signature(data.ArrayLayout(signed(ACC_BITS), g.lanes))),
-            "error": Out(2),
+            "error": Out(3),
         })
 
     @property
@@ -141,7 +143,7 @@ class MatrixEngine(wiring.Component):
         cmd = Signal(command_layout)
         mm = cmd.mode == MatrixMode.MM
         sparse = cmd.keep != KEEP_CODES[16]
-        error = Signal(2)
+        error = Signal(3)
         m.d.comb += self.error.eq(error)
 
         # Memories: one activation row memory and one block-scale memory per token lane.
@@ -336,8 +338,10 @@ class MatrixEngine(wiring.Component):
                             for v in range(V):
                                 base = v * per if mode == MatrixMode.MV else 0
                                 for w in range(per):
-                                    m.d.sync += masks0[v][w].eq(
-                                        mu.o.payload.word_select(base + w, WINDOW))
+                                    mask = mu.o.payload.word_select(base + w, WINDOW)
+                                    m.d.sync += masks0[v][w].eq(mask)
+                                    with m.If(issue & (sum(mask) != keep)):
+                                        m.d.sync += error.eq(ERROR_CODES["bad_mask"])
         for v, chain in enumerate(chains):
             m.d.comb += [chain.i_valid.eq(valid0),
                          chain.codes.eq(codes0[v]), chain.masks.eq(masks0[v])]

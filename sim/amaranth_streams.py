@@ -49,12 +49,14 @@ async def get_beats(ctx, stream, count, backpressure=lambda: False):
     return payloads, cycles
 
 
-def run_commands(component, operations, inputs, command_layout, stall=None, seed=0):
+def run_commands(component, operations, inputs, command_layout, stall=None, seed=0,
+                 extra=None):
     """Simulate a command-driven component (matrix engine, SFU) in :mod:`amaranth.sim`.
 
     Every operation's ``command`` goes to ``cmd`` and its ``beats[name]`` (raw payload bits) to
     each stream in ``inputs``; ``out`` is drained of ``sum(op.out_beats)`` beats. With
-    ``stall`` (a probability), every source idles and the sink stalls at random.
+    ``stall`` (a probability), every source idles and the sink stalls at random. ``extra`` is
+    one more background testbench (e.g. a monitor).
 
     Returns ``(payloads, cycles)``: the ``out`` payloads and the cycles of every ``cmd`` and
     ``out`` transfer.
@@ -89,6 +91,8 @@ def run_commands(component, operations, inputs, command_layout, stall=None, seed
     for name in inputs:
         sim.add_testbench(feeder(name), background=True)
     sim.add_testbench(commands, background=True)
+    if extra is not None:
+        sim.add_testbench(extra, background=True)
     sim.add_testbench(sink)
     sim.run()
     return got, cycles

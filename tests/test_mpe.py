@@ -15,10 +15,10 @@ from flightgen.sim.stimulus import matrix_operation
 INPUTS = ("act", "weights", "masks", "scales")
 
 
-def simulate(engine, operations, stall=None, seed=0):
+def simulate(engine, operations, stall=None, seed=0, extra=None):
     """Run ``operations`` back to back; return the out beats and the cycle of every cmd and
     out transfer."""
-    got, cycles = run_commands(engine, operations, INPUTS, command_layout, stall, seed)
+    got, cycles = run_commands(engine, operations, INPUTS, command_layout, stall, seed, extra)
     return np.array([[int(v) for v in beat] for beat in got], dtype=np.int64), cycles
 
 
@@ -93,3 +93,19 @@ def test_parameters_are_validated():
         MatrixEngine(8, 0)
     with pytest.raises(ValueError, match="^slice width 48 does not divide the beat width 128$"):
         StepUnpacker(128, [32, 48])
+
+
+def test_a_bad_mask_sets_an_error_and_does_not_hang():
+    engine = MatrixEngine(8, 1, 512)
+    op = matrix_operation(np.random.default_rng(5), engine.geometry, MatrixMode.MV, "int4",
+                          (8, 16), k=128, rows=4)
+    op.beats["masks"][0] ^= 1  # window 0 of the first step now keeps 7 or 9 columns
+    errors = []
+
+    async def watch(ctx):
+        async for _, _, error in ctx.tick().sample(engine.error):
+            errors.append(error)
+
+    values, _ = simulate(engine, [op], extra=watch)
+    assert values.shape == op.expected.shape  # every output beat still came
+    assert errors[-1] == ERROR_CODES["bad_mask"]
