@@ -9,13 +9,14 @@ from .buffers import BankedBuffer, BufferConfig, BufferSpec, DoubleBuffer, OnChi
 from .chain import SparseChain
 from .dsp import PackedMultiplier
 from .mpe import MatrixEngine
+from .quantizer import BlockQuantizer
 from .requant import Requantizer, requant_input_layout
 from .scalar import ScalarOp, ScalarUnit
 from .scaler import BlockScaler
 from .sfu import LaneArray, SpecialFunctionUnit
 from .unpack import StepUnpacker
 
-__all__ = ["BankedBuffer", "BlockScaler", "BufferConfig", "BufferSpec", "DoubleBuffer",
-           "LaneArray", "MatrixEngine", "OnChipBuffers", "PackedMultiplier", "Requantizer",
-           "ScalarOp", "ScalarUnit", "SparseChain", "SpecialFunctionUnit", "StepUnpacker",
-           "requant_input_layout"]
+__all__ = ["BankedBuffer", "BlockQuantizer", "BlockScaler", "BufferConfig", "BufferSpec",
+           "DoubleBuffer", "LaneArray", "MatrixEngine", "OnChipBuffers", "PackedMultiplier",
+           "Requantizer", "ScalarOp", "ScalarUnit", "SparseChain", "SpecialFunctionUnit",
+           "StepUnpacker", "requant_input_layout"]

@@ -9,7 +9,7 @@ import numpy as np
 from ..isa.numerics import ACC_BITS, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
 
 __all__ = ["requant_beats", "matrix_operation", "vector_operation", "vector_edge_cases",
-           "WEIGHT_FORMATS"]
+           "quantizer_groups", "WEIGHT_FORMATS"]
 
 _ACC_MIN, _ACC_MAX = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1
 _MULT_MAX = 2**REQUANT_MULT_BITS - 1
@@ -179,3 +179,18 @@ def vector_edge_cases(lanes):
         VectorOperation(lanes, VectorOp.ROPE, np.full(6, bottom), position=0,
                         frequencies=[0, 1, 2**31]),
     ]
+
+
+def quantizer_groups(rng, group, count):
+    """Groups of ``group`` FX values for the block quantizer: all-zero, all-equal, single-spike,
+    int32-extreme and 24-bit-edge groups first, then ``count`` random groups of magnitudes
+    2**0 to 2**31. Returns an int64 array ``(groups * group,)``."""
+    top, bottom = 2**31 - 1, -(2**31)
+    index = np.arange(group)
+    directed = [np.zeros(group), np.full(group, 5), np.full(group, -(2**24)),
+                np.full(group, bottom), np.where(index == min(3, group - 1), top, 0),
+                np.where(index % 2, top, bottom), np.full(group, 1), np.full(group, 2**24 - 1),
+                np.full(group, 2**24 + 1), np.where(index == 0, -(2**25) - 2, 1)]
+    magnitude = 2.0 ** rng.uniform(0, 31, (count, 1))
+    noise = np.clip(rng.normal(0, 1, (count, group)) * magnitude, bottom, top)
+    return np.concatenate([np.array(directed), noise]).astype(np.int64).ravel()
