@@ -3,6 +3,7 @@ for bit against flightgen.isa.numerics.quantize_per_group under every stall cros
 cycles."""
 
 import json
+from unittest import mock
 
 import pytest
 
@@ -22,3 +23,19 @@ def test_bit_exact_under_stalls(lanes, group):
                          extra_env={"FLIGHTGEN_PARAMS": json.dumps(params),
                                     "FLIGHTGEN_GROUPS": 200})
     assert len(records) == 16 + 1
+
+
+def test_bench_catches_a_wrong_range():
+    """A plausible bug: codes scaled to 128 levels (the full INT8 range) instead of 127."""
+    import flightgen.hw.quantizer as quantizer
+
+    params = {"lanes": 4, "group": 32}
+    with mock.patch.object(quantizer, "_TOP", 128), \
+            mock.patch.object(quantizer, "_MAGIC", -(-(1 << 33) // 128)):
+        model = runner.build(BlockQuantizer(**params), "quantizer_mutant")
+    with pytest.raises(runner.BenchFailure) as failure:
+        runner.run(model, BENCH, name="quantizer-mutant",
+                   extra_env={"FLIGHTGEN_PARAMS": json.dumps(params), "FLIGHTGEN_GROUPS": 50},
+                   test_filter=r"matches_numpy_under_stalls/idle=light/backpressure=light")
+    message = str(failure.value)
+    assert "1 of 1 cocotb tests failed" in message and "RTL gave" in message
