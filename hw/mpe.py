@@ -191,11 +191,12 @@ class MatrixEngine(wiring.Component):
         held_x = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(signed(14), 2),
                                                           groups), V))
         out_free = ~self.out.valid | self.out.ready
-        emit = (pending != 0) & out_free & self.scales.valid
-        advance_b = out_free & ((pending == 0) | self.scales.valid)
+        scales_ready = cmd.raw | self.scales.valid  # a raw command reads no scales
+        emit = (pending != 0) & out_free & scales_ready
+        advance_b = out_free & ((pending == 0) | scales_ready)
         advance_c = advance_b & (pending <= 1)
-        m.d.comb += [self.scales.ready.eq(emit), scaler.en.eq(advance_b),
-                     scaler.i_valid.eq(emit)]
+        m.d.comb += [self.scales.ready.eq(emit & ~cmd.raw), scaler.en.eq(advance_b),
+                     scaler.raw.eq(cmd.raw), scaler.i_valid.eq(emit)]
         # Output register: takes the scaler's result as the scaler advances, so a result is
         # sent exactly once even when the scaler is held by a missing scales beat.
         with m.If(self.out.ready):

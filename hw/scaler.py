@@ -86,6 +86,8 @@ class BlockScaler(wiring.Component):
     * A valid input with ``last`` set produces, :attr:`LATENCY` enabled cycles later, ``o_valid``
       with every lane's FX row result in ``o_value``; the accumulation restarts at an input with
       ``first`` set. A row's blocks arrive in order, one per enabled cycle at most.
+    * With ``raw`` high (stable for a whole command) the scales are ignored: the result is
+      ``saturate_32(sum_b P)``, the exact integer dot product.
     * The pipeline advances only while ``en`` is high; reset empties it.
 
     Parameters
@@ -95,6 +97,7 @@ class BlockScaler(wiring.Component):
     Members
     -------
     en : In(1)
+    raw : In(1)
     i_valid : In(1)
     i_block : In(block_input_layout(lanes))
     o_valid : Out(1)
@@ -108,6 +111,7 @@ class BlockScaler(wiring.Component):
         self.lanes = lanes
         super().__init__({
             "en": In(1),
+            "raw": In(1),
             "i_valid": In(1),
             "i_block": In(block_input_layout(lanes)),
             "o_valid": Out(1),
@@ -162,7 +166,10 @@ class BlockScaler(wiring.Component):
             # 4: round half to even onto the 2**-32 grid, saturate to LINEAR_TERM_BITS.
             contribution = stage(signed(LINEAR_TERM_BITS), "c")
             scaled = round_shift(product, shift3, max_right=82, max_left=63)
-            # 5: accumulate the row; 6: round to FX.
+            # raw: the partial itself, delayed to the contribution stage
+            partial3 = stage(signed(PARTIAL_BITS), "partial3_")
+            partials = [stage(signed(PARTIAL_BITS), f"partial{k}_") for k in (1, 2)]
+            # 5: accumulate the row; 6: round to FX (or, raw, saturate the integer sum).
             acc = stage(signed(ACCUMULATOR_BITS), "acc")
             fx_halved, fx_sticky = halve_shift(acc, LINEAR_ACC_FRAC - _FX_FRAC)
             with m.If(self.en):
@@ -173,9 +180,13 @@ class BlockScaler(wiring.Component):
                             + (pm << (em - low).as_unsigned()[:5])),
                     shift2.eq(-(low + exp1 + LINEAR_ACC_FRAC - _FX_FRAC)), mult2.eq(mult1),
                     product.eq(term * mult2), shift3.eq(shift2),
-                    contribution.eq(saturate(scaled, LINEAR_TERM_BITS)),
-                    self.o_value[lane].eq(saturate(round_half_even(fx_halved, fx_sticky),
-                                                   ACC_BITS)),
+                    partials[0].eq(i.partial[lane]), partials[1].eq(partials[0]),
+                    partial3.eq(partials[1]),
+                    contribution.eq(Mux(self.raw, partial3,
+                                        saturate(scaled, LINEAR_TERM_BITS))),
+                    self.o_value[lane].eq(Mux(
+                        self.raw, saturate(acc, ACC_BITS),
+                        saturate(round_half_even(fx_halved, fx_sticky), ACC_BITS))),
                 ]
                 with m.If(valid[3]):
                     m.d.sync += acc.eq(Mux(first[3], 0, acc) + contribution)

@@ -43,8 +43,11 @@ Streams (every beat is a little-endian bit field, element 0 in the lowest bits)
              16-bit window masks the step covers (:func:`~flightgen.isa.sparse.window_masks`).
 ``scales``   one beat per row group and 32-block: per lane (MV: its row; MM: lane 0 only, the
              row) the block's float16 scale (low 16 bits) and minimum (high 16 bits, 0 when
-             symmetric).
-``out``      one beat per row group: ``2 V`` FX values (int32).
+             symmetric). Not read by a ``raw`` command.
+``out``      one beat per row group: ``2 V`` FX values (int32); with ``raw``, the exact integer
+             dot products of the codes instead (``sum_k code * activation``, saturated to
+             int32; scales and minimums are not applied). Raw products serve attention, whose
+             scales are per token and head rather than per weight group.
 """
 
 from dataclasses import dataclass
@@ -52,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth.lib import data, enum
 
-from .numerics import ACT_GROUP
+from .numerics import ACT_GROUP, saturate
 from .sparse import WINDOW, check_nm, window_masks
 from .weights import GroupQuantized, linear
 
@@ -76,13 +79,15 @@ CHAIN_RANGE = (8, 16, 32, 64)
 MAX_VPUS = 64
 
 #: The command beat. ``blocks`` counts 32-blocks of (padded) K; ``groups`` counts row groups;
-#: ``load`` makes the engine take a new activation tile first (else it reuses the last one).
+#: ``load`` makes the engine take a new activation tile first (else it reuses the last one);
+#: ``raw`` returns integer dot products instead of scaled FX results.
 command_layout = data.StructLayout({
     "mode": MatrixMode,
     "keep": 2,
     "bits": 2,
     "signed": 1,
     "load": 1,
+    "raw": 1,
     "blocks": 16,
     "groups": 16,
 })
@@ -221,6 +226,8 @@ class MatrixOperation:
         :func:`flightgen.isa.numerics.quantize_per_group`.
     load : bool
         Whether the command loads the activations (``False`` reuses the engine's tile).
+    raw : bool
+        Return the integer dot products of the codes (no scales, no minimums).
 
     Members
     -------
@@ -234,7 +241,7 @@ class MatrixOperation:
         :func:`~flightgen.isa.weights.linear` of the unpadded operands.
     """
 
-    def __init__(self, geometry, mode, weight, codes, scale, *, load=True):
+    def __init__(self, geometry, mode, weight, codes, scale, *, load=True, raw=False):
         mode = MatrixMode(mode)
         codes = np.asarray(codes)
         mult, exp = (np.asarray(v, dtype=np.int64) for v in scale)
@@ -277,15 +284,21 @@ class MatrixOperation:
         self.geometry, self.mode, self.keep, self.blocks, self.groups = (
             g, mode, keep, blocks, groups)
         self.command = {"mode": mode, "keep": KEEP_CODES[keep], "bits": BITS_CODES[weight.bits],
-                        "signed": int(weight.signed), "load": int(load), "blocks": blocks,
+                        "signed": int(weight.signed), "load": int(load), "raw": int(raw),
+                        "blocks": blocks,
                         "groups": groups}
         self.beats = {
             "act": self._act_beats(act, amult, aexp) if load else [],
             "weights": self._weight_beats(weight, keep),
             "masks": self._mask_beats(weight, keep),
-            "scales": self._scale_beats(weight),
+            "scales": [] if raw else self._scale_beats(weight),
         }
-        full = linear(act, (amult, aexp), weight)  # zero padding contributes exactly nothing
+        if raw:
+            self.reference = saturate(codes.astype(np.int64)
+                                      @ weight.codes[:n, :k].astype(np.int64).T, 32)
+            full = saturate(act @ weight.codes.astype(np.int64).T, 32)
+        else:
+            full = linear(act, (amult, aexp), weight)  # zero padding contributes nothing
         self.expected = (full.reshape(groups, g.lanes) if mode == MatrixMode.MV
                          else full.T.copy())
 

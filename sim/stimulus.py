@@ -76,7 +76,7 @@ WEIGHT_FORMATS = {"int8": (8, True), "int8-asym": (8, False), "int4": (4, True),
 
 
 def matrix_operation(rng, geometry, mode, weights="int8", pattern=(16, 16), k=None, rows=None,
-                     tokens=None, group=32, load=True, activations=None):
+                     tokens=None, group=32, load=True, activations=None, raw=False):
     """A random :class:`flightgen.isa.matrix.MatrixOperation`.
 
     Weights are random normals quantized to ``weights`` (:data:`WEIGHT_FORMATS`) in groups of
@@ -85,7 +85,7 @@ def matrix_operation(rng, geometry, mode, weights="int8", pattern=(16, 16), k=No
     whose 32-blocks span 2**8 to 2**28 in magnitude (one block is all zero), quantized per
     block. ``k``, ``rows`` and ``tokens`` default to random sizes that exercise padding.
     ``activations`` (``(codes, scale)``, e.g. ``.activations`` of an earlier operation) reuses
-    a tile instead.
+    a tile instead. ``raw`` asks for the integer dot products.
     """
     from ..isa.matrix import MatrixMode, MatrixOperation
     from ..isa.numerics import quantize_per_group
@@ -114,7 +114,7 @@ def matrix_operation(rng, geometry, mode, weights="int8", pattern=(16, 16), k=No
         fx[:, int(rng.integers(0, blocks))] = 0
         activations = quantize_per_group(fx.reshape(tokens, k))
     codes, scale = activations
-    operation = MatrixOperation(g, mode, weight, codes, scale, load=load)
+    operation = MatrixOperation(g, mode, weight, codes, scale, load=load, raw=raw)
     operation.activations = activations
     return operation
 

@@ -109,3 +109,16 @@ def test_a_bad_mask_sets_an_error_and_does_not_hang():
     values, _ = simulate(engine, [op], extra=watch)
     assert values.shape == op.expected.shape  # every output beat still came
     assert errors[-1] == ERROR_CODES["bad_mask"]
+
+
+@pytest.mark.parametrize("mode", list(MatrixMode))
+def test_raw_dot_products(mode):
+    """``raw`` commands return the exact integer dot products and read no scales."""
+    engine = MatrixEngine(8, 2, 512)
+    rng = np.random.default_rng(40 + mode.value)
+    ops = [matrix_operation(rng, engine.geometry, mode, weights, pattern, raw=True)
+           for weights, pattern in (("int8", (16, 16)), ("int4-asym", (8, 16)),
+                                    ("int2", (2, 16)))]
+    assert all(op.beats["scales"] == [] for op in ops)
+    values, _ = simulate(engine, ops, stall=0.3)
+    check(values, ops)

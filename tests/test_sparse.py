@@ -101,3 +101,14 @@ def test_operation_validates_its_operands():
     with pytest.raises(ValueError, match="^VPU count must be a power of two from 1 to 64, "
                                          "not 3$"):
         Geometry(8, 3)
+
+
+def test_raw_operation_is_the_integer_product_of_the_codes():
+    rng = np.random.default_rng(9)
+    weight = prune(GroupQuantized.from_float(rng.normal(0, 1, (6, 64)), 4, 32, False), 8, 16)
+    codes, scale = quantize_per_group(rng.normal(0, 2**20, (1, 64)).astype(np.int64))
+    op = MatrixOperation(Geometry(8, 1), MatrixMode.MV, weight, codes, scale, raw=True)
+    direct = codes.astype(np.int64) @ weight.codes.astype(np.int64).T
+    np.testing.assert_array_equal(op.reference, direct)
+    np.testing.assert_array_equal(op.expected.reshape(-1)[:6], direct[0])
+    assert op.beats["scales"] == [] and op.command["raw"] == 1

@@ -28,9 +28,13 @@ INPUTS = ("cmd", "act", "weights", "masks", "scales")
 
 
 def combinations():
-    """Every mode x weight format x sparsity pattern."""
-    return [(mode, weights, pattern) for mode in MatrixMode for weights in WEIGHT_FORMATS
-            for pattern in PATTERNS]
+    """Every mode x weight format x sparsity pattern with scaled results, and every mode x
+    sparsity pattern (INT8 and INT4 with minimums) with raw integer results."""
+    scaled = [(mode, weights, pattern, False) for mode in MatrixMode
+              for weights in WEIGHT_FORMATS for pattern in PATTERNS]
+    raw = [(mode, weights, pattern, True) for mode in MatrixMode
+           for weights in ("int8", "int4-asym") for pattern in PATTERNS]
+    return scaled + raw
 
 
 def describe(op):
@@ -52,8 +56,9 @@ class MatrixTB(CommandBench):
 
     def operation(self, mode, weights, pattern, **kwargs):
         op = matrix_operation(self.rng, self.geometry, mode, weights, pattern, **kwargs)
-        op.label = f"{MatrixMode(mode).name} {weights} {pattern[0]}:{pattern[1]}" + (
-            "" if op.command["load"] else " (reused tile)")
+        op.label = (f"{MatrixMode(mode).name} {weights} {pattern[0]}:{pattern[1]}"
+                    + (" raw" if op.command["raw"] else "")
+                    + ("" if op.command["load"] else " (reused tile)"))
         return op
 
     def unpack(self, payload):
@@ -84,7 +89,7 @@ class MatrixTB(CommandBench):
         ops = []
         combos = combinations()
         for index in self.rng.permutation(len(combos)):
-            mode, weights, pattern = combos[index]
+            mode, weights, pattern, raw = combos[index]
             previous = ops[-1] if ops else None
             reuse = (previous is not None and previous.mode == mode
                      and self.rng.random() < 0.5)
@@ -92,7 +97,8 @@ class MatrixTB(CommandBench):
             if reuse and previous.activations[0].shape[1] % group:
                 group = 32
             ops.append(self.operation(mode, weights, pattern, group=group, load=not reuse,
-                                      activations=previous.activations if reuse else None))
+                                      activations=previous.activations if reuse else None,
+                                      raw=raw))
         return ops
 
 
