@@ -5,9 +5,9 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 :func:`~flightgen.isa.numerics.saturate`.
 """
 
-from amaranth import Cat, Const, Mux
+from amaranth import Cat, Const, Mux, Signal
 
-__all__ = ["halve_shift", "round_half_even", "round_shift", "saturate"]
+__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift", "saturate"]
 
 
 def halve_shift(value, shift):
@@ -43,3 +43,14 @@ def round_shift(value, shift, *, max_right, max_left):
     left = Mux(-shift > max_left, max_left, -shift).as_unsigned()[:left_bits]
     halved, sticky = halve_shift(value, right)
     return Mux(shift > 0, round_half_even(halved, sticky), value << left)
+
+
+def bit_length(m, value, name=None):
+    """A priority encoder in ``m``: the bit length of unsigned ``value`` (0 for 0), as a
+    combinational signal (:func:`flightgen.isa.numerics.bit_length` in hardware)."""
+    length = Signal(range(len(value) + 1), name=name)
+    m.d.comb += length.eq(0)
+    for bit in range(len(value)):  # later (higher) bits take priority
+        with m.If(value[bit]):
+            m.d.comb += length.eq(bit + 1)
+    return length

@@ -25,7 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..isa.numerics import QUANT_INPUT_BITS, SCALE_BITS, quantize_per_group
-from .arith import halve_shift, round_half_even
+from .arith import bit_length, halve_shift, round_half_even
 
 __all__ = ["BlockQuantizer", "quantized_layout"]
 
@@ -46,15 +46,6 @@ def quantized_layout(lanes):
         "mult": unsigned(SCALE_BITS),
         "exp": signed(8),
     })
-
-
-def _bit_length(m, value, name):
-    """A priority encoder: the bit length of unsigned ``value``."""
-    length = Signal(range(len(value) + 1), name=name)
-    for bit in range(len(value)):
-        with m.If(value[bit]):
-            m.d.comb += length.eq(bit + 1)
-    return length
 
 
 class BlockQuantizer(wiring.Component):
@@ -164,7 +155,7 @@ class BlockQuantizer(wiring.Component):
         m.d.sync += group_peak.eq(Mux(beat_peak > peak, beat_peak, peak)
                                   if beats > 1 else beat_peak)
         # stage 1: the drop and the narrowed peak
-        length = _bit_length(m, group_peak, "peak_length")
+        length = bit_length(m, group_peak, "peak_length")
         drop = Signal(range(_FX_BITS + 2), name="drop")
         narrowed = Signal(unsigned(QUANT_INPUT_BITS + 1), name="narrowed_peak")
         d_now = Mux(length > QUANT_INPUT_BITS, length - QUANT_INPUT_BITS, 0).as_unsigned()[:6]
@@ -174,7 +165,7 @@ class BlockQuantizer(wiring.Component):
                                                                                    sticky))]
         # stage 2: safe value, its bit length n, the normalised divisor, the scale's dividend
         safe = Mux(narrowed == 0, 1, narrowed)
-        n_now = _bit_length(m, safe, "safe_length")
+        n_now = bit_length(m, safe, "safe_length")
         valid2 = Signal(name="s_valid2")
         divisor = Signal(_DIVISOR_BITS, name="divisor")
         n = Signal(range(_DIVISOR_BITS + 1), name="n")
@@ -230,7 +221,7 @@ class BlockQuantizer(wiring.Component):
         drop3 = Signal.like(drop, name="drop3")
         m.d.sync += drop3.eq(carried["drop"])
         # stage 21: normalize the scale to 16 bits
-        q2_length = _bit_length(m, q2, "q2_length")
+        q2_length = bit_length(m, q2, "q2_length")
         extra = Mux(q2_length > SCALE_BITS, q2_length - SCALE_BITS, 0).as_unsigned()[:4]
         halved, sticky = halve_shift(q2, extra)
         normal = round_half_even(halved, sticky)

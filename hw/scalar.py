@@ -28,6 +28,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..isa.numerics import SCALE_BITS, div_round, reciprocal, rsqrt
+from .arith import bit_length
 
 __all__ = ["ScalarOp", "ScalarUnit", "RestoringDivider", "IntegerSqrt", "scalar_input_layout",
            "scalar_output_layout", "NUMERATOR_BITS", "DENOMINATOR_BITS", "RECIPROCAL_BITS",
@@ -261,16 +262,6 @@ class IntegerSqrt(wiring.Component):
         return m
 
 
-def _bit_length(value, m):
-    """Priority encoder: bit length of unsigned ``value`` (0 for 0), as a comb signal."""
-    length = Signal(range(len(value) + 1))
-    m.d.comb += length.eq(0)
-    for bit in range(len(value)):  # later (higher) bits take priority
-        with m.If(value[bit]):
-            m.d.comb += length.eq(bit + 1)
-    return length
-
-
 _RANGES = {
     # op: range of a (low, high exclusive, how the bounds read)
     ScalarOp.FLOOR_DIV: (-(1 << (NUMERATOR_BITS - 1)), 1 << (NUMERATOR_BITS - 1),
@@ -431,7 +422,7 @@ class ScalarUnit(wiring.Component):
         negative = a < 0
         magnitude = Mux(negative, -a, a).as_unsigned()[:NUMERATOR_BITS]
         v = a.as_unsigned()[:_DIVISOR_BITS]
-        length = _bit_length(v, m)
+        length = bit_length(m, v)
         half = (length + 1) >> 1
         normalise = Signal(range(_DIVISOR_BITS))
         m.d.comb += normalise.eq(Mux(op == ScalarOp.RSQRT, _DIVISOR_BITS - 2 * half,

@@ -27,7 +27,6 @@ A pass moves one beat per cycle; :meth:`SpecialFunctionUnit.expected_cycles` giv
 command's cycles exactly.
 """
 
-import numpy as np
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
@@ -35,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa import special
 from ..isa.vector import READS_B, VectorOp, command_layout
-from .arith import halve_shift, round_half_even, round_shift, saturate
+from .arith import bit_length, halve_shift, round_half_even, round_shift, saturate
 from .scalar import ScalarOp, ScalarUnit
 
 __all__ = ["SpecialFunctionUnit", "LaneArray", "LaneOp", "b_entry_layout", "ERROR_CODES"]
@@ -321,55 +320,24 @@ class SpecialFunctionUnit(wiring.Component):
         output register."""
         return 1 + LaneArray.LATENCY + 1
 
+    #: The scalar unit's operations between the passes of each two-pass command.
+    SCALAR_OPS = {
+        VectorOp.SOFTMAX: (ScalarOp.RECIPROCAL,),
+        VectorOp.RMSNORM: (ScalarOp.FLOOR_DIV, ScalarOp.RSQRT),
+        VectorOp.LAYERNORM: (ScalarOp.ROUND_DIV, ScalarOp.FLOOR_DIV, ScalarOp.RSQRT),
+    }
+
     def expected_cycles(self, operation):
         """Cycles of one command with every source always valid and ``out`` always ready, from
         the ``cmd`` transfer to the last ``out`` transfer, both included."""
         beats = -(-operation.length // self.lanes)
-        op = operation.op
         single = 1 + beats + self.PASS_LATENCY  # the cmd cycle, then one streaming pass
-        if op not in (VectorOp.SOFTMAX, VectorOp.RMSNORM, VectorOp.LAYERNORM):
+        if operation.op not in self.SCALAR_OPS:
             return single
-        scalar = ScalarUnit()
         load = beats + 1  # beats into the buffer, then the statistics cycle
-        if op == VectorOp.SOFTMAX:
-            total = int(np.maximum(
-                np.sum(np.where(np.arange(operation.length) < operation.command["valid"],
-                                special.exp_neg(np.minimum(
-                                    operation.a_values - self._peak(operation), 0), 24), 0)),
-                1))
-            work = beats + LaneArray.LATENCY + 1 + scalar.expected_cycles(
-                ScalarOp.RECIPROCAL, total)
-        else:
-            work = 0
-            for request in self._scalar_requests(operation):
-                work += scalar.expected_cycles(*request)
-        return 1 + load + work + single - 1
-
-    @staticmethod
-    def _peak(operation):
-        valid = operation.command["valid"]
-        return int(operation.a_values[:valid].max()) if valid else 0
-
-    @staticmethod
-    def _scalar_requests(operation):
-        """The scalar unit's requests of a norm command (for expected_cycles)."""
-        x = [int(v) for v in operation.a_values]
-        n = len(x)
-        eps = operation.command["eps"]
-        requests = []
-        if operation.op == VectorOp.LAYERNORM:
-            total_x = sum(x)
-            requests.append((ScalarOp.ROUND_DIV, total_x, n))
-            mean = int(ScalarUnit.reference(ScalarOp.ROUND_DIV, total_x, n)[0])
-            squares = sum((v - mean) ** 2 for v in x)
-        else:
-            squares = sum(v * v for v in x)
-        requests.append((ScalarOp.FLOOR_DIV, squares, n))
-        total = squares // n + eps
-        drop = max(0, total.bit_length() - 61)
-        drop += drop % 2
-        requests.append((ScalarOp.RSQRT, max(total >> drop, 1), 1))
-        return requests
+        exp_pass = beats + LaneArray.LATENCY + 1 if operation.op == VectorOp.SOFTMAX else 0
+        scalar = sum(ScalarUnit().expected_cycles(op) for op in self.SCALAR_OPS[operation.op])
+        return load + exp_pass + scalar + single
 
     def elaborate(self, platform):
         m = Module()
@@ -485,10 +453,7 @@ class SpecialFunctionUnit(wiring.Component):
         centred_sq = Signal(signed(2 * FX_BITS + 20))
         m.d.comb += centred_sq.eq(sum_sq - 2 * mean * sum_x + cmd.length * mean * mean)
         drop = Signal(range(2 * FX_BITS + 20))
-        length_bits = Signal(range(2 * FX_BITS + 20))
-        for bit in range(len(total)):
-            with m.If(total[bit]):
-                m.d.comb += length_bits.eq(bit + 1)
+        length_bits = bit_length(m, total, "total_length")
         over = Mux(length_bits > 61, length_bits - 61, 0)
         m.d.comb += drop.eq(over + over[0])
         narrowed = total >> drop

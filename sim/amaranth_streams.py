@@ -5,7 +5,7 @@ from an async testbench, inserting idle and backpressure cycles from stall gener
 :func:`flightgen.sim.benches.streams.stall_pattern`; any callable returning a bool works).
 """
 
-__all__ = ["put_beats", "get_beats", "run_commands"]
+__all__ = ["put_beats", "get_beats", "run_commands", "refuse_command"]
 
 
 async def put_beats(ctx, stream, payloads, idle=lambda: False):
@@ -96,3 +96,31 @@ def run_commands(component, operations, inputs, command_layout, stall=None, seed
     sim.add_testbench(sink)
     sim.run()
     return got, cycles
+
+
+def refuse_command(component, command, command_layout, inputs, cycles=50):
+    """Send one command a component must refuse, offer a valid beat on every stream in
+    ``inputs`` and keep ``out`` ready for ``cycles`` cycles; fail if any input is read or any
+    output appears. Returns ``(error, cmd_ready)`` at the end."""
+    from amaranth.sim import Simulator
+
+    seen = {}
+
+    async def bench(ctx):
+        await put_beats(ctx, component.cmd, [command_layout.const(command)])
+        for name in inputs:
+            ctx.set(getattr(component, name).valid, 1)
+        ctx.set(component.out.ready, 1)
+        for _ in range(cycles):
+            await ctx.tick()
+            for name in inputs:
+                assert not ctx.get(getattr(component, name).ready), (
+                    f"a refused command read its {name} stream")
+            assert not ctx.get(component.out.valid), "a refused command gave an output"
+        seen["result"] = (ctx.get(component.error), ctx.get(component.cmd.ready))
+
+    sim = Simulator(component)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return seen["result"]

@@ -45,14 +45,12 @@ class MatrixTB(CommandBench):
     """Sources on every input stream of the matrix engine and a sink on ``out``."""
 
     INPUTS = INPUTS
+    COMMAND_LAYOUT = command_layout
 
     def __init__(self, dut, idle="none", backpressure="none", salt=""):
         super().__init__(dut, idle, backpressure, salt)
         self.engine = MatrixEngine(**PARAMS)
         self.geometry = self.engine.geometry
-
-    def command_payload(self, op):
-        return command_layout.const(op.command).as_bits()
 
     def operation(self, mode, weights, pattern, **kwargs):
         op = matrix_operation(self.rng, self.geometry, mode, weights, pattern, **kwargs)

@@ -51,13 +51,11 @@ def length_classes(lanes, max_length):
 
 class VectorTB(CommandBench):
     INPUTS = ("cmd", "a", "b")
+    COMMAND_LAYOUT = command_layout
 
     def __init__(self, dut, idle="none", backpressure="none", salt=""):
         super().__init__(dut, idle, backpressure, salt)
         self.sfu = SpecialFunctionUnit(**PARAMS)
-
-    def command_payload(self, op):
-        return command_layout.const(op.command).as_bits()
 
     async def run(self, ops, label=""):
         got = await self.transfer(ops, sum(self.sfu.expected_cycles(op) for op in ops))

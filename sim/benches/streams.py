@@ -182,12 +182,14 @@ class CommandBench:
     """Clock, reset, a :class:`StreamSource` on each input stream and a :class:`StreamSink` on
     ``out``: the frame of a bench for a command-driven block (matrix engine, SFU).
 
-    Subclasses give :meth:`command_payload` and per-command ``beats`` (stream name -> raw
-    payloads) and ``out_beats``.
+    Subclasses name their input streams and the command layout; commands carry ``command``
+    (the layout's fields), ``beats`` (stream name -> raw payloads) and ``out_beats``.
     """
 
     #: Input stream names, ``cmd`` first.
     INPUTS = ("cmd",)
+    #: The ``cmd`` stream's payload layout.
+    COMMAND_LAYOUT = None
     #: Cycles allowed per expected cycle before a run is declared hung.
     HANG_FACTOR = 40
 
@@ -217,7 +219,8 @@ class CommandBench:
         await RisingEdge(self.dut.clk)
 
     def command_payload(self, op):
-        raise NotImplementedError
+        """Raw bits of ``op``'s command beat."""
+        return self.COMMAND_LAYOUT.const(op.command).as_bits()
 
     async def transfer(self, ops, expected_cycles):
         """Send every command's beats and wait for all their output beats; check the stream
