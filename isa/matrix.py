@@ -55,9 +55,9 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth.lib import data, enum
 
-from .numerics import ACT_GROUP, saturate
+from .numerics import ACT_GROUP, mul_round_shift, saturate
 from .sparse import WINDOW, check_nm, window_masks
-from .weights import GroupQuantized, linear
+from .weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS, GroupQuantized, linear
 
 __all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "command_layout", "Geometry",
            "MatrixOperation", "CHAIN_RANGE", "MAX_VPUS"]
@@ -379,3 +379,155 @@ class MatrixOperation:
             order = np.zeros((self.groups, self.blocks, g.lanes), np.int64)
             order[:, :, 0] = words
         return _bits_to_beats(order.ravel(), 32, 32 * g.lanes)
+
+
+# The engine on raw beats (what the ISA simulator executes) -----------------------------------
+
+def _unpack_fields(data, bits, count, signed):
+    """The first ``count`` ``bits``-wide fields of little-endian bytes ``data``."""
+    planes = np.unpackbits(np.frombuffer(bytes(data), np.uint8), bitorder="little")
+    planes = planes[:count * bits].reshape(count, bits).astype(np.int64)
+    values = planes @ (np.int64(1) << np.arange(bits, dtype=np.int64))
+    if signed:
+        values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
+    return values
+
+
+def decode_half(bits):
+    """Float16 bit patterns as exact ``(mantissa, exponent)``: value = mantissa * 2**exponent,
+    exponent ``max(field, 1) - 25``. The all-ones exponent is an ordinary binade (no infinity
+    or NaN), as the engine's scaler decodes it."""
+    bits = np.asarray(bits, dtype=np.int64)
+    field = (bits >> 10) & 0x1F
+    magnitude = (bits & 0x3FF) | ((field != 0).astype(np.int64) << 10)
+    return np.where(bits >> 15 & 1, -magnitude, magnitude), np.maximum(field, 1) - 25
+
+
+class MatrixStreams:
+    """Beat counts and widths of one command's streams (``groups`` and ``blocks`` nonzero).
+
+    Members
+    -------
+    act, weights, masks, scales, out : int
+        Beats of each stream (``act`` is 0 when the command reuses the tile; ``masks`` 0 when
+        dense; ``scales`` 0 when raw).
+    """
+
+    def __init__(self, geometry, command):
+        g = geometry
+        mode = MatrixMode(command["mode"])
+        keep = {v: k for k, v in KEEP_CODES.items()}[command["keep"]]
+        bits = {v: k for k, v in BITS_CODES.items()}[command["bits"]]
+        blocks, groups = command["blocks"], command["groups"]
+        tokens = 1 if mode == MatrixMode.MV else g.lanes
+        self.mode, self.keep, self.bits, self.tokens = mode, keep, bits, tokens
+        self.steps = g.steps(blocks, keep)
+        self.act_per_token = -(-blocks * ACT_GROUP // g.row_codes)
+        self.act = tokens * self.act_per_token if command["load"] else 0
+        self.weights = -(-groups * self.steps * g.codes_per_step(mode) * bits // g.weight_bits)
+        self.masks = 0 if keep == 16 else -(
+            -groups * self.steps * g.mask_windows_per_step(mode, keep) * WINDOW // g.mask_bits)
+        self.scales = 0 if command["raw"] else groups * blocks
+        self.out = groups
+
+
+def execute(geometry, command, act, weights, masks, scales):
+    """What the engine writes for one command, from the raw bytes of its streams.
+
+    ``command`` holds :data:`command_layout`'s fields as integers (``blocks`` and ``groups``
+    nonzero, a known ``bits`` code). ``act`` is the tile's bytes, each beat
+    ``ceil(act_bits / 8)`` bytes (the new tile, or the last one loaded); ``weights``,
+    ``masks`` and ``scales`` the beats of those streams back to back, each beat its width in
+    bytes. Returns ``(out, bad_mask)``: the ``out`` beats as int64 ``(groups, 2 V)`` and whether
+    a window mask did not keep exactly N of 16 columns (the engine flags it and treats the
+    window as keeping the columns its mask names, as here).
+    """
+    g = geometry
+    s = MatrixStreams(geometry, command)
+    blocks, groups, raw = command["blocks"], command["groups"], command["raw"]
+    k = blocks * ACT_GROUP
+    lanes = g.lanes
+    # activation tile: per token, beats of 8L codes then L/4 (mult 16, exp 8) block scales
+    act_bytes = -(-g.act_bits // 8)
+    per_token = s.act_per_token
+    tile = np.frombuffer(bytes(act), np.uint8).reshape(s.tokens, per_token, act_bytes)
+    codes = tile[:, :, :g.row_codes].astype(np.int8).astype(np.int64).reshape(s.tokens, -1)[:, :k]
+    fields = [_unpack_fields(tile[t, r, g.row_codes:].tobytes(), 24, g.chain // 4, False)
+              for t in range(s.tokens) for r in range(per_token)]
+    fields = np.array(fields, np.int64).reshape(s.tokens, -1)[:, :blocks]
+    a_mult, a_exp = fields & 0xFFFF, ((fields >> 16) & 0xFF) - ((fields >> 23 & 1) << 8)
+    # weights: kept slots per row, in stream order
+    cps = g.codes_per_step(s.mode)
+    slots = _unpack_fields(weights, s.bits, groups * s.steps * cps, bool(command["signed"]))
+    rows = groups * (lanes if s.mode == MatrixMode.MV else 1)
+    if s.mode == MatrixMode.MV:
+        slots = slots.reshape(groups, s.steps, g.vpus, g.chain, 2).transpose(0, 2, 4, 1, 3)
+    slots = slots.reshape(rows, s.steps * g.chain)
+    dense = np.zeros((rows, k), np.int64)
+    kept = np.ones((rows, k), bool)
+    bad = False
+    if s.keep == 16:
+        dense[:] = slots
+    else:
+        per_step = g.chain // s.keep
+        windows = _unpack_fields(masks, WINDOW,
+                                 groups * s.steps * g.mask_windows_per_step(s.mode, s.keep),
+                                 False)
+        if s.mode == MatrixMode.MV:
+            windows = windows.reshape(groups, s.steps, g.vpus, per_step).transpose(0, 2, 1, 3)
+            windows = np.repeat(windows.reshape(groups * g.vpus, -1), 2, axis=0)
+        windows = windows.reshape(rows, k // WINDOW)
+        bitmap = ((windows[..., None] >> np.arange(WINDOW)) & 1).astype(bool)
+        bad = bool((bitmap.sum(-1) != s.keep).any())
+        kept = bitmap.reshape(rows, k)
+        # the kept columns of each window take the window's slots in order; a window keeping
+        # fewer columns leaves slots unused, one keeping more reads slots past its share as 0
+        rank = np.cumsum(bitmap, axis=-1) - 1
+        index = np.arange(k // WINDOW)[None, :, None] * s.keep + rank
+        valid = bitmap & (rank < s.keep)
+        taken = np.take_along_axis(slots, np.where(valid, index, 0).reshape(rows, k), axis=1)
+        dense = np.where(valid.reshape(rows, k), taken, 0)
+        kept = valid.reshape(rows, k)
+    # per (token, row, block): integer dot product P and the kept activation sum X
+    wb = dense.reshape(rows, blocks, ACT_GROUP).astype(np.float64)
+    ab = codes.reshape(s.tokens, blocks, ACT_GROUP).astype(np.float64)
+    p = np.einsum("tbi,rbi->trb", ab, wb).astype(np.int64)  # exact: |P| < 2**21
+    if raw:
+        total = p.sum(-1)
+        out = saturate(total, 32)
+    else:
+        words = _unpack_fields(scales, 32, groups * blocks * lanes, False)
+        words = words.reshape(groups, blocks, lanes)
+        if s.mode == MatrixMode.MV:
+            words = words.transpose(0, 2, 1).reshape(rows, blocks)
+        else:
+            words = words[:, :, 0]
+        sm, se = decode_half(words & 0xFFFF)
+        mm, me = decode_half(words >> 16)
+        x = np.einsum("tbi,rbi->trb", ab, kept.reshape(rows, blocks, ACT_GROUP)
+                      .astype(np.float64)).astype(np.int64)
+        base = np.minimum(se, np.where(mm == 0, se, me))
+        value = (mul_shift(p * sm[None], se - base) + mul_shift(x * mm[None], me - base))
+        shift = -(base[None] + a_exp[:, None, :] + LINEAR_ACC_FRAC - 16)
+        terms = saturate(mul_round_shift(value, np.broadcast_to(a_mult[:, None, :], value.shape),
+                                         shift), LINEAR_TERM_BITS)
+        total = np.sum(terms, axis=-1, dtype=object if blocks > 1 << 10 else np.int64)
+        out = saturate(mul_round_shift(total, 1, LINEAR_ACC_FRAC - 16), 32)
+    out = np.asarray(out, dtype=np.int64)  # (tokens, rows)
+    if s.mode == MatrixMode.MV:
+        return out.reshape(groups, lanes), bad
+    full = np.zeros((groups, lanes), np.int64)
+    full[:, :s.tokens] = out.T
+    return full, bad
+
+
+def mul_shift(value, shift):
+    """``value * 2**shift`` exactly for ``shift >= 0`` (Python integers when int64 would
+    overflow)."""
+    value, shift = np.broadcast_arrays(np.asarray(value), np.asarray(shift))
+    if value.size and (int(np.abs(value).max()).bit_length() + int(shift.max()) > 62):
+        out = np.empty(value.shape, object)
+        for index in np.ndindex(value.shape):
+            out[index] = int(value[index]) << int(shift[index])
+        return out
+    return value.astype(np.int64) << shift

@@ -22,7 +22,7 @@ __all__ = [
     "EXP_FRAC", "POW2_TABLE", "SIGMOID_TABLE", "NORMAL_CDF_TABLE", "SINE_TABLE",
     "exp_neg", "softmax", "sigmoid", "silu", "normal_cdf", "gelu",
     "rope_frequencies", "rope_cos_sin", "rope", "add", "mul",
-    "rms_norm", "layer_norm", "norm_weight", "eps_fixed",
+    "rms_norm", "layer_norm", "rms_norm_fixed", "layer_norm_fixed", "norm_weight", "eps_fixed",
     "LOG2E", "LOG2E_FRAC", "SIGMOID_RANGE", "SIGMOID_STEP_BITS", "CDF_RANGE", "CDF_STEP_BITS",
     "PHASE_BITS", "TRIG_FRAC",
 ]
@@ -306,11 +306,10 @@ def eps_fixed(eps):
     return _rounded(decimal.Decimal(repr(float(eps))), 2 * FX_FRAC)
 
 
-def _inverse_rms(centred, eps):
+def _inverse_rms(centred, epsilon):
     """Scale ``(mult, exp)`` of ``1 / sqrt(mean(c**2) + eps)`` for FX vectors ``c`` (last
-    axis): the real value is ``mult * 2**exp``."""
+    axis), ``epsilon`` from :func:`eps_fixed`: the real value is ``mult * 2**exp``."""
     n = centred.shape[-1]
-    epsilon = eps_fixed(eps)
     rows = centred.reshape(-1, n)
     narrowed, drops = np.empty(len(rows), np.int64), np.empty(len(rows), np.int64)
     for index, row in enumerate(rows):
@@ -330,11 +329,17 @@ def rms_norm(x, weight, eps):
     :func:`~flightgen.isa.numerics.rsqrt` of ``floor(sum(x**2) / n) + round(eps * 2**32)``
     (mean square in FX**2 units).
     """
+    return rms_norm_fixed(x, *norm_weight(weight), eps_fixed(eps))
+
+
+def rms_norm_fixed(x, w, w_frac, epsilon):
+    """:func:`rms_norm` on the integers the SFU takes: weights ``w * 2**-w_frac`` and
+    ``epsilon`` from :func:`eps_fixed`."""
     x = np.asarray(x, dtype=np.int64)
-    w, w_frac = norm_weight(weight)
-    rmult, rexp = _inverse_rms(x, eps)
+    rmult, rexp = _inverse_rms(x, epsilon)
     # x_i * w_i * r in FX: (X * 2**-16)(W * 2**-w_frac)(rmult * 2**rexp) * 2**16
-    return saturate_fx(mul_round_shift(x * w, rmult[..., None], (w_frac - rexp)[..., None]))
+    return saturate_fx(mul_round_shift(x * np.asarray(w, dtype=np.int64), rmult[..., None],
+                                       (w_frac - rexp)[..., None]))
 
 
 def layer_norm(x, weight, bias, eps):
@@ -343,12 +348,18 @@ def layer_norm(x, weight, bias, eps):
     ``mean = round(sum(x) / n)``; ``r`` as in :func:`rms_norm` on the centred values; ``b`` is
     the bias rounded to FX.
     """
+    return layer_norm_fixed(x, *norm_weight(weight), to_fx(bias), eps_fixed(eps))
+
+
+def layer_norm_fixed(x, w, w_frac, bias, epsilon):
+    """:func:`layer_norm` on the integers the SFU takes: weights ``w * 2**-w_frac``, the bias
+    in FX and ``epsilon`` from :func:`eps_fixed`."""
     x = np.asarray(x, dtype=np.int64)
     n = x.shape[-1]
     mean = div_round(x.sum(axis=-1), n)
     centred = x - mean[..., None]
-    w, w_frac = norm_weight(weight)
-    rmult, rexp = _inverse_rms(centred, eps)
-    scaled = mul_round_shift(centred * w, rmult[..., None], (w_frac - rexp)[..., None])
-    return saturate_fx(scaled + to_fx(bias))
+    rmult, rexp = _inverse_rms(centred, epsilon)
+    scaled = mul_round_shift(centred * np.asarray(w, dtype=np.int64), rmult[..., None],
+                             (w_frac - rexp)[..., None])
+    return saturate_fx(scaled + np.asarray(bias, dtype=np.int64))
 

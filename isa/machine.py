@@ -1,0 +1,679 @@
+"""The machine the instructions run on, and the ISA simulator: the numpy semantics of every
+instruction, of the dispatcher, the queues and the tokens, exactly as the core implements them.
+
+Machine state
+-------------
+* **HBM**: ``hbm_ports`` byte-addressed memories, one per AXI4 master of the core (each is one
+  HBM pseudo-channel on the U280, reached through the host's pointer argument for that port).
+* **On-chip buffers** (:class:`~flightgen.isa.instructions.Buffer`), arrays of **lines** of
+  ``line_bits`` bits (the AXI data width):
+
+  ========  ================================================================================
+  ``VEC``   FX vectors: the SFU's operands and results, the matrix engine's outputs, the
+            quantizer's inputs; and the SFU's ``b`` operands (norm weights, RoPE phases)
+  ``ACT``   activation beats of the matrix engine (written by ``QUANT`` or ``LOAD``)
+  ``WGT``   weight beats of the matrix engine
+  ``META``  mask and scale beats of the matrix engine
+  ========  ================================================================================
+
+  A stream beat of ``B`` bits occupies ``ceil(B / line_bits)`` consecutive lines, low bits
+  first (the rest of its last line is unused), and the next beat starts on the next line. The
+  beats: a vector beat is ``lanes`` signed 32-bit values (``lanes = 2 vpus``; the elements past
+  a vector's end are written as 0); an SFU ``b`` beat ``lanes`` 48-bit entries
+  (:mod:`flightgen.isa.vector`); matrix-engine beats as in :mod:`flightgen.isa.matrix`.
+* The matrix engine's **activation tile** (``lanes`` tokens of up to ``max_blocks`` blocks),
+  kept between commands so that a command may reuse it (``load = 0``).
+* The **length registers** ``r1`` .. ``r7``, set by the host, read-only to the program.
+
+Execution
+---------
+The dispatcher reads instruction ``pc = 0, 1, ...``, **resolves** it (adaptive fields from the
+registers) and **checks** it; a legal instruction goes to its unit's queue (``queue_depth``
+entries; the dispatcher waits while it is full), ``SYS`` runs in the dispatcher. A unit starts
+its oldest instruction once every token it waits for is there, executes it, then releases its
+tokens; at most ``token_limit`` tokens wait between a pair of units (a release beyond that
+waits). These are Kahn process networks with bounded channels, so the outcome does not depend
+on timing: the simulator may run the units in any order and reaches the state the core
+reaches, provided the program orders every pair of conflicting accesses with tokens or queue
+order.
+
+Errors (:class:`ErrorCode`): an illegal instruction stops the dispatcher before it is
+queued; an error during execution also stops the dispatcher. Queued instructions still run.
+The run ends when nothing can progress; the core then reports ``done`` with the error of the
+lowest ``pc`` (an error never hangs the core). With no error, the run ends after ``HALT`` once
+every queue has drained; if units remain blocked on tokens that can never come, that is a
+``DEADLOCK``, reported at the lowest ``pc`` among the blocked instructions.
+"""
+
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from amaranth.lib import enum
+
+from . import matrix as matrix_isa
+from . import special
+from .instructions import (
+    ADAPTIVE,
+    OPCODE_UNIT,
+    REGISTERS,
+    WORD_BYTES,
+    Buffer,
+    Opcode,
+    SysOp,
+    Unit,
+    decode_fields,
+)
+from .matrix import BITS_CODES, Geometry, MatrixStreams
+from .numerics import ACT_GROUP, quantize_per_group
+from .vector import MAX_LENGTH, READS_B, VectorOp
+
+__all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
+           "Machine", "RunResult", "TraceEntry"]
+
+_LINE_BITS = (256, 512)
+
+
+class ErrorCode(enum.Enum, shape=4):
+    """The core's error register."""
+    NONE = 0
+    #: The opcode is not one of :class:`~flightgen.isa.instructions.Opcode`.
+    ILLEGAL_OPCODE = 1
+    #: A reserved bit is set, a field holds a value with no meaning (an unknown buffer,
+    #: operation or code width, a token to the instruction's own unit, a port the core does not
+    #: have, a zero count, a resolved value too wide for its field, a block count beyond the
+    #: engine, a vector longer than the SFU).
+    BAD_FIELD = 2
+    #: The lines an instruction reads or writes run past the end of a buffer.
+    BUFFER_RANGE = 3
+    #: A ``LOAD`` address or stride is not a multiple of the line size.
+    MISALIGNED = 4
+    #: A matrix command's window mask does not keep exactly N of 16 columns.
+    BAD_MASK = 5
+    #: An AXI transfer got an error response (here: it reached past the end of a port's memory).
+    AXI = 6
+    #: Units wait for tokens that can never come.
+    DEADLOCK = 7
+    #: The dispatcher read past the end of the program without meeting ``HALT``.
+    PROGRAM_END = 8
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Parameters of one core: everything the ISA's semantics depend on.
+
+    Members
+    -------
+    line_bits : int
+        AXI data width and buffer line width, 256 or 512.
+    chain, vpus : int
+        Matrix engine geometry (:class:`flightgen.isa.matrix.Geometry`); the SFU and the
+        quantizer have ``2 vpus`` lanes.
+    max_blocks : int
+        Largest ``blocks`` of a matrix command (activation memory: ``32 max_blocks`` codes per
+        token).
+    vector_max : int
+        Longest SFU vector.
+    vec_lines, act_lines, wgt_lines, meta_lines : int
+        Buffer depths in lines (powers of two).
+    hbm_ports : int
+        AXI4 masters toward HBM (1 to 32).
+    queue_depth, token_limit : int
+        Entries per unit queue; most tokens outstanding between two units.
+    """
+
+    line_bits: int = 256
+    chain: int = 8
+    vpus: int = 2
+    max_blocks: int = 64
+    vector_max: int = 256
+    vec_lines: int = 1024
+    act_lines: int = 256
+    wgt_lines: int = 1024
+    meta_lines: int = 256
+    hbm_ports: int = 2
+    queue_depth: int = 8
+    token_limit: int = 15
+
+    def __post_init__(self):
+        geometry = Geometry(self.chain, self.vpus)
+        if self.line_bits not in _LINE_BITS:
+            raise ValueError(f"line_bits must be 256 or 512, not {self.line_bits!r}")
+        for name in ("vec_lines", "act_lines", "wgt_lines", "meta_lines"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1 or value & (value - 1) or value > 1 << 16:
+                raise ValueError(f"{name} must be a power of two from 1 to 65536, not {value!r}")
+        if not isinstance(self.hbm_ports, int) or not 1 <= self.hbm_ports <= 32:
+            raise ValueError(f"hbm_ports must be 1 to 32, not {self.hbm_ports!r}")
+        row_blocks = geometry.row_codes // ACT_GROUP
+        if (not isinstance(self.max_blocks, int) or self.max_blocks < row_blocks
+                or self.max_blocks % row_blocks or self.max_blocks >= 1 << 16):
+            raise ValueError(f"max_blocks must be a multiple of {row_blocks} below 65536, not "
+                             f"{self.max_blocks!r}")
+        if not isinstance(self.vector_max, int) or not 1 <= self.vector_max <= MAX_LENGTH:
+            raise ValueError(f"vector_max must be 1 to {MAX_LENGTH}, not {self.vector_max!r}")
+        if not isinstance(self.queue_depth, int) or not 1 <= self.queue_depth <= 256:
+            raise ValueError(f"queue_depth must be 1 to 256, not {self.queue_depth!r}")
+        if not isinstance(self.token_limit, int) or not 1 <= self.token_limit <= 255:
+            raise ValueError(f"token_limit must be 1 to 255, not {self.token_limit!r}")
+
+    @property
+    def geometry(self):
+        return Geometry(self.chain, self.vpus)
+
+    @property
+    def lanes(self):
+        return 2 * self.vpus
+
+    @property
+    def line_bytes(self):
+        return self.line_bits // 8
+
+    def lines(self, buffer):
+        """Depth of ``buffer`` in lines."""
+        return getattr(self, f"{Buffer(buffer).name.lower()}_lines")
+
+    def beat_lines(self, bits):
+        """Lines one beat of ``bits`` bits occupies."""
+        return -(-bits // self.line_bits)
+
+    @property
+    def beat_bits(self):
+        """Beat widths of the streams kept in buffers, by name."""
+        g = self.geometry
+        return {"vector": 32 * self.lanes, "operand": 48 * self.lanes, "act": g.act_bits,
+                "weights": g.weight_bits, "masks": g.mask_bits, "scales": 32 * self.lanes,
+                "out": 32 * self.lanes}
+
+    def to_dict(self):
+        return asdict(self)
+
+
+#: The configuration the simulation tests build.
+SIM_CORE = CoreConfig()
+
+
+class IllegalInstruction(Exception):
+    """An instruction the dispatcher refuses: ``code`` (:class:`ErrorCode`) and a message."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = ErrorCode(code)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A checked instruction with its adaptive fields resolved."""
+
+    pc: int
+    opcode: Opcode
+    unit: Unit
+    wait: int
+    release: int
+    fields: dict
+    #: ``(buffer, first line, lines)`` read and written, for the trace and the checks.
+    reads: tuple = ()
+    writes: tuple = ()
+
+
+def _field_widths():
+    from .instructions import fields
+    return {op: {name.removeprefix("header."): width for name, _, width in fields(op)}
+            for op in Opcode}
+
+
+_WIDTHS = _field_widths()
+
+
+def _span(config, buffer, line, beats, bits):
+    """``(buffer, line, lines)`` of ``beats`` beats of ``bits`` bits from ``line``, checked."""
+    lines = beats * config.beat_lines(bits)
+    if line + lines > config.lines(buffer):
+        raise IllegalInstruction(ErrorCode.BUFFER_RANGE,
+                                 f"lines {line} to {line + lines - 1} of {buffer.name} are past "
+                                 f"its {config.lines(buffer)} lines")
+    return (buffer, line, lines)
+
+
+def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
+    """Decode, resolve and check one instruction word the way the dispatcher does.
+
+    Returns a :class:`Resolved`; raises :class:`IllegalInstruction` with the error code the
+    core reports.
+    """
+    opcode, f = decode_fields(word)
+    if opcode is None:
+        raise IllegalInstruction(ErrorCode.ILLEGAL_OPCODE, f"illegal opcode {word & 0xF}")
+    name = opcode.name.lower()
+
+    def bad(message):
+        raise IllegalInstruction(ErrorCode.BAD_FIELD, f"{name}: {message}")
+
+    if f["spare"] or f["reserved"]:
+        bad("reserved bits are set")
+    unit = OPCODE_UNIT[opcode]
+    own = 1 << unit.value
+    if (f["wait"] | f["release"]) & own:
+        bad(f"a {unit.name} instruction cannot wait for or release to its own unit")
+    value = 0 if f["reg"] == 0 else int(registers[f["reg"] - 1])
+    for adaptive in ADAPTIVE[opcode]:
+        total = f[adaptive] + f.pop(f"{adaptive}_mul") * value
+        if total >= 1 << _WIDTHS[opcode][adaptive]:
+            bad(f"{adaptive} = {total} (with r{f['reg']} = {value}) does not fit its "
+                f"{_WIDTHS[opcode][adaptive]} bits")
+        f[adaptive] = total
+    reads, writes = (), ()
+    beats = config.beat_bits
+    if opcode in (Opcode.LOAD, Opcode.STORE):
+        if f["buffer"] not in {b.value for b in Buffer}:
+            bad(f"unknown buffer {f['buffer']}")
+        buffer = Buffer(f["buffer"])
+        if f["port"] >= config.hbm_ports:
+            bad(f"port {f['port']} but the core has {config.hbm_ports} HBM ports")
+        if f["count2"] == 0 or f["count3"] == 0:
+            bad("count2 and count3 must be at least 1")
+        if opcode == Opcode.LOAD:
+            step = config.line_bytes
+            for key in ("addr", "stride2", "stride3"):
+                if f[key] % step:
+                    raise IllegalInstruction(ErrorCode.MISALIGNED,
+                                             f"load: {key} = {f[key]:#x} is not a multiple of "
+                                             f"the {step}-byte line")
+            lines = f["length"] * f["count2"] * f["count3"]
+            writes = (_span(config, buffer, f["line"], lines, config.line_bits),)
+        else:
+            total = f["length"] * f["count2"] * f["count3"]
+            reads = (_span(config, buffer, f["line"], -(-total // config.line_bytes),
+                           config.line_bits),)
+    elif opcode == Opcode.MATRIX:
+        if f["bits"] not in BITS_CODES.values():
+            bad(f"unknown code width {f['bits']}")
+        if f["blocks"] > config.max_blocks:
+            bad(f"{f['blocks']} blocks but the engine holds {config.max_blocks}")
+        if f["blocks"] and f["groups"]:
+            s = MatrixStreams(config.geometry, f)
+            reads = tuple(_span(config, buffer, f[key], count, beats[stream])
+                          for buffer, key, count, stream in (
+                              (Buffer.ACT, "act", s.act, "act"),
+                              (Buffer.WGT, "wgt", s.weights, "weights"),
+                              (Buffer.META, "mask", s.masks, "masks"),
+                              (Buffer.META, "scale", s.scales, "scales")) if count)
+            writes = (_span(config, Buffer.VEC, f["out"], s.out, beats["out"]),)
+    elif opcode == Opcode.VECTOR:
+        op = VectorOp(f["op"])
+        if f["length"] > config.vector_max:
+            bad(f"length {f['length']} but the SFU holds {config.vector_max}")
+        if op == VectorOp.ROPE and f["length"] % 2:
+            bad(f"RoPE rotates pairs: the length must be even, not {f['length']}")
+        if f["length"]:
+            count = -(-f["length"] // config.lanes)
+            reads = (_span(config, Buffer.VEC, f["a"], count, beats["vector"]),)
+            if op in READS_B:
+                reads += (_span(config, Buffer.VEC, f["b"], count, beats["operand"]),)
+            writes = (_span(config, Buffer.VEC, f["out"], count, beats["vector"]),)
+    elif opcode == Opcode.QUANT:
+        if f["length"] > config.max_blocks * ACT_GROUP:
+            bad(f"length {f['length']} but the engine holds {config.max_blocks * ACT_GROUP}")
+        if f["length"]:
+            reads = (_span(config, Buffer.VEC, f["src"], -(-f["length"] // config.lanes),
+                           beats["vector"]),)
+            writes = (_span(config, Buffer.ACT, f["dst"],
+                            -(-f["length"] // config.geometry.row_codes), beats["act"]),)
+    elif f["op"] not in {o.value for o in SysOp}:
+        bad(f"unknown operation {f['op']}")
+    return Resolved(pc, opcode, unit, f["wait"], f["release"], f, reads, writes)
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One executed instruction: ``pc``, its unit, and a CRC-32 of every buffer line or HBM
+    byte range it wrote (in order), so two executions compare instruction by instruction."""
+
+    pc: int
+    unit: Unit
+    opcode: Opcode
+    crc: int
+
+
+@dataclass
+class RunResult:
+    """Outcome of :meth:`Machine.run`."""
+
+    error: ErrorCode = ErrorCode.NONE
+    error_pc: int = 0
+    message: str = ""
+    #: Instructions executed, in the order the simulator ran them (per unit, program order).
+    trace: list = field(default_factory=list)
+
+    def unit_trace(self, unit):
+        """The trace entries of one unit, in its (program) order."""
+        return [e for e in self.trace if e.unit == Unit(unit)]
+
+
+class Machine:
+    """Machine state and the ISA simulator.
+
+    Parameters
+    ----------
+    config : CoreConfig
+    hbm_bytes : int
+        Size of each port's memory (an access past it is an AXI error).
+    """
+
+    def __init__(self, config=SIM_CORE, hbm_bytes=1 << 20):
+        self.config = config
+        self.hbm = [np.zeros(hbm_bytes, np.uint8) for _ in range(config.hbm_ports)]
+        self.buffers = {b: np.zeros((config.lines(b), config.line_bytes), np.uint8)
+                        for b in Buffer}
+        g = config.geometry
+        self.tile = np.zeros((config.lanes, config.max_blocks * ACT_GROUP // g.row_codes,
+                              -(-g.act_bits // 8)), np.uint8)
+
+    # -- buffer access -----------------------------------------------------------------------
+
+    def read_beats(self, buffer, line, beats, bits):
+        """``beats`` beats of ``bits`` bits from ``line``: bytes, each beat ``ceil(bits / 8)``
+        of them."""
+        per = self.config.beat_lines(bits)
+        if beats == 0:
+            return b""
+        rows = self.buffers[Buffer(buffer)][line:line + beats * per]
+        return rows.reshape(beats, -1)[:, :-(-bits // 8)].tobytes()
+
+    def write_beats(self, buffer, line, data, bits):
+        """Write beats (bytes, ``ceil(bits / 8)`` each) from ``line``; each beat's unused
+        bytes become 0."""
+        per, size = self.config.beat_lines(bits), -(-bits // 8)
+        data = np.frombuffer(bytes(data), np.uint8).reshape(-1, size)
+        rows = np.zeros((len(data), per * self.config.line_bytes), np.uint8)
+        rows[:, :size] = data
+        self.buffers[Buffer(buffer)][line:line + len(data) * per] = rows.reshape(
+            -1, self.config.line_bytes)
+
+    def write_vector(self, line, values, bits=32):
+        """Write integers as vector beats (``lanes`` per beat, the tail 0) from ``line``."""
+        lanes = self.config.lanes
+        values = np.asarray(values, dtype=np.int64)
+        padded = np.zeros(-(-len(values) // lanes) * lanes, np.int64)
+        padded[:len(values)] = values
+        data = _pack(padded, bits)
+        self.write_beats(Buffer.VEC, line, data, bits * lanes)
+
+    def read_vector(self, line, length, bits=32):
+        """Read ``length`` signed ``bits``-bit vector elements from ``line``."""
+        lanes = self.config.lanes
+        beats = -(-length // lanes)
+        data = self.read_beats(Buffer.VEC, line, beats, bits * lanes)
+        return _unpack(data, bits, beats * lanes)[:length]
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def execute(self, instruction):
+        """Execute one resolved instruction; return ``(error, crc)``."""
+        op, f = instruction.opcode, instruction.fields
+        crc = 0
+        if op == Opcode.LOAD:
+            return self._load(f)
+        if op == Opcode.STORE:
+            return self._store(f)
+        if op == Opcode.MATRIX:
+            if not (f["blocks"] and f["groups"]):
+                return ErrorCode.NONE, crc
+            return self._matrix(f)
+        if op == Opcode.VECTOR:
+            if not f["length"]:
+                return ErrorCode.NONE, crc
+            return ErrorCode.NONE, self._vector(f)
+        if op == Opcode.QUANT:
+            if not f["length"]:
+                return ErrorCode.NONE, crc
+            return ErrorCode.NONE, self._quant(f)
+        return ErrorCode.NONE, crc
+
+    def _addresses(self, f):
+        """Start byte of every row of a LOAD/STORE pattern, in order."""
+        i3, i2 = np.meshgrid(np.arange(f["count3"]), np.arange(f["count2"]), indexing="ij")
+        return (f["addr"] + i3 * f["stride3"] + i2 * f["stride2"]).ravel().astype(np.int64)
+
+    def _load(self, f):
+        c = self.config
+        row = f["length"] * c.line_bytes
+        memory = self.hbm[f["port"]]
+        starts = self._addresses(f)
+        if row == 0:
+            return ErrorCode.NONE, 0
+        if int(starts.max()) + row > len(memory):
+            return ErrorCode.AXI, 0
+        data = memory[starts[:, None] + np.arange(row)[None, :]].reshape(-1, c.line_bytes)
+        buffer = self.buffers[Buffer(f["buffer"])]
+        buffer[f["line"]:f["line"] + len(data)] = data
+        return ErrorCode.NONE, zlib.crc32(data.tobytes())
+
+    def _store(self, f):
+        c = self.config
+        memory = self.hbm[f["port"]]
+        starts = self._addresses(f)
+        row = f["length"]
+        if row == 0:
+            return ErrorCode.NONE, 0
+        if int(starts.max()) + row > len(memory):
+            return ErrorCode.AXI, 0
+        total = row * len(starts)
+        lines = -(-total // c.line_bytes)
+        source = self.buffers[Buffer(f["buffer"])][f["line"]:f["line"] + lines].ravel()[:total]
+        memory[(starts[:, None] + np.arange(row)[None, :]).ravel()] = source
+        return ErrorCode.NONE, zlib.crc32(source.tobytes())
+
+    def _matrix(self, f):
+        c, g = self.config, self.config.geometry
+        s = MatrixStreams(g, f)
+        bits = c.beat_bits
+        if f["load"]:
+            data = np.frombuffer(self.read_beats(Buffer.ACT, f["act"], s.act, g.act_bits),
+                                 np.uint8).reshape(s.tokens, s.act_per_token, -1)
+            self.tile[:s.tokens, :s.act_per_token] = data
+        act = self.tile[:s.tokens, :s.act_per_token].tobytes()
+        weights = self.read_beats(Buffer.WGT, f["wgt"], s.weights, bits["weights"])
+        masks = self.read_beats(Buffer.META, f["mask"], s.masks, bits["masks"])
+        scales = self.read_beats(Buffer.META, f["scale"], s.scales, bits["scales"])
+        out, bad = matrix_isa.execute(g, f, act, weights, masks, scales)
+        data = _pack(out.ravel(), 32)
+        self.write_beats(Buffer.VEC, f["out"], data, bits["out"])
+        return (ErrorCode.BAD_MASK if bad else ErrorCode.NONE), zlib.crc32(data)
+
+    def _vector(self, f):
+        op, n = VectorOp(f["op"]), f["length"]
+        a = self.read_vector(f["a"], n)
+        valid = min(f["valid"], n)
+        if op in READS_B:
+            entries = self.read_vector(f["b"], n, 48)
+            value = _signed(entries & 0xFFFFFFFF, 32)
+            weight = _signed(entries >> 32 & 0xFFFF, 16)
+        if op == VectorOp.ADD:
+            out = special.add(a, value)
+        elif op == VectorOp.MUL:
+            out = special.mul(a, value)
+        elif op == VectorOp.SILU:
+            out = special.silu(a)
+        elif op == VectorOp.GELU:
+            out = special.gelu(a)
+        elif op == VectorOp.SOFTMAX:
+            out = special.softmax(a, np.arange(n) < valid)
+        elif op in (VectorOp.RMSNORM, VectorOp.LAYERNORM):
+            frac = f["frac"] - ((f["frac"] >> 7) << 8)
+            if op == VectorOp.RMSNORM:
+                out = special.rms_norm_fixed(a, weight, frac, f["eps"])
+            else:
+                out = special.layer_norm_fixed(a, weight, frac, value, f["eps"])
+        else:
+            phases = value[0::2] & 0xFFFFFFFF
+            out = special.rope(a[None], [f["position"]], phases)[0]
+        self.write_vector(f["out"], out)
+        return zlib.crc32(_pack(np.asarray(out, np.int64), 32))
+
+    def _quant(self, f):
+        g = self.config.geometry
+        n = f["length"]
+        beats = -(-n // g.row_codes)
+        values = np.zeros(beats * g.row_codes, np.int64)
+        values[:n] = self.read_vector(f["src"], n)
+        codes, (mult, exp) = quantize_per_group(values)
+        data = bytearray()
+        per_beat = g.row_codes // ACT_GROUP
+        for beat in range(beats):
+            chunk = codes[beat * g.row_codes:(beat + 1) * g.row_codes].astype(np.uint8).tobytes()
+            blocks = slice(beat * per_beat, (beat + 1) * per_beat)
+            scales = (mult[blocks] & 0xFFFF) | ((exp[blocks] & 0xFF) << 16)
+            data += chunk + _pack(scales, 24)
+        self.write_beats(Buffer.ACT, f["dst"], bytes(data), g.act_bits)
+        return zlib.crc32(bytes(data))
+
+    # -- the dispatcher, queues and tokens ---------------------------------------------------
+
+    def run(self, program, registers=(0,) * (REGISTERS - 1), max_instructions=1 << 24):
+        """Run ``program`` (bytes, 32 per instruction, or a list of words) to the end.
+
+        Returns a :class:`RunResult`.
+        """
+        words = _words(program)
+        c = self.config
+        registers = tuple(int(r) & 0xFFFFFFFF for r in registers)
+        if len(registers) != REGISTERS - 1:
+            raise ValueError(f"expected {REGISTERS - 1} length registers, not {len(registers)}")
+        units = [u for u in Unit if u != Unit.SYS]
+        queues = {u: deque() for u in units}
+        tokens = np.zeros((len(Unit), len(Unit)), np.int64)  # [source, destination]
+        pending = {u: None for u in Unit}  # an executed instruction still releasing
+        result = RunResult()
+        errors = []
+        pc, dispatching, sys_current = 0, True, None
+
+        def can_take(waits, unit):
+            return all(tokens[s, unit.value] > 0 for s in range(len(Unit)) if waits >> s & 1)
+
+        def take(waits, unit):
+            for s in range(len(Unit)):
+                if waits >> s & 1:
+                    tokens[s, unit.value] -= 1
+
+        def try_release(unit):
+            instruction = pending[unit]
+            left = instruction.release
+            for d in range(len(Unit)):
+                if left >> d & 1 and tokens[unit.value, d] < c.token_limit:
+                    tokens[unit.value, d] += 1
+                    left &= ~(1 << d)
+            pending[unit] = None if left == 0 else _with_release(instruction, left)
+            return left != instruction.release
+
+        executed = 0
+        while True:
+            progress = False
+            # the dispatcher
+            if pending[Unit.SYS] is not None:
+                progress |= try_release(Unit.SYS)
+            while dispatching and pending[Unit.SYS] is None:
+                if sys_current is None:
+                    if pc >= len(words):
+                        errors.append((pc, ErrorCode.PROGRAM_END, "no HALT before the end"))
+                        dispatching = False
+                        break
+                    try:
+                        instruction = resolve(c, words[pc], registers, pc)
+                    except IllegalInstruction as error:
+                        errors.append((pc, error.code, str(error)))
+                        dispatching = False
+                        break
+                    if instruction.unit != Unit.SYS:
+                        if len(queues[instruction.unit]) >= c.queue_depth:
+                            break
+                        queues[instruction.unit].append(instruction)
+                        pc += 1
+                        progress = True
+                        continue
+                    sys_current = instruction
+                    pc += 1
+                    progress = True
+                if not can_take(sys_current.wait, Unit.SYS):
+                    break
+                take(sys_current.wait, Unit.SYS)
+                result.trace.append(TraceEntry(sys_current.pc, Unit.SYS, Opcode.SYS, 0))
+                if sys_current.fields["op"] == SysOp.HALT.value:
+                    dispatching = False
+                pending[Unit.SYS] = sys_current if sys_current.release else None
+                sys_current = None
+                progress = True
+                if pending[Unit.SYS] is not None:
+                    try_release(Unit.SYS)
+            # the units
+            for unit in units:
+                if pending[unit] is not None:
+                    progress |= try_release(unit)
+                    if pending[unit] is not None:
+                        continue
+                queue = queues[unit]
+                while queue and pending[unit] is None and can_take(queue[0].wait, unit):
+                    instruction = queue.popleft()
+                    take(instruction.wait, unit)
+                    error, crc = self.execute(instruction)
+                    executed += 1
+                    result.trace.append(TraceEntry(instruction.pc, unit, instruction.opcode, crc))
+                    if error != ErrorCode.NONE:
+                        errors.append((instruction.pc, error, f"{instruction.opcode.name.lower()}"
+                                       f": {error.name.lower().replace('_', ' ')}"))
+                        dispatching = False
+                    progress = True
+                    if instruction.release:
+                        pending[unit] = instruction
+                        try_release(unit)
+            if executed > max_instructions:
+                raise RuntimeError(f"more than {max_instructions} instructions executed")
+            if not progress:
+                break
+        blocked = [q[0].pc for q in queues.values() if q]
+        blocked += [i.pc for i in pending.values() if i is not None]
+        if sys_current is not None:
+            blocked.append(sys_current.pc)
+        if not errors and blocked:
+            errors.append((min(blocked), ErrorCode.DEADLOCK, "units wait for tokens that can "
+                           "never come"))
+        if errors:
+            result.error_pc, result.error, result.message = min(errors, key=lambda e: e[0])
+        return result
+
+
+def _with_release(instruction, release):
+    return Resolved(instruction.pc, instruction.opcode, instruction.unit, instruction.wait,
+                    release, instruction.fields, instruction.reads, instruction.writes)
+
+
+def _words(program):
+    if isinstance(program, (bytes, bytearray, memoryview)):
+        program = bytes(program)
+        if len(program) % WORD_BYTES:
+            raise ValueError(f"a program is a whole number of {WORD_BYTES}-byte words, not "
+                             f"{len(program)} bytes")
+        return [int.from_bytes(program[i:i + WORD_BYTES], "little")
+                for i in range(0, len(program), WORD_BYTES)]
+    return [int(w) for w in program]
+
+
+def _signed(values, bits):
+    values = np.asarray(values, dtype=np.int64)
+    return values - ((values >> (bits - 1) & 1) << bits)
+
+
+def _pack(values, bits):
+    """Little-endian bytes of ``values`` as consecutive ``bits``-bit fields (``bits`` a
+    multiple of 8)."""
+    values = np.asarray(values, dtype=np.int64) & ((1 << bits) - 1)
+    raw = (values[:, None] >> (8 * np.arange(bits // 8))) & 0xFF
+    return raw.astype(np.uint8).tobytes()
+
+
+def _unpack(data, bits, count):
+    """Signed ``bits``-bit fields (``bits`` a multiple of 8) of little-endian bytes."""
+    raw = np.frombuffer(bytes(data), np.uint8)[:count * bits // 8].reshape(count, bits // 8)
+    values = (raw.astype(np.int64) << (8 * np.arange(bits // 8))).sum(axis=1)
+    return _signed(values, bits) if bits < 64 else values
