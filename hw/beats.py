@@ -73,7 +73,7 @@ class BeatReader(wiring.Component):
         busy = Signal()
         line = Signal(LINE_ADDR_BITS)
         left = Signal(BEAT_COUNT_BITS)  # beats still to request
-        part = Signal(range(per))  # line within the beat being requested
+        part = Signal(range(max(per, 2)))  # line within the beat being requested
         pending = Signal(range(self.DEPTH + 2))  # beats requested, not yet in the FIFO
         returned = Signal()  # the read issued last cycle returns now
         returned_last = Signal()  # ... and it is its beat's last line
@@ -102,7 +102,7 @@ class BeatReader(wiring.Component):
                     m.d.sync += part.eq(part + 1)
         # collect returned lines; the beat's last line completes it
         if per > 1:
-            index = Signal(range(per))
+            index = Signal(range(max(per, 2)))
             with m.If(returned):
                 m.d.sync += index.eq(index + 1)
                 with m.If(returned_last):
@@ -152,7 +152,7 @@ class BeatWriter(wiring.Component):
         busy = Signal()
         line = Signal(LINE_ADDR_BITS)
         left = Signal(BEAT_COUNT_BITS)
-        part = Signal(range(per))
+        part = Signal(range(max(per, 2)))
         m.d.comb += self.cmd.ready.eq(~busy)
         with m.If(self.cmd.valid & ~busy):
             m.d.sync += [busy.eq(self.cmd.payload.beats != 0), line.eq(self.cmd.payload.line),
@@ -197,12 +197,12 @@ class WriteArbiter(wiring.Component):
         m = Module()
         n = self.n
         inputs = [getattr(self, f"i{k}") for k in range(n)]
-        last = Signal(range(n))
-        grant = Signal(range(n))
+        last = Signal(range(max(n, 2)))
+        grant = Signal(range(max(n, 2)))
         any_valid = Signal()
         # the first valid input after `last`, cyclically
         for offset in reversed(range(1, n + 1)):
-            k = Signal(range(n), name=f"candidate{offset}")
+            k = Signal(range(max(n, 2)), name=f"candidate{offset}")
             with m.Switch(last):
                 for j in range(n):
                     with m.Case(j):

@@ -24,7 +24,7 @@ from ..isa.instructions import (
 from ..isa.machine import ErrorCode
 from ..isa.matrix import BITS_CODES, KEEP_CODES, MatrixMode
 from ..isa.numerics import ACT_GROUP
-from ..isa.vector import READS_B, VectorOp
+from ..isa.vector import B_IS_VECTOR, READS_B, VectorOp
 
 __all__ = ["Decoder", "TokenMatrix", "decoded_layout", "matrix_beats_layout", "UNITS"]
 
@@ -195,11 +195,13 @@ class Decoder(wiring.Component):
         vlen_beats = _ceil_shift(vec.length, (2 * g.vpus).bit_length() - 1)
         qsrc_beats = _ceil_shift(qnt.length, (2 * g.vpus).bit_length() - 1)
         qdst_beats = _ceil_shift(qnt.length, g.row_codes.bit_length() - 1)
-        reads_b = Signal()
+        reads_b = Signal()  # a parameter operand
+        reads_bv = Signal()  # a vector operand
         with m.Switch(vec.op):
             for op in VectorOp:
                 with m.Case(op.value):
-                    m.d.comb += reads_b.eq(op in READS_B)
+                    m.d.comb += [reads_b.eq(op in READS_B and op not in B_IS_VECTOR),
+                                 reads_bv.eq(op in B_IS_VECTOR)]
 
         with m.Switch(r[:4]):
             with m.Case(Opcode.LOAD.value):
@@ -233,6 +235,7 @@ class Decoder(wiring.Component):
                     out_of_range.eq(active & (
                         span(vec.a, vlen_beats, bb["vector"], c.vec_lines) |
                         (reads_b & span(vec.b, vlen_beats, bb["operand"], c.vec_lines)) |
+                        (reads_bv & span(vec.b, vlen_beats, bb["vector"], c.vec_lines)) |
                         span(vec.out, vlen_beats, bb["vector"], c.vec_lines))),
                 ]
             with m.Case(Opcode.QUANT.value):

@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.instructions import FORMATS, Opcode
 from ..isa.machine import ErrorCode
 from ..isa.numerics import ACT_GROUP
-from ..isa.vector import READS_B, VectorOp
+from ..isa.vector import B_IS_VECTOR, READS_B, VectorOp
 from .beats import BeatReader, BeatWriter, line_write_layout, read_port_signature
 from .dispatch import decoded_layout
 from .mpe import ERROR_CODES, MatrixEngine
@@ -183,10 +183,15 @@ class VectorUnit(wiring.Component):
         m.submodules.quantizer = ResetInserter({"sync": self.clear})(quantizer)
         m.submodules.a_reader = a_reader = BeatReader(c.line_bits, bits["vector"])
         m.submodules.b_reader = b_reader = BeatReader(c.line_bits, bits["operand"])
+        m.submodules.bv_reader = bv_reader = BeatReader(c.line_bits, bits["vector"])
         m.submodules.vec_writer = vec_writer = BeatWriter(c.line_bits, bits["vector"])
         m.submodules.act_writer = act_writer = BeatWriter(c.line_bits, bits["act"])
         wiring.connect(m, a_reader.read, wiring.flipped(self.a))
-        wiring.connect(m, b_reader.read, wiring.flipped(self.b))
+        # one read port for both b readers (a command uses one of them)
+        b_vector = Signal()
+        m.d.comb += [self.b.en.eq(b_reader.read.en | bv_reader.read.en),
+                     self.b.addr.eq(Mux(b_vector, bv_reader.read.addr, b_reader.read.addr)),
+                     b_reader.read.data.eq(self.b.data), bv_reader.read.data.eq(self.b.data)]
         wiring.connect(m, vec_writer.w, wiring.flipped(self.w_vec))
         wiring.connect(m, act_writer.w, wiring.flipped(self.w_act))
 
@@ -204,7 +209,8 @@ class VectorUnit(wiring.Component):
         with m.Switch(v.op):
             for op in VectorOp:
                 with m.Case(op.value):
-                    m.d.comb += reads_b.eq(op in READS_B)
+                    m.d.comb += [reads_b.eq(op in READS_B and op not in B_IS_VECTOR),
+                                 b_vector.eq(op in B_IS_VECTOR)]
 
         # Lane masks: element index of each lane of the beat in flight on each stream.
         def masked(m, payload, index, width, name):
@@ -220,15 +226,22 @@ class VectorUnit(wiring.Component):
         b_index = Signal(17)
         o_index = Signal(17)
         a_data = masked(m, a_reader.o.payload, a_index, 32, "a_masked")
-        b_data = masked(m, b_reader.o.payload, b_index, 48, "b_masked")
+        # a vector b becomes entries with weight 0
+        widened = Signal(48 * lanes)
+        for lane in range(lanes):
+            m.d.comb += widened[48 * lane:48 * lane + 32].eq(
+                bv_reader.o.payload[32 * lane:32 * (lane + 1)])
+        b_data = masked(m, Mux(b_vector, widened, b_reader.o.payload), b_index, 48, "b_masked")
+        b_valid = Mux(b_vector, bv_reader.o.valid, b_reader.o.valid)
         with m.If(a_reader.o.valid & a_reader.o.ready):
             m.d.sync += a_index.eq(a_index + 1)
-        with m.If(b_reader.o.valid & b_reader.o.ready):
+        with m.If(b_valid & sfu.b.ready):
             m.d.sync += b_index.eq(b_index + 1)
 
         # VECTOR: a, b -> SFU -> out (masked) -> VEC
         m.d.comb += [sfu.a.payload.eq(a_data), sfu.b.payload.eq(b_data),
-                     sfu.b.valid.eq(b_reader.o.valid), b_reader.o.ready.eq(sfu.b.ready)]
+                     sfu.b.valid.eq(b_valid), b_reader.o.ready.eq(sfu.b.ready & ~b_vector),
+                     bv_reader.o.ready.eq(sfu.b.ready & b_vector)]
         sfu_out = masked(m, sfu.out.payload, o_index, 32, "out_masked")
         m.d.comb += [vec_writer.i.payload.eq(sfu_out), vec_writer.i.valid.eq(sfu.out.valid),
                      sfu.out.ready.eq(vec_writer.i.ready)]
@@ -282,10 +295,12 @@ class VectorUnit(wiring.Component):
             (sfu.cmd, sfu_cmd, ~is_quant),
             (a_reader.cmd, {"line": Mux(is_quant, q.src, v.a), "beats": beats}, 1),
             (b_reader.cmd, {"line": v.b, "beats": beats}, ~is_quant & reads_b),
+            (bv_reader.cmd, {"line": v.b, "beats": beats}, ~is_quant & b_vector),
             (vec_writer.cmd, {"line": v.out, "beats": beats}, ~is_quant),
             (act_writer.cmd, {"line": q.dst, "beats": act_beats}, is_quant),
         ], start)
-        finished = (issued & a_reader.cmd.ready & b_reader.cmd.ready & vec_writer.cmd.ready &
+        finished = (issued & a_reader.cmd.ready & b_reader.cmd.ready & bv_reader.cmd.ready &
+                    vec_writer.cmd.ready &
                     act_writer.cmd.ready)
 
         with m.FSM():

@@ -10,7 +10,7 @@ Machine state
 
   ========  ================================================================================
   ``VEC``   FX vectors: the SFU's operands and results, the matrix engine's outputs, the
-            quantizer's inputs; and the SFU's ``b`` operands (norm weights, RoPE phases)
+            quantizer's inputs; and the SFU's parameter operands (norm weights, RoPE phases)
   ``ACT``   activation beats of the matrix engine (written by ``QUANT`` or ``LOAD``)
   ``WGT``   weight beats of the matrix engine
   ``META``  mask and scale beats of the matrix engine
@@ -19,8 +19,9 @@ Machine state
   A stream beat of ``B`` bits occupies ``ceil(B / line_bits)`` consecutive lines, low bits
   first (the rest of its last line is unused), and the next beat starts on the next line. The
   beats: a vector beat is ``lanes`` signed 32-bit values (``lanes = 2 vpus``; the elements past
-  a vector's end are written as 0); an SFU ``b`` beat ``lanes`` 48-bit entries
-  (:mod:`flightgen.isa.vector`); matrix-engine beats as in :mod:`flightgen.isa.matrix`.
+  a vector's end are written as 0); a parameter beat (the ``b`` operand of RMSNORM,
+  LAYERNORM and ROPE) ``lanes`` 48-bit entries (:mod:`flightgen.isa.vector`); the ``b`` of ADD
+  and MUL is a vector; matrix-engine beats as in :mod:`flightgen.isa.matrix`.
 * The matrix engine's **activation tile** (``lanes`` tokens of up to ``max_blocks`` blocks),
   kept between commands so that a command may reuse it (``load = 0``).
 * The **length registers** ``r1`` .. ``r7``, set by the host, read-only to the program.
@@ -67,7 +68,7 @@ from .instructions import (
 )
 from .matrix import BITS_CODES, Geometry, MatrixStreams
 from .numerics import ACT_GROUP, quantize_per_group
-from .vector import MAX_LENGTH, READS_B, VectorOp
+from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
 __all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
            "Machine", "RunResult", "TraceEntry"]
@@ -310,7 +311,8 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
             count = -(-f["length"] // config.lanes)
             reads = (_span(config, Buffer.VEC, f["a"], count, beats["vector"]),)
             if op in READS_B:
-                reads += (_span(config, Buffer.VEC, f["b"], count, beats["operand"]),)
+                kind = "vector" if op in B_IS_VECTOR else "operand"
+                reads += (_span(config, Buffer.VEC, f["b"], count, beats[kind]),)
             writes = (_span(config, Buffer.VEC, f["out"], count, beats["vector"]),)
     elif opcode == Opcode.QUANT:
         if f["length"] > config.max_blocks * ACT_GROUP:
@@ -486,7 +488,9 @@ class Machine:
         op, n = VectorOp(f["op"]), f["length"]
         a = self.read_vector(f["a"], n)
         valid = min(f["valid"], n)
-        if op in READS_B:
+        if op in B_IS_VECTOR:
+            value = self.read_vector(f["b"], n)
+        elif op in READS_B:
             entries = self.read_vector(f["b"], n, 48)
             value = _signed(entries & 0xFFFFFFFF, 32)
             weight = _signed(entries >> 32 & 0xFFFF, 16)

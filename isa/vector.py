@@ -38,7 +38,8 @@ from amaranth.lib import data, enum
 
 from . import special
 
-__all__ = ["VectorOp", "command_layout", "VectorOperation", "MAX_LENGTH", "READS_B"]
+__all__ = ["VectorOp", "command_layout", "VectorOperation", "MAX_LENGTH", "READS_B",
+           "B_IS_VECTOR"]
 
 #: Longest vector a command may name.
 MAX_LENGTH = (1 << 16) - 1
@@ -58,6 +59,9 @@ class VectorOp(enum.Enum, shape=3):
 #: Operations that read the ``b`` stream.
 READS_B = frozenset({VectorOp.ADD, VectorOp.MUL, VectorOp.RMSNORM, VectorOp.LAYERNORM,
                      VectorOp.ROPE})
+#: Operations whose ``b`` is an FX vector (the core reads it from ``VEC`` as vector beats and
+#: passes its values with weight 0); the others read parameter entries (48 bits).
+B_IS_VECTOR = frozenset({VectorOp.ADD, VectorOp.MUL})
 
 command_layout = data.StructLayout({
     "op": VectorOp,
@@ -139,6 +143,8 @@ class VectorOperation:
         if not -128 <= frac < 128:
             raise ValueError(f"norm weight fraction bits {frac} out of range")
         self.op, self.lanes, self.length, self.a_values = op, lanes, n, a
+        #: The ``value`` of each ``b`` entry (the second FX vector of ADD and MUL).
+        self.b_values = np.asarray(value, dtype=np.int64)
         self.command = {"op": op, "length": n, "valid": valid, "frac": frac & 0xFF,
                         "eps": epsilon, "position": int(position) & 0xFFFFFFFF}
         self.beats = {"a": _beats(a, lanes, 32), "b": []}

@@ -29,7 +29,7 @@ from flightgen.isa.machine import (
 )
 from flightgen.isa.matrix import MatrixMode, MatrixOperation
 from flightgen.isa.numerics import quantize_per_group
-from flightgen.isa.vector import VectorOp
+from flightgen.isa.vector import B_IS_VECTOR, VectorOp
 from flightgen.isa.weights import GroupQuantized, linear
 from flightgen.sim.stimulus import matrix_operation, vector_operation
 
@@ -295,7 +295,9 @@ def test_vector_ops(rng, op):
     m = Machine(c)
     m.write_beats(Buffer.VEC, 0, b"".join(int(b).to_bytes(16, "little") for b in vop.beats["a"]),
                   32 * c.lanes)
-    if vop.beats["b"]:
+    if op in B_IS_VECTOR:  # an FX vector
+        m.write_vector(100, vop.b_values)
+    elif vop.beats["b"]:  # parameter entries
         m.write_beats(Buffer.VEC, 100, b"".join(int(b).to_bytes(24, "little")
                                                 for b in vop.beats["b"]), 48 * c.lanes)
     f = vop.command

@@ -17,7 +17,7 @@ from flightgen.isa.assembly import assemble_line
 from flightgen.isa.instructions import Buffer, encode
 from flightgen.isa.machine import SIM_CORE, ErrorCode, Machine, resolve
 from flightgen.isa.matrix import MatrixMode, MatrixStreams
-from flightgen.isa.vector import VectorOp
+from flightgen.isa.vector import B_IS_VECTOR, VectorOp
 from flightgen.sim.stimulus import matrix_operation, vector_operation
 
 SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
@@ -187,7 +187,10 @@ def test_vector_unit(op):
     vop = vector_operation(rng, c.lanes, op, length)
     bits = c.beat_bits
     _load_beats(machine, Buffer.VEC, 10, vop.beats["a"], bits["vector"])
-    _load_beats(machine, Buffer.VEC, 40, vop.beats["b"], bits["operand"])
+    if op in B_IS_VECTOR:  # the b of ADD and MUL is a vector
+        machine.write_vector(40, vop.b_values)
+    else:
+        _load_beats(machine, Buffer.VEC, 40, vop.beats["b"], bits["operand"])
     f = vop.command
     word = assemble_line(f"vector op={op.name.lower()} length={f['length']} "
                          f"valid={f['valid'] + 3} frac={f['frac']} eps={f['eps']} "

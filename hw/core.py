@@ -1,0 +1,513 @@
+"""The accelerator core: instruction fetch, the dispatcher, per-unit queues with tokens, the
+memory engine, the compute units, the on-chip buffers and the Vitis control registers.
+
+It executes programs with exactly the semantics of :mod:`flightgen.isa.machine` (the ISA
+simulator), which documents the machine; this module documents the hardware.
+
+Block diagram::
+
+    s_axi_control -> ControlSlave -- start, args (program, length, r1..r7, hbm pointers)
+    m_axi_program -> Fetch -> Decoder -> dispatcher (SYS) -+-> LOAD queue   -> LoadEngine
+                                                           +-> STORE queue  -> StoreEngine
+                                                           +-> MATRIX queue -> MatrixUnit
+                                                           +-> VECTOR queue -> VectorUnit
+    LoadEngine (AR, R) and StoreEngine (AW, W, B) share the ports m_axi_hbm0 ...
+    TokenMatrix between the five units; buffers VEC, ACT, WGT, META shared by the units.
+
+Run
+---
+The host writes the arguments and sets ``ap_start``. The core clears its tokens, error and
+counters, fetches ``length`` instructions from ``program``, runs them, and signals ``done``
+when the dispatcher has stopped (``HALT`` or an error) and no unit can move; it never hangs.
+The status registers then hold the error code, the ``pc`` it belongs to, the cycles of the
+run and the instructions retired.
+
+Contract
+--------
+* Buffer contents survive between runs (no reset touches them); tokens, queues, the error and
+  the matrix engine's tile do not.
+* ``retire``: each unit's retired instructions (``valid`` for one cycle with the ``pc``), in
+  the unit's order, for benches comparing per-instruction order with the ISA simulator.
+"""
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.hdl import ResetInserter
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ..isa.instructions import FORMATS, REGISTERS, WORD_BITS, Buffer, Opcode, SysOp, Unit
+from ..isa.machine import ErrorCode
+from .axi import BOUNDARY, BURST_INCR, RESP_OKAY, axi4_lite_signature, axi4_signature
+from .beats import WriteArbiter
+from .buffers import BankedBuffer
+from .control import ControlSlave, RegisterMap
+from .dispatch import UNITS, Decoder, TokenMatrix, decoded_layout
+from .memory import LoadEngine, StoreEngine
+from .units import MatrixUnit, VectorUnit
+
+__all__ = ["Core", "Fetch", "register_map", "STATUS"]
+
+ADDR_BITS = 64
+#: Read-only status registers of the control map.
+STATUS = (("error", 4), ("error_pc", 32), ("cycles", 64), ("retired", 32))
+_N = len(Unit)
+
+
+def register_map(config):
+    """The control registers of a core with ``config`` (see :class:`~flightgen.hw.control.
+    RegisterMap`): pointers ``program`` and ``hbm0``.., scalars ``length`` (instructions) and
+    the length registers ``r1``..``r7``, then :data:`STATUS`."""
+    return RegisterMap(("program",) + tuple(f"hbm{p}" for p in range(config.hbm_ports)),
+                       ("length",) + tuple(f"r{i}" for i in range(1, REGISTERS)), STATUS)
+
+
+fetch_layout = data.StructLayout({"word": WORD_BITS, "pc": 32, "end": 1, "bad": 1})
+
+
+class Fetch(wiring.Component):
+    """Read a program: ``count`` 32-byte words from byte address ``base`` (line aligned).
+
+    Contract
+    --------
+    * After ``start``, ``o`` carries words ``pc = 0, 1, ...`` in order, then one transfer with
+      ``end`` set and ``pc = count``. ``bad`` marks a word whose read response was an error.
+    * ``stop`` (held high) ends the run: no more reads are issued, ``o`` stops, and reads in
+      flight are absorbed; ``idle`` is high once none is left.
+    * Reads are bursts of at most :attr:`BURST` lines within one 4 KiB block, issued while the
+      line queue has room for them, so ``rready`` is always high.
+    """
+
+    BURST = 8
+    QUEUE = 16
+
+    def __init__(self, line_bits):
+        self.line_bits = line_bits
+        super().__init__({
+            "start": In(1), "stop": In(1), "base": In(ADDR_BITS), "count": In(32),
+            "o": Out(stream.Signature(fetch_layout)),
+            "axi": Out(axi4_signature(ADDR_BITS, line_bits)),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self.line_bits
+        per = w // WORD_BITS
+        line_bytes = w // 8
+        log_bytes = line_bytes.bit_length() - 1
+        axi = self.axi
+        m.submodules.queue = queue = SyncFIFOBuffered(width=w + 1, depth=self.QUEUE)
+
+        address = Signal(ADDR_BITS)
+        lines_left = Signal(32)  # lines not yet requested
+        outstanding = Signal(range(self.QUEUE + 1))
+        active = Signal()
+        count = Signal(32)
+        m.d.comb += [axi.arburst.eq(BURST_INCR), axi.arsize.eq(log_bytes), axi.arcache.eq(0b0011),
+                     axi.bready.eq(1), axi.rready.eq(1)]
+
+        # burst length: the lines left, the burst limit, the 4 KiB block and the queue's room
+        to_block = (BOUNDARY - address[:12]) >> log_bytes
+        limited = Signal(range(self.BURST + 1))
+        m.d.comb += limited.eq(Mux(to_block < self.BURST, to_block, self.BURST))
+        length = Signal(range(self.BURST + 1))
+        m.d.comb += length.eq(Mux(lines_left < limited, lines_left, limited))
+        room = self.QUEUE - queue.level - outstanding
+        issue = active & ~self.stop & (lines_left != 0) & (room >= length)
+        arvalid = Signal()
+        m.d.comb += [axi.arvalid.eq(arvalid), axi.araddr.eq(address)]
+        arlen = Signal(8)
+        m.d.comb += axi.arlen.eq(arlen)
+        accepted = axi.arvalid & axi.arready
+        received = axi.rvalid & axi.rready
+        with m.If(~arvalid & issue):
+            m.d.sync += [arvalid.eq(1), arlen.eq(length - 1),
+                         outstanding.eq(outstanding + length - received)]
+        with m.Else():
+            m.d.sync += outstanding.eq(outstanding - received)
+        with m.If(accepted):
+            m.d.sync += [arvalid.eq(0), address.eq(address + ((arlen + 1) << log_bytes)),
+                         lines_left.eq(lines_left - arlen - 1)]
+        m.d.comb += [queue.w_en.eq(received & ~self.stop),
+                     queue.w_data.eq(Cat(axi.rdata, axi.rresp != RESP_OKAY))]
+
+        # words out of lines
+        pc = Signal(32)
+        part = Signal(range(max(per, 2)))
+        ended = Signal()
+        line = queue.r_data
+        out_word = Signal(WORD_BITS)
+        m.d.comb += out_word.eq(line[:w].word_select(part, WORD_BITS) if per > 1 else line[:w])
+        at_end = pc == count
+        m.d.comb += [self.o.payload.word.eq(Mux(at_end, 0, out_word)),
+                     self.o.payload.pc.eq(pc), self.o.payload.end.eq(at_end),
+                     self.o.payload.bad.eq(~at_end & line[w]),
+                     self.o.valid.eq(active & ~self.stop & ~ended & (at_end | queue.r_rdy))]
+        with m.If(self.o.valid & self.o.ready):
+            with m.If(at_end):
+                m.d.sync += ended.eq(1)
+            with m.Else():
+                m.d.sync += pc.eq(pc + 1)
+                if per > 1:
+                    m.d.sync += part.eq(part + 1)
+                last = (part == per - 1) | (pc + 1 == count)
+                m.d.comb += queue.r_en.eq(last)
+        with m.If(self.stop):
+            m.d.comb += queue.r_en.eq(1)  # drain
+
+        with m.If(self.stop):
+            m.d.sync += active.eq(0)
+        with m.If(self.start):  # a start wins over a stop in the same cycle
+            lines = (self.count + per - 1) >> (per.bit_length() - 1)
+            m.d.sync += [active.eq(1), ended.eq(0), pc.eq(0), part.eq(0),
+                         count.eq(self.count), lines_left.eq(lines),
+                         address.eq(self.base)]
+        m.d.comb += self.idle.eq(~arvalid & (outstanding == 0))
+        return m
+
+
+class Core(wiring.Component):
+    """One accelerator core.
+
+    Parameters
+    ----------
+    config : flightgen.isa.machine.CoreConfig
+
+    Members
+    -------
+    control : Out(axi4_lite_signature(...))  (the AXI4-Lite slave: ``s_axi_control``)
+    program : Out(axi4_signature(64, line_bits))  (instruction fetch: ``m_axi_program``)
+    hbm : Out(axi4_signature(64, line_bits)).array(hbm_ports)  (``m_axi_hbm{p}``)
+    irq : Out(1)  (the Vitis ``interrupt``)
+    retire : Out(ArrayLayout(StructLayout({"valid": 1, "pc": 32}), 5))  (per unit)
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.registers = register_map(config)
+        super().__init__({
+            "control": Out(axi4_lite_signature(self.registers.addr_width)),
+            "program": Out(axi4_signature(ADDR_BITS, config.line_bits)),
+            "hbm": Out(axi4_signature(ADDR_BITS, config.line_bits)).array(config.hbm_ports),
+            "irq": Out(1),
+            "retire": Out(data.ArrayLayout(data.StructLayout({"valid": 1, "pc": 32}), _N)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        w = c.line_bits
+
+        # -- control registers -----------------------------------------------------------------
+        m.submodules.control = control = ControlSlave(self.registers)
+        wiring.connect(m, wiring.flipped(self.control), control.axil)
+        m.d.comb += self.irq.eq(control.interrupt)
+        args = control.args
+        registers = Signal(data.ArrayLayout(32, REGISTERS - 1))
+        m.d.comb += registers.eq(Cat(*(getattr(args, f"r{i}") for i in range(1, REGISTERS))))
+
+        running = Signal()
+        start = Signal()
+        m.d.comb += start.eq(control.start & ~running)
+
+        def fresh(elaboratable):
+            """``elaboratable`` with its state cleared when a run starts."""
+            return ResetInserter({"sync": start})(elaboratable)
+
+        # -- fetch and decode --------------------------------------------------------------------
+        m.submodules.fetch = fetch = Fetch(w)
+        wiring.connect(m, fetch.axi, wiring.flipped(self.program))
+        m.d.comb += [fetch.start.eq(start), fetch.base.eq(args.program),
+                     fetch.count.eq(args.length), control.idle.eq(~running & fetch.idle)]
+        decoder = Decoder(c)
+        m.submodules.decoder = fresh(decoder)
+        m.d.comb += decoder.registers.eq(registers)
+        stopped = Signal()  # the dispatcher takes no more instructions
+        m.d.comb += fetch.stop.eq(stopped | ~running)
+
+        # words go to the decoder; the end marker and bad reads become errors
+        fetched = fetch.o.payload
+        plain = ~fetched.end & ~fetched.bad
+        # an end marker or a bad word is an error only once everything before it has been
+        # dispatched: the decoder is empty and the dispatcher is not releasing a SYS
+        in_order = Signal()
+        m.d.comb += [decoder.i.payload.word.eq(fetched.word), decoder.i.payload.pc.eq(fetched.pc),
+                     decoder.i.valid.eq(fetch.o.valid & plain),
+                     fetch.o.ready.eq(Mux(plain, decoder.i.ready, in_order))]
+        fetch_error = fetch.o.valid & ~plain & in_order
+
+        # -- tokens, queues and units --------------------------------------------------------
+        m.submodules.tokens = tokens = TokenMatrix(_N, c.token_limit)
+        m.d.comb += tokens.clear.eq(start)
+        queues = {}
+        for unit in UNITS:
+            queue = SyncFIFOBuffered(width=decoded_layout.size, depth=c.queue_depth)
+            m.submodules[f"queue_{unit.name.lower()}"] = fresh(queue)
+            queues[unit] = queue
+
+        # engines
+        m.submodules.load = load = LoadEngine(w, c.hbm_ports)
+        m.submodules.store = store = StoreEngine(w, c.hbm_ports)
+        m.submodules.matrix = matrix = MatrixUnit(c)
+        m.submodules.vector = vector = VectorUnit(c)
+        m.d.comb += [matrix.clear.eq(start), vector.clear.eq(start)]
+        for p in range(c.hbm_ports):
+            port = self.hbm[p]
+            m.d.comb += [load.base[p].eq(getattr(args, f"hbm{p}")),
+                         store.base[p].eq(getattr(args, f"hbm{p}"))]
+            for name, member in port.signature.members.items():
+                source = load if name[:1] in ("a", "r") and name.startswith(("ar", "r")) \
+                    else store
+                if member.flow == Out:
+                    m.d.comb += getattr(port, name).eq(getattr(source.axi[p], name))
+                else:
+                    m.d.comb += getattr(source.axi[p], name).eq(getattr(port, name))
+
+        # -- buffers: one write port each (arbitrated), read ports per reader -------------------
+        writers = {Buffer.VEC: ["load", "matrix", "vector"], Buffer.ACT: ["load", "quant"],
+                   Buffer.WGT: ["load"], Buffer.META: ["load"]}
+        readers = {Buffer.VEC: ["store", "a", "b"], Buffer.ACT: ["store", "act"],
+                   Buffer.WGT: ["store", "wgt"], Buffer.META: ["store", "mask", "scale"]}
+        read_ports = {}
+        write_inputs = {}
+        for b in Buffer:
+            buf = BankedBuffer(w, c.lines(b), 1, read_ports=len(readers[b]))
+            m.submodules[f"buffer_{b.name.lower()}"] = buf
+            arbiter = WriteArbiter(len(writers[b]), w)
+            m.submodules[f"arbiter_{b.name.lower()}"] = arbiter
+            m.d.comb += [buf.write[0].en.eq(arbiter.en), buf.write[0].addr.eq(arbiter.addr),
+                         buf.write[0].data.eq(arbiter.data)]
+            for k, name in enumerate(writers[b]):
+                write_inputs[b, name] = getattr(arbiter, f"i{k}")
+            for p, name in enumerate(readers[b]):
+                read_ports[b, name] = buf.read[p][0]
+
+        def connect_read(port, client):
+            m.d.comb += [port.en.eq(client.en), port.addr.eq(client.addr),
+                         client.data.eq(port.data)]
+
+        for name, b in (("act", Buffer.ACT), ("wgt", Buffer.WGT), ("mask", Buffer.META),
+                        ("scale", Buffer.META)):
+            connect_read(read_ports[b, name], getattr(matrix, name))
+        connect_read(read_ports[Buffer.VEC, "a"], vector.a)
+        connect_read(read_ports[Buffer.VEC, "b"], vector.b)
+        wiring.connect(m, matrix.w, write_inputs[Buffer.VEC, "matrix"])
+        wiring.connect(m, vector.w_vec, write_inputs[Buffer.VEC, "vector"])
+        wiring.connect(m, vector.w_act, write_inputs[Buffer.ACT, "quant"])
+        # the load engine's lines go to the buffer they name
+        for b in Buffer:
+            target = write_inputs[b, "load"]
+            m.d.comb += [target.valid.eq(load.write.valid & (load.write.payload.buffer == b.value)),
+                         target.payload.line.eq(load.write.payload.line),
+                         target.payload.data.eq(load.write.payload.data)]
+            with m.If(load.write.payload.buffer == b.value):
+                m.d.comb += load.write.ready.eq(target.ready)
+        # the store engine reads the buffer it names (data from the buffer read last)
+        store_buffer = Signal(2)
+        with m.If(store.read_en):
+            m.d.sync += store_buffer.eq(store.read_buffer)
+        for b in Buffer:
+            port = read_ports[b, "store"]
+            m.d.comb += [port.en.eq(store.read_en & (store.read_buffer == b.value)),
+                         port.addr.eq(store.read_line)]
+            with m.If(store_buffer == b.value):
+                m.d.comb += store.read_data.eq(port.data)
+
+        # -- engine adapters: queue entry -> engine command; engine answer -> ErrorCode --------
+        issue_valid, issue_ready, answer_valid, answer_ready, answer_code = {}, {}, {}, {}, {}
+        for u in UNITS:
+            issue_valid[u] = Signal(name=f"issue_valid_{u.name.lower()}")
+            answer_ready[u] = Signal(name=f"answer_ready_{u.name.lower()}")
+        current = {u: Signal(decoded_layout, name=f"current_{u.name.lower()}") for u in UNITS}
+        for u, engine in ((Unit.LOAD, load), (Unit.STORE, store)):
+            f = FORMATS[Opcode.LOAD](current[u].word)
+            for name in ("buffer", "line", "port", "addr", "length", "count2", "stride2",
+                         "count3", "stride3"):
+                m.d.comb += getattr(engine.cmd.payload, name).eq(getattr(f, name))
+            m.d.comb += engine.cmd.valid.eq(issue_valid[u])
+            issue_ready[u] = engine.cmd.ready
+            answer_valid[u] = engine.done.valid
+            answer_code[u] = Mux(engine.done.payload, ErrorCode.AXI, ErrorCode.NONE)
+            m.d.comb += engine.done.ready.eq(answer_ready[u])
+        for u, engine in ((Unit.MATRIX, matrix), (Unit.VECTOR, vector)):
+            m.d.comb += [engine.cmd.valid.eq(issue_valid[u]), engine.cmd.payload.eq(current[u]),
+                         engine.done.ready.eq(answer_ready[u])]
+            issue_ready[u] = engine.cmd.ready
+            answer_valid[u] = engine.done.valid
+            answer_code[u] = engine.done.payload.as_value()
+
+        # -- unit sequencers -----------------------------------------------------------------
+        events = []  # (valid, pc, code) error events
+        unit_stuck, unit_empty, unit_head = {}, {}, {}
+        retired = Signal(32)
+        for u in UNITS:
+            queue = queues[u]
+            head = Signal(decoded_layout, name=f"head_{u.name.lower()}")
+            m.d.comb += head.eq(queue.r_data)
+            header = FORMATS[Opcode.SYS](current[u].word).header
+            head_header = FORMATS[Opcode.SYS](head.word).header
+            left = Signal(_N, name=f"release_{u.name.lower()}")
+            can_take = (head_header.wait & ~tokens.available[u.value]) == 0
+            giveable = left & ~tokens.full[u.value]
+            seq = Module()
+            m.submodules[f"sequencer_{u.name.lower()}"] = fresh(seq)
+            with seq.FSM(name=f"seq_{u.name.lower()}") as fsm:
+                with seq.State("IDLE"):
+                    with seq.If(running & queue.r_rdy & can_take):
+                        seq.d.comb += [queue.r_en.eq(1),
+                                       tokens.take[u.value].eq(head_header.wait)]
+                        seq.d.sync += current[u].eq(head)
+                        seq.next = "ISSUE"
+                with seq.State("ISSUE"):
+                    seq.d.comb += issue_valid[u].eq(1)
+                    with seq.If(issue_ready[u]):
+                        seq.next = "WAIT"
+                with seq.State("WAIT"):
+                    seq.d.comb += answer_ready[u].eq(1)
+                    with seq.If(answer_valid[u]):
+                        seq.d.sync += left.eq(header.release)
+                        seq.d.comb += [self.retire[u.value].valid.eq(1),
+                                       self.retire[u.value].pc.eq(current[u].pc)]
+                        seq.next = "RELEASE"
+                with seq.State("RELEASE"):
+                    seq.d.comb += tokens.give[u.value].eq(giveable)
+                    seq.d.sync += left.eq(left & ~giveable)
+                    with seq.If((left & ~giveable) == 0):
+                        seq.next = "IDLE"
+            # a unit is stuck when it is idle with nothing it can start, or cannot release
+            empty = queue.level == 0
+            stuck = Signal(name=f"stuck_{u.name.lower()}")
+            m.d.comb += stuck.eq((fsm.ongoing("IDLE") & (empty | (queue.r_rdy & ~can_take))) |
+                                 (fsm.ongoing("RELEASE") & (giveable == 0) & (left != 0)))
+            unit_stuck[u], unit_empty[u] = stuck, empty & fsm.ongoing("IDLE")
+            blocked_pc = Signal(33, name=f"blocked_{u.name.lower()}")  # bit 32: none
+            m.d.comb += blocked_pc.eq(Mux(fsm.ongoing("RELEASE"), current[u].pc,
+                                          Mux(empty, 1 << 32, head.pc)))
+            unit_head[u] = blocked_pc
+            events.append((fsm.ongoing("WAIT") & answer_valid[u] &
+                           (answer_code[u] != ErrorCode.NONE), current[u].pc, answer_code[u]))
+
+        # -- the dispatcher --------------------------------------------------------------------
+        d = decoder.o.payload
+        dh = FORMATS[Opcode.SYS](d.word).header
+        sys_left = Signal(_N)
+        sys_op = Signal(4)
+        sys_pc = Signal(32)
+        sys_can_take = (dh.wait & ~tokens.available[Unit.SYS.value]) == 0
+        sys_giveable = sys_left & ~tokens.full[Unit.SYS.value]
+        dispatch_error = Signal()
+        dispatch_blocked = Signal(33, init=1 << 32)  # pc of a blocked SYS, bit 32: none
+        disp = Module()
+        m.submodules.dispatcher = fresh(disp)
+        halt = Signal()
+        with disp.FSM(name="dispatch") as dispatch:
+            with disp.State("RUN"):
+                with disp.If(running & ~stopped & decoder.o.valid):
+                    with disp.If(d.error != ErrorCode.NONE):
+                        disp.d.comb += [decoder.o.ready.eq(1), dispatch_error.eq(1)]
+                    with disp.Elif(d.unit == Unit.SYS):
+                        disp.d.comb += dispatch_blocked.eq(d.pc)
+                        with disp.If(sys_can_take):
+                            disp.d.comb += [decoder.o.ready.eq(1),
+                                         tokens.take[Unit.SYS.value].eq(dh.wait),
+                                         self.retire[Unit.SYS.value].valid.eq(1),
+                                         self.retire[Unit.SYS.value].pc.eq(d.pc)]
+                            disp.d.sync += [sys_left.eq(dh.release),
+                                         sys_op.eq(FORMATS[Opcode.SYS](d.word).op),
+                                         sys_pc.eq(d.pc)]
+                            disp.next = "RELEASE"
+                    with disp.Else():
+                        for u in UNITS:
+                            with disp.If(d.unit == u):
+                                disp.d.comb += [queues[u].w_en.eq(1), queues[u].w_data.eq(d),
+                                             decoder.o.ready.eq(queues[u].w_rdy)]
+            with disp.State("RELEASE"):
+                disp.d.comb += tokens.give[Unit.SYS.value].eq(sys_giveable)
+                disp.d.sync += sys_left.eq(sys_left & ~sys_giveable)
+                with disp.If((sys_left & ~sys_giveable) != 0):
+                    disp.d.comb += dispatch_blocked.eq(sys_pc)
+                with disp.Else():
+                    disp.next = "RUN"
+                    disp.d.comb += halt.eq(sys_op == SysOp.HALT.value)
+        m.d.comb += in_order.eq(decoder.i.ready & ~decoder.o.valid & dispatch.ongoing("RUN") &
+                                ~halt)
+        events.append((dispatch_error, d.pc, d.error.as_value()))
+        events.append((running & ~stopped & fetch_error, fetch.o.payload.pc,
+                       Mux(fetch.o.payload.end, ErrorCode.PROGRAM_END, ErrorCode.AXI)))
+
+        # -- errors: the lowest pc wins ----------------------------------------------------------
+        error_valid = Signal()
+        error_code = Signal(ErrorCode)
+        error_pc = Signal(32)
+        best_valid, best_pc, best_code = error_valid, error_pc, error_code.as_value()
+        for index, (valid, pc, code) in enumerate(events):
+            v = Signal(name=f"err_v{index}")
+            p = Signal(32, name=f"err_pc{index}")
+            k = Signal(4, name=f"err_code{index}")
+            better = valid & (~best_valid | (pc < best_pc))
+            m.d.comb += [v.eq(best_valid | valid), p.eq(Mux(better, pc, best_pc)),
+                         k.eq(Mux(better, code, best_code))]
+            best_valid, best_pc, best_code = v, p, k
+        m.d.sync += [error_valid.eq(best_valid), error_pc.eq(best_pc), error_code.eq(best_code)]
+        with m.If((best_valid | halt) & running):
+            m.d.sync += stopped.eq(1)
+
+        # -- end of run: nothing can move ----------------------------------------------------
+        # the dispatcher cannot move: stopped, or releasing to full pairs, or (below) holding an
+        # instruction for a full queue or a SYS whose tokens are not there
+        dispatcher_stuck = stopped | (dispatch.ongoing("RELEASE") & (sys_giveable == 0) &
+                                      (sys_left != 0))
+        dispatch_waiting = Signal()
+        with m.If(dispatch.ongoing("RUN") & decoder.o.valid & ~stopped &
+                  (d.error == ErrorCode.NONE)):
+            with m.If(d.unit == Unit.SYS):
+                m.d.comb += dispatch_waiting.eq(~sys_can_take)
+            for u in UNITS:
+                with m.If(d.unit == u):
+                    m.d.comb += dispatch_waiting.eq(~queues[u].w_rdy)
+        quiet = Signal()
+        m.d.comb += quiet.eq(running & (dispatcher_stuck | dispatch_waiting) & fetch.idle &
+                             Cat(*unit_stuck.values()).all())
+        settled = Signal(2)
+        with m.If(quiet):
+            m.d.sync += settled.eq(Mux(settled == 3, 3, settled + 1))
+        with m.Else():
+            m.d.sync += settled.eq(0)
+        finish = quiet & (settled == 3)
+        all_empty = Cat(*unit_empty.values()).all()
+        drained = stopped & all_empty & ~dispatch.ongoing("RELEASE")
+        candidates = list(unit_head.values()) + [dispatch_blocked]
+        lowest = candidates[0]
+        for index, cand in enumerate(candidates[1:]):
+            smaller = Signal(33, name=f"lowest{index}")
+            m.d.comb += smaller.eq(Mux(cand < lowest, cand, lowest))
+            lowest = smaller
+        with m.If(finish & ~drained & ~best_valid):
+            m.d.sync += [error_valid.eq(1), error_code.eq(ErrorCode.DEADLOCK),
+                         error_pc.eq(lowest[:32])]
+
+        # -- run control, counters and status ------------------------------------------------
+        cycles = Signal(64)
+        with m.If(start):
+            m.d.sync += [running.eq(1), stopped.eq(0), error_valid.eq(0),
+                         error_code.eq(ErrorCode.NONE), error_pc.eq(0), cycles.eq(0),
+                         retired.eq(0)]
+        with m.Elif(running):
+            m.d.sync += [cycles.eq(cycles + 1),
+                         retired.eq(retired + sum(Cat(*(self.retire[u.value].valid
+                                                        for u in Unit))))]
+        with m.If(finish):
+            m.d.sync += running.eq(0)
+            m.d.comb += control.done.eq(1)
+        # internal signals a test may sample in amaranth.sim (FLIGHTGEN_PROBE in test_core.py)
+        self.probes = {"running": running, "stopped": stopped, "start": start,
+                       "fetch_valid": fetch.o.valid, "fetch_end": fetch.o.payload.end,
+                       "fetch_idle": fetch.idle, "dec_i_ready": decoder.i.ready,
+                       "dec_o_valid": decoder.o.valid, "dec_err": decoder.o.payload.error,
+                       "quiet": quiet, "halt": halt, "arvalid": fetch.axi.arvalid,
+                       "rvalid": fetch.axi.rvalid, "ctl_start": control.start,
+                       "ctl_idle": control.idle}
+        m.d.comb += [control.status.error.eq(error_code), control.status.error_pc.eq(error_pc),
+                     control.status.cycles.eq(cycles), control.status.retired.eq(retired)]
+        return m

@@ -1,0 +1,550 @@
+"""Memory engines: the ``LOAD`` and ``STORE`` units of the core, AXI4 masters toward HBM.
+
+Each engine executes one resolved, checked descriptor at a time (the dispatcher has resolved
+the adaptive fields and checked the port, the counts, the alignment and the buffer range), with
+exactly the semantics of :meth:`flightgen.isa.machine.Machine._load` and
+:meth:`~flightgen.isa.machine.Machine._store`: ``count3`` planes of ``count2`` rows, row
+``(i3, i2)`` at byte ``addr + i3 stride3 + i2 stride2`` of port ``port``.
+
+Both engines have one AXI4 master per HBM port (``axi[p]``, 64-bit addresses, data as wide as a
+buffer line) and add the port's base address ``base[p]`` (the host's buffer pointer, a multiple
+of the line size) to every address. They split their transfers into INCR bursts of full-width
+beats that never cross a 4 KiB boundary (:data:`~flightgen.hw.axi.BOUNDARY`), with a constant
+ID 0, so responses come back in order. :class:`LoadEngine` drives only the AR and R channels of
+its masters (AW, W and B tied idle: ``awvalid = wvalid = 0``, ``bready = 1``);
+:class:`StoreEngine` drives only AW, W and B (``arvalid = 0``, ``rready = 1``). The core merges
+the two onto its top-level ports: AR/R from the load engine, AW/W/B from the store engine.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .axi import BOUNDARY, BURST_INCR, RESP_OKAY, axi4_signature
+
+__all__ = ["LoadEngine", "StoreEngine", "load_command_layout", "store_command_layout",
+           "ADDR_BITS", "AXCACHE"]
+
+#: AXI address bits of the HBM masters.
+ADDR_BITS = 64
+#: ``AxCACHE`` of every burst: normal, non-cacheable, bufferable (what Vitis kernels issue).
+AXCACHE = 0b0011
+
+_COMMAND_FIELDS = {"buffer": 2, "line": 16, "port": 5, "addr": 40, "length": 16, "count2": 12,
+                   "stride2": 32, "count3": 12, "stride3": 32}
+
+#: A resolved ``LOAD``: ``length`` counts lines per row; ``addr``, ``stride2``, ``stride3``
+#: are multiples of the line size.
+load_command_layout = data.StructLayout(_COMMAND_FIELDS)
+#: A resolved ``STORE``: ``length`` counts bytes per row; any alignment.
+store_command_layout = data.StructLayout(_COMMAND_FIELDS)
+
+#: Entries of the store engine's W queue (the credit of its beat pipeline is one less).
+_W_QUEUE = 8
+#: Entries of the load engine's R queue.
+_R_QUEUE = 4
+
+
+def _validate(line_bits, ports, outstanding):
+    if type(line_bits) is not int or line_bits not in (256, 512):
+        raise ValueError(f"line_bits must be 256 or 512, not {line_bits!r}")
+    if type(ports) is not int or not 1 <= ports <= 32:
+        raise ValueError(f"ports must be 1 to 32, not {ports!r}")
+    if type(outstanding) is not int or outstanding < 1:
+        raise ValueError(f"outstanding must be at least 1, not {outstanding!r}")
+
+
+def _rows(command, base):
+    """Absolute start address of every row of a descriptor, in order (i3 outer, i2 inner)."""
+    for i3 in range(command["count3"]):
+        for i2 in range(command["count2"]):
+            yield base + command["addr"] + i3 * command["stride3"] + i2 * command["stride2"]
+
+
+def _tie_reads(m, bus):
+    """Leave a master's read channels idle."""
+    m.d.comb += [bus.arvalid.eq(0), bus.rready.eq(1)]
+
+
+def _tie_writes(m, bus):
+    """Leave a master's write channels idle."""
+    m.d.comb += [bus.awvalid.eq(0), bus.wvalid.eq(0), bus.bready.eq(1)]
+
+
+class _Engine(wiring.Component):
+    def __init__(self, line_bits, ports, outstanding, members):
+        self.line_bits, self.ports, self.outstanding = line_bits, ports, outstanding
+        self.line_bytes = line_bits // 8
+        #: log2 of the bytes per beat: ``AxSIZE``.
+        self.size = self.line_bytes.bit_length() - 1
+        super().__init__({
+            **members,
+            "done": Out(stream.Signature(1)),
+            "base": In(data.ArrayLayout(ADDR_BITS, ports)),
+            "axi": Out(axi4_signature(ADDR_BITS, line_bits)).array(ports),
+        })
+
+    def _select(self, m, port, pairs):
+        """Drive each ``target`` with member ``name`` of ``axi[port]``."""
+        with m.Switch(port):
+            for p in range(self.ports):
+                with m.Case(p):
+                    m.d.comb += [target.eq(getattr(self.axi[p], name)) for target, name in pairs]
+
+    def _select_base(self, m, port):
+        base = Signal(ADDR_BITS)
+        with m.Switch(port):
+            for p in range(self.ports):
+                with m.Case(p):
+                    m.d.comb += base.eq(self.base[p])
+        return base
+
+
+class LoadEngine(_Engine):
+    """Execute resolved ``LOAD`` descriptors: HBM lines into on-chip buffer lines.
+
+    Parameters
+    ----------
+    line_bits : int
+        Buffer line and AXI data width, 256 or 512.
+    ports : int
+        AXI4 masters (HBM ports), 1 to 32.
+    outstanding : int
+        Most bursts in flight (address issued, last beat not yet received).
+    max_burst : int or None
+        Most beats per burst, 1 to ``4096 / line bytes`` (the default: a burst that starts on a
+        4 KiB boundary fills it).
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range.
+
+    Contract
+    --------
+    * Each ``cmd`` moves ``length * count2 * count3`` lines: row ``(i3, i2)`` (``i3`` outer) is
+      read from byte ``base[port] + addr + i3 stride3 + i2 stride2`` of ``axi[port]`` and goes to
+      ``write``, one transfer per line, in order, to lines ``line, line + 1, ...`` of
+      ``buffer``. Bursts are exactly :meth:`bursts`, issued in order.
+    * ``done`` carries one transfer per command, after the command's last ``write`` transfer:
+      1 if any of its read beats had ``RRESP`` other than OKAY (the lines are written all the
+      same, with whatever data came), else 0. ``length = 0`` moves nothing and reports 0.
+    * One command at a time: ``cmd`` is ready only when the engine is idle (after ``done``).
+    * Throughput one line per cycle while the memory keeps up: up to ``outstanding`` bursts
+      are requested ahead of the data (one address per cycle at most). A line's ``write``
+      transfer comes 2 cycles after its R beat at the earliest. A read memory with a fixed
+      latency and no stalls delivers a command in :meth:`expected_cycles`.
+    * Backpressure: R beats wait in a queue of 4 lines; while it is full, ``rready`` is low.
+      Nothing is dropped. Reset empties the engine (any burst in flight is abandoned).
+
+    Members
+    -------
+    cmd : In(stream.Signature(load_command_layout))
+    done : Out(stream.Signature(1))
+    write : Out(stream.Signature(StructLayout({"buffer": 2, "line": 16, "data": line_bits})))
+    base : In(ArrayLayout(64, ports))
+        Byte address of each port's memory, added to every address.
+    axi : Out(axi4_signature(64, line_bits)).array(ports)
+        Drives AR and R of every port (``arvalid`` only on the command's port); AW, W and B
+        are tied idle.
+    """
+
+    def __init__(self, line_bits, ports, outstanding=8, max_burst=None):
+        _validate(line_bits, ports, outstanding)
+        most = BOUNDARY // (line_bits // 8)
+        if max_burst is None:
+            max_burst = most
+        if type(max_burst) is not int or not 1 <= max_burst <= most:
+            raise ValueError(f"max_burst must be 1 to {most}, not {max_burst!r}")
+        self.max_burst = max_burst
+        super().__init__(line_bits, ports, outstanding, {
+            "cmd": In(stream.Signature(load_command_layout)),
+            "write": Out(stream.Signature(data.StructLayout({
+                "buffer": 2, "line": 16, "data": line_bits}))),
+        })
+
+    def bursts(self, command, base=0):
+        """The ``(address, beats)`` of every burst of ``command`` (a dict of the resolved
+        fields), in issue order; ``base`` is the port's base address."""
+        out = []
+        step = self.line_bytes
+        for row in _rows(command, base):
+            left = command["length"]
+            while left:
+                beats = min(left, (BOUNDARY - row % BOUNDARY) // step, self.max_burst)
+                out.append((row, beats))
+                row += beats * step
+                left -= beats
+        return out
+
+    def expected_cycles(self, command, latency, base=0):
+        """Cycles from the ``cmd`` transfer to the ``done`` transfer (both included) with a
+        memory that takes every address at once, answers a burst ``latency`` cycles after its
+        address (R beats back to back, bursts in order) and a ``write`` sink and ``done`` that
+        are always ready (the memory of :class:`flightgen.sim.axi_model.AxiMemoryModel`
+        with ``latency=(latency, latency)`` and ``stall=0``)."""
+        bursts = self.bursts(command, base)
+        if not bursts:
+            return 2
+        ends = []  # cycle of each burst's last R beat, counted from the cmd transfer
+        r_free = 0  # first cycle the R channel is free
+        issue = 1
+        for k, (_, beats) in enumerate(bursts):
+            issue += 1  # the AR register: one address per cycle at most
+            if k >= self.outstanding:  # wait for an earlier burst's last beat
+                issue = max(issue, ends[k - self.outstanding] + 2)
+            first = max(issue + latency, r_free)
+            ends.append(first + beats - 1)
+            r_free = ends[-1] + 1
+        # the R queue (2 cycles), the write transfer, done
+        return ends[-1] + 3 + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        step, shift = self.line_bytes, self.size
+        m.submodules.queue = queue = SyncFIFOBuffered(width=self.line_bits, depth=_R_QUEUE)
+
+        busy = Signal()
+        c = Signal(load_command_layout)
+        plane, row, cur = Signal(ADDR_BITS), Signal(ADDR_BITS), Signal(ADDR_BITS)
+        left = Signal(16)
+        i2, i3 = Signal(12), Signal(12)
+        issuing = Signal()  # bursts remain to be issued
+        inflight = Signal(range(self.outstanding + 1))
+        error = Signal()
+        line = Signal(16)
+
+        # -- commands ---------------------------------------------------------------------------
+        base = self._select_base(m, self.cmd.payload.port)
+        start = base + self.cmd.payload.addr
+        m.d.comb += self.cmd.ready.eq(~busy)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [busy.eq(1), c.eq(self.cmd.payload), plane.eq(start), row.eq(start),
+                         cur.eq(start), left.eq(self.cmd.payload.length), i2.eq(0), i3.eq(0),
+                         issuing.eq(self.cmd.payload.length != 0), error.eq(0),
+                         line.eq(self.cmd.payload.line)]
+
+        # -- addresses: one burst per cycle into the AR register -------------------------------
+        ar_valid, ar_addr, ar_len = Signal(), Signal(ADDR_BITS), Signal(8)
+        ar_ready, r_valid, r_resp, r_last = Signal(), Signal(), Signal(2), Signal()
+        r_data = Signal(self.line_bits)
+        self._select(m, c.port, [(ar_ready, "arready"), (r_valid, "rvalid"), (r_data, "rdata"),
+                                 (r_resp, "rresp"), (r_last, "rlast")])
+        room = Signal(range(BOUNDARY // step + 1))
+        cap = Signal.like(room)
+        beats = Signal.like(room)
+        m.d.comb += [room.eq((BOUNDARY >> shift) - cur[shift:12]),
+                     cap.eq(Mux(room < self.max_burst, room, self.max_burst)),
+                     beats.eq(Mux(left < cap, left, cap))]
+        r_end = Signal()  # a burst's last beat is taken this cycle
+        issue = issuing & (~ar_valid | ar_ready) & (inflight < self.outstanding)
+        with m.If(ar_valid & ar_ready):
+            m.d.sync += ar_valid.eq(0)
+        with m.If(issue):
+            m.d.sync += [ar_valid.eq(1), ar_addr.eq(cur), ar_len.eq(beats - 1)]
+            with m.If(beats != left):
+                m.d.sync += [cur.eq(cur + (beats << shift)), left.eq(left - beats)]
+            with m.Elif(i2 != c.count2 - 1):
+                m.d.sync += [i2.eq(i2 + 1), row.eq(row + c.stride2), cur.eq(row + c.stride2),
+                             left.eq(c.length)]
+            with m.Elif(i3 != c.count3 - 1):
+                m.d.sync += [i3.eq(i3 + 1), i2.eq(0), plane.eq(plane + c.stride3),
+                             row.eq(plane + c.stride3), cur.eq(plane + c.stride3),
+                             left.eq(c.length)]
+            with m.Else():
+                m.d.sync += issuing.eq(0)
+        m.d.sync += inflight.eq(inflight + issue - r_end)
+
+        # -- data: R beats through a short queue to the buffer writes --------------------------
+        take = busy & r_valid & queue.w_rdy
+        m.d.comb += [queue.w_data.eq(r_data), queue.w_en.eq(busy & r_valid),
+                     r_end.eq(take & r_last)]
+        with m.If(take & (r_resp != RESP_OKAY)):
+            m.d.sync += error.eq(1)
+        m.d.comb += [self.write.valid.eq(queue.r_rdy), queue.r_en.eq(self.write.ready),
+                     self.write.payload.buffer.eq(c.buffer), self.write.payload.line.eq(line),
+                     self.write.payload.data.eq(queue.r_data)]
+        with m.If(self.write.valid & self.write.ready):
+            m.d.sync += line.eq(line + 1)
+
+        # -- done ------------------------------------------------------------------------------
+        m.d.comb += [self.done.valid.eq(busy & ~issuing & ~ar_valid & (inflight == 0)
+                                        & (queue.level == 0)),
+                     self.done.payload.eq(error)]
+        with m.If(self.done.valid & self.done.ready):
+            m.d.sync += busy.eq(0)
+
+        for p in range(self.ports):
+            bus = self.axi[p]
+            _tie_writes(m, bus)
+            m.d.comb += [bus.arvalid.eq(ar_valid & (c.port == p)), bus.araddr.eq(ar_addr),
+                         bus.arlen.eq(ar_len), bus.arsize.eq(shift), bus.arburst.eq(BURST_INCR),
+                         bus.arcache.eq(AXCACHE), bus.rready.eq(busy & (c.port == p)
+                                                                & queue.w_rdy)]
+        return m
+
+
+class StoreEngine(_Engine):
+    """Execute resolved ``STORE`` descriptors: on-chip buffer bytes into HBM, any alignment.
+
+    Parameters
+    ----------
+    line_bits : int
+        Buffer line and AXI data width, 256 or 512.
+    ports : int
+        AXI4 masters (HBM ports), 1 to 32.
+    outstanding : int
+        Most bursts awaiting their write response.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is out of range.
+
+    Contract
+    --------
+    * Each ``cmd`` writes ``length * count2 * count3`` bytes: the consecutive bytes of
+      ``buffer`` from byte 0 of line ``line``, row ``(i3, i2)`` (``i3`` outer) to byte
+      ``base[port] + addr + i3 stride3 + i2 stride2`` of ``axi[port]``. Bursts are exactly
+      :meth:`bursts` (aligned addresses; ``wstrb`` enables exactly the row's bytes), in order;
+      the W beats of a burst follow the acceptance of its address.
+    * ``done`` carries one transfer per command once every write response of the command has
+      arrived: 1 if any ``BRESP`` was not OKAY, else 0. ``length = 0`` writes nothing and
+      reports 0. One command at a time: ``cmd`` is ready only when the engine is idle.
+    * Source lines are read through a port of latency 1 (``read_*``); the engine reads only
+      lines whose bytes it writes. A beat whose bytes lie in one source line costs one read
+      and one cycle; otherwise two (throughput one beat per cycle for row starts and source
+      positions equal modulo the line size, one per two cycles at worst), plus a cycle per
+      burst for its address; a beat is valid on W 4 cycles after its last read. With no
+      stalls a command takes :meth:`expected_cycles`. Backpressure on W stalls the reads
+      (the W queue holds 8 beats); nothing is dropped. Reset empties the engine (any burst in
+      flight is abandoned).
+
+    Members
+    -------
+    cmd : In(stream.Signature(store_command_layout))
+    done : Out(stream.Signature(1))
+    read_en : Out(1)
+    read_buffer : Out(2)
+    read_line : Out(16)
+    read_data : In(line_bits)
+        Buffer read port: with ``read_en`` high in cycle ``t``, ``read_data`` holds line
+        ``read_line`` of ``read_buffer`` from cycle ``t + 1`` until the cycle after the next
+        read.
+    base : In(ArrayLayout(64, ports))
+        Byte address of each port's memory, added to every address.
+    axi : Out(axi4_signature(64, line_bits)).array(ports)
+        Drives AW, W and B of every port (``awvalid``, ``wvalid`` only on the command's port);
+        AR and R are tied idle.
+    """
+
+    def __init__(self, line_bits, ports, outstanding=8):
+        _validate(line_bits, ports, outstanding)
+        super().__init__(line_bits, ports, outstanding, {
+            "cmd": In(stream.Signature(store_command_layout)),
+            "read_en": Out(1),
+            "read_buffer": Out(2),
+            "read_line": Out(16),
+            "read_data": In(line_bits),
+        })
+
+    def bursts(self, command, base=0):
+        """The ``(address, beats)`` of every burst of ``command`` (a dict of the resolved
+        fields), in issue order; ``base`` is the port's base address. Addresses are aligned to
+        the line size; the first and last beats of a row may be partial."""
+        return [(addr, len(reads)) for addr, reads in self._plan(command, base)]
+
+    def _plan(self, command, base):
+        """Each burst's aligned address and the source reads (1 or 2) of each of its beats."""
+        step = self.line_bytes
+        src = 0  # source byte of ``cur``
+        for cur in _rows(command, base):
+            left = command["length"]
+            while left:
+                size = min(left, BOUNDARY - cur % BOUNDARY)
+                first, end = cur % step, cur % step + size
+                beats = -(-end // step)
+                reads = []
+                for k in range(beats):
+                    shift = (src - first + k * step) % step
+                    lo = first if k == 0 else 0
+                    hi = (end - 1) % step if k == beats - 1 else step - 1
+                    reads.append((lo + shift < step) + (shift != 0 and hi + shift >= step))
+                yield cur - first, reads
+                cur, src, left = cur + size, src + size, left - size
+
+    def expected_cycles(self, command, latency, base=0):
+        """Cycles from the ``cmd`` transfer to the ``done`` transfer (both included) with a
+        memory that takes every address and beat at once and answers a burst's last beat
+        ``latency`` cycles later (:class:`flightgen.sim.axi_model.AxiMemoryModel` with
+        ``latency=(latency, latency)`` and ``stall=0``) and ``done`` always ready: a cycle per
+        burst address, a cycle per source read, four from a beat's last read to W, then the
+        write responses."""
+        responses = []  # cycle of each burst's write response
+        cycle = 1  # the first address
+        for k, (_, reads) in enumerate(self._plan(command, base)):
+            if k >= self.outstanding:  # wait for an earlier burst's response
+                cycle = max(cycle, responses[k - self.outstanding] + 1)
+            cycle += 1 + sum(reads)
+            responses.append(cycle - 1 + 4 + latency)
+        if not responses:
+            return 2
+        return responses[-1] + 2 + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        step, shift = self.line_bytes, self.size
+        m.submodules.queue = queue = SyncFIFOBuffered(width=self.line_bits + step + 1,
+                                                      depth=_W_QUEUE)
+
+        c = Signal(store_command_layout)
+        plane, row, cur = Signal(ADDR_BITS), Signal(ADDR_BITS), Signal(ADDR_BITS)
+        left = Signal(16)
+        src = Signal(24)  # source byte of ``cur``, from byte 0 of line ``c.line``
+        i2, i3 = Signal(12), Signal(12)
+        waiting = Signal(range(self.outstanding + 1))  # bursts awaiting B
+        error = Signal()
+        b_valid, b_resp = Signal(), Signal(2)
+        self._select(m, c.port, [(b_valid, "bvalid"), (b_resp, "bresp")])
+
+        # the burst at ``cur``: at most ``left`` bytes up to the next 4 KiB boundary
+        room = Signal(range(BOUNDARY + 1))
+        size = Signal(range(BOUNDARY + 1))
+        first = Signal(shift)
+        end = Signal(range(BOUNDARY + step))
+        m.d.comb += [room.eq(BOUNDARY - cur[:12]), size.eq(Mux(left < room, left, room)),
+                     first.eq(cur[:shift]), end.eq(first + size)]
+        aw_valid = Signal()
+        aw_ready = Signal()
+        self._select(m, c.port, [(aw_ready, "awready")])
+
+        # the current burst
+        beats = Signal(range(BOUNDARY // step + 1))
+        last_lane = Signal(shift)  # lane of the burst's last byte
+        first_lane = Signal(shift)
+        beat = Signal.like(beats)
+        s0 = Signal(signed(26))  # source byte of lane 0 of the current beat
+        phase = Signal()  # 1: the beat's second read
+
+        # the beat pipeline: requests (reads), then capture, then the W queue
+        inflight = Signal(range(4))  # beats requested, not yet in the W queue
+        lo, hi = Signal(self.line_bits), Signal(self.line_bits)
+        lanes = [Signal(shift, name="klo"), Signal(shift, name="khi")]
+        klo, khi = lanes
+        sh = Signal(shift)
+        j = Signal(signed(26 - shift))
+        m.d.comb += [klo.eq(Mux(beat == 0, first_lane, 0)),
+                     khi.eq(Mux(beat == beats - 1, last_lane, step - 1)),
+                     sh.eq(s0[:shift]), j.eq(s0[shift:])]
+        need_lo = (klo + sh) < step
+        need_hi = (sh != 0) & ((khi + sh) >= step)
+        space = (queue.level + inflight) < _W_QUEUE - 1
+        request = Signal()
+        upper = Signal()  # the request reads line j + 1 (into ``hi``)
+        ends = Signal()  # the request is the beat's last
+        m.d.comb += [upper.eq(phase | ~need_lo), ends.eq(phase | ~need_lo | ~need_hi)]
+        strobes = Signal(step)
+        # byte k is written when klo <= k <= khi (the comparisons that are always true at
+        # the ends are left out: Verilator rejects constant comparisons)
+        m.d.comb += strobes.eq(Cat(*[
+            (1 if k == step - 1 else (klo <= k)) & (1 if k == 0 else (khi >= k))
+            for k in range(step)]))
+        m.d.comb += [self.read_en.eq(request), self.read_buffer.eq(c.buffer),
+                     self.read_line.eq(c.line + j + upper)]
+
+        s1_valid, s1_upper, s1_end = Signal(), Signal(), Signal()
+        beat_layout = data.StructLayout({"sh": shift, "strobes": step, "last": 1})
+        s1_beat, s2_beat = Signal(beat_layout), Signal(beat_layout)
+        s2_valid = Signal()
+        m.d.sync += [s1_valid.eq(request), s1_upper.eq(upper), s1_end.eq(request & ends),
+                     s1_beat.eq(Cat(sh, strobes, beat == beats - 1)), s2_valid.eq(s1_end),
+                     s2_beat.eq(s1_beat)]
+        with m.If(s1_valid):
+            with m.If(s1_upper):
+                m.d.sync += hi.eq(self.read_data)
+            with m.Else():
+                m.d.sync += lo.eq(self.read_data)
+        window = Cat(lo, hi)
+        aligned = Signal(self.line_bits)
+        with m.Switch(s2_beat.sh):
+            for k in range(step):
+                with m.Case(k):
+                    m.d.comb += aligned.eq(window[8 * k:8 * k + self.line_bits])
+        m.d.comb += [queue.w_en.eq(s2_valid),
+                     queue.w_data.eq(Cat(aligned, s2_beat.strobes, s2_beat.last))]
+        m.d.sync += inflight.eq(inflight + (request & ends) - s2_valid)
+
+        # -- the descriptor ----------------------------------------------------------------------
+        base = self._select_base(m, self.cmd.payload.port)
+        start = base + self.cmd.payload.addr
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [c.eq(self.cmd.payload), plane.eq(start), row.eq(start),
+                                 cur.eq(start), left.eq(self.cmd.payload.length), src.eq(0),
+                                 i2.eq(0), i3.eq(0), error.eq(0)]
+                    with m.If(self.cmd.payload.length == 0):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "ADDRESS"
+            with m.State("ADDRESS"):
+                m.d.comb += aw_valid.eq(waiting < self.outstanding)
+                with m.If(aw_valid & aw_ready):
+                    m.d.sync += [beats.eq((end + step - 1) >> shift), first_lane.eq(first),
+                                 last_lane.eq(end - 1), beat.eq(0), phase.eq(0),
+                                 s0.eq(src - first), cur.eq(cur + size), src.eq(src + size),
+                                 left.eq(left - size)]
+                    m.next = "BEATS"
+            with m.State("BEATS"):
+                m.d.comb += request.eq(space)
+                with m.If(request & ~ends):
+                    m.d.sync += phase.eq(1)
+                with m.If(request & ends):
+                    m.d.sync += [phase.eq(0), beat.eq(beat + 1), s0.eq(s0 + step)]
+                    with m.If(beat == beats - 1):
+                        m.next = "ADDRESS"
+                        with m.If(left != 0):
+                            pass  # the row's next burst
+                        with m.Elif(i2 != c.count2 - 1):
+                            m.d.sync += [i2.eq(i2 + 1), row.eq(row + c.stride2),
+                                         cur.eq(row + c.stride2), left.eq(c.length)]
+                        with m.Elif(i3 != c.count3 - 1):
+                            m.d.sync += [i3.eq(i3 + 1), i2.eq(0), plane.eq(plane + c.stride3),
+                                         row.eq(plane + c.stride3), cur.eq(plane + c.stride3),
+                                         left.eq(c.length)]
+                        with m.Else():
+                            m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If((inflight == 0) & (queue.level == 0) & (waiting == 0)):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.done.valid.eq(1)
+                with m.If(self.done.ready):
+                    m.next = "IDLE"
+
+        # -- write responses ---------------------------------------------------------------------
+        m.d.comb += self.done.payload.eq(error)
+        b_take = b_valid  # bready is always high
+        with m.If(b_take & (b_resp != RESP_OKAY)):
+            m.d.sync += error.eq(1)
+        m.d.sync += waiting.eq(waiting + (aw_valid & aw_ready) - b_take)
+
+        # -- the masters ---------------------------------------------------------------------
+        w_ready = Signal()
+        self._select(m, c.port, [(w_ready, "wready")])
+        m.d.comb += queue.r_en.eq(w_ready)
+        for p in range(self.ports):
+            bus = self.axi[p]
+            _tie_reads(m, bus)
+            here = c.port == p
+            m.d.comb += [bus.awvalid.eq(aw_valid & here),
+                         bus.awaddr.eq(Cat(Const(0, shift), cur[shift:])),
+                         bus.awlen.eq(((end + step - 1) >> shift) - 1), bus.awsize.eq(shift),
+                         bus.awburst.eq(BURST_INCR), bus.awcache.eq(AXCACHE),
+                         bus.wvalid.eq(queue.r_rdy & here),
+                         bus.wdata.eq(queue.r_data[:self.line_bits]),
+                         bus.wstrb.eq(queue.r_data[self.line_bits:self.line_bits + step]),
+                         bus.wlast.eq(queue.r_data[-1]), bus.bready.eq(1)]
+        return m

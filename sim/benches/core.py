@@ -1,0 +1,108 @@
+"""cocotb bench: run programs on the core's Verilog as a host does.
+
+Runs inside the simulator (see :func:`flightgen.sim.system.run_core`). ``FLIGHTGEN_PARAMS``
+holds the :class:`~flightgen.isa.machine.CoreConfig` as JSON, ``FLIGHTGEN_JOB`` an ``.npz``
+job, ``FLIGHTGEN_RESULT`` where the result goes.
+
+Job: ``runs`` programs ``program{i}`` (bytes) with ``registers{i}`` (7 values each), the
+memories ``hbm{p}``, ``stall``, ``latency`` (lo, hi), ``timeout`` (cycles per run). For each
+run the bench writes the argument registers, sets ``ap_start`` and polls ``ap_done`` through
+AXI4-Lite exactly as the host runner does, then reads the status registers. HBM persists from
+run to run. It saves, per run ``i``: ``error{i}``, ``error_pc{i}``, ``cycles{i}``,
+``retired{i}``, ``trace{i}`` (``(unit, pc)`` per retired instruction, in retire order) and
+per-port read statistics (``r_beats{i}_{p}``, ``r_first{i}_{p}``, ``r_last{i}_{p}``); and the
+final ``hbm{p}``.
+"""
+
+import json
+import os
+import warnings
+
+import cocotb
+import numpy as np
+from amaranth.hdl import UnusedElaboratable
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+
+from ...hw.control import AP_DONE, AP_START, CONTROL
+from ...hw.core import register_map
+from ...isa.machine import CoreConfig
+from .axi import AxiLiteHost, AxiMemory
+
+warnings.simplefilter("ignore", UnusedElaboratable)
+
+#: Bus address of the program memory and of HBM port ``p`` (``HBM_BASE * (p + 1)``).
+PROGRAM_BASE = 0x4000_0000
+HBM_BASE = 0x1_0000_0000
+
+
+async def _trace(dut, units, into):
+    width = 33
+    while True:
+        await RisingEdge(dut.clk)
+        await ReadOnly()
+        raw = int(dut.retire.value)
+        if raw:
+            for unit in range(units):
+                entry = (raw >> (unit * width)) & ((1 << width) - 1)
+                if entry & 1:
+                    into.append((unit, entry >> 1))
+
+
+@cocotb.test()
+async def run_job(dut):
+    config = CoreConfig(**json.loads(os.environ["FLIGHTGEN_PARAMS"]))
+    job = dict(np.load(os.environ["FLIGHTGEN_JOB"]))
+    seed = int(os.environ.get("COCOTB_RANDOM_SEED", os.environ.get("RANDOM_SEED", "1")))
+    rng = np.random.default_rng(seed)
+    cocotb.start_soon(Clock(dut.clk, 4, unit="ns").start())
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 3)
+    dut.rst.value = 0
+    stall = float(job["stall"])
+    lo, hi = (int(v) for v in job["latency"])
+    program_memory = AxiMemory(dut, "program", np.zeros(32, np.uint8), PROGRAM_BASE, rng,
+                               (lo, hi), stall)
+    ports = []
+    for p in range(config.hbm_ports):
+        memory = job[f"hbm{p}"].astype(np.uint8)
+        ports.append((memory, AxiMemory(dut, f"hbm__{p}", memory, HBM_BASE * (p + 1), rng,
+                                        (lo, hi), stall)))
+    trace = []
+    cocotb.start_soon(_trace(dut, 5, trace))
+    host = AxiLiteHost(dut)
+    regs = register_map(config)
+    await host.write64(regs.offset("program"), PROGRAM_BASE)
+    for p in range(config.hbm_ports):
+        await host.write64(regs.offset(f"hbm{p}"), HBM_BASE * (p + 1))
+    timeout = int(job["timeout"])
+    result = {}
+    for run in range(int(job["runs"])):
+        program = job[f"program{run}"].astype(np.uint8)
+        program_memory.memory = program
+        await host.write(regs.offset("length"), len(program) // 32)
+        for index, value in enumerate(job[f"registers{run}"], 1):
+            await host.write(regs.offset(f"r{index}"), int(value))
+        for _, model in ports:
+            model.r_beats, model.first_ar, model.last_r = 0, None, None
+        trace.clear()
+        await host.write(CONTROL, AP_START)
+        waited = 0
+        while not await host.read(CONTROL) & AP_DONE:
+            await ClockCycles(dut.clk, 20)
+            waited += 24
+            assert waited < timeout, f"run {run}: the core did not finish in {timeout} cycles"
+        result.update({
+            f"error{run}": await host.read(regs.offset("error")),
+            f"error_pc{run}": await host.read(regs.offset("error_pc")),
+            f"cycles{run}": await host.read64(regs.offset("cycles")),
+            f"retired{run}": await host.read(regs.offset("retired")),
+            f"trace{run}": np.array(trace, np.int64).reshape(-1, 2),
+        })
+        for p, (_, model) in enumerate(ports):
+            result[f"r_beats{run}_{p}"] = model.r_beats
+            result[f"r_first{run}_{p}"] = model.first_ar or 0
+            result[f"r_last{run}_{p}"] = model.last_r or 0
+    for p, (memory, _) in enumerate(ports):
+        result[f"hbm{p}"] = memory
+    np.savez(os.environ["FLIGHTGEN_RESULT"], **result)

@@ -1,0 +1,162 @@
+"""The whole core in amaranth.sim on small programs, against the ISA simulator (the fast tier;
+the Verilator benches in test_core_rtl.py run the same checks on the Verilog at length)."""
+
+import os
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from flightgen.hw.control import AP_DONE, AP_START, CONTROL
+from flightgen.hw.core import Core, register_map
+from flightgen.isa.assembly import assemble
+from flightgen.isa.machine import SIM_CORE, ErrorCode, Machine
+from flightgen.sim.axi_model import AxiMemoryModel
+
+SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
+HBM_BYTES = 1 << 14
+
+
+async def _write(ctx, bus, addr, value):
+    ctx.set(bus.awaddr, addr)
+    ctx.set(bus.wdata, value & 0xFFFFFFFF)
+    ctx.set(bus.wstrb, 0xF)
+    ctx.set(bus.awvalid, 1)
+    ctx.set(bus.wvalid, 1)
+    ctx.set(bus.bready, 1)
+    aw = w = False
+    while not (aw and w):
+        aw_now, w_now = ctx.get(bus.awready), ctx.get(bus.wready)
+        await ctx.tick()
+        aw, w = aw or aw_now, w or w_now
+        if aw:
+            ctx.set(bus.awvalid, 0)
+        if w:
+            ctx.set(bus.wvalid, 0)
+    await ctx.tick().until(bus.bvalid)
+    ctx.set(bus.bready, 0)
+
+
+async def _read(ctx, bus, addr):
+    ctx.set(bus.araddr, addr)
+    ctx.set(bus.arvalid, 1)
+    await ctx.tick().until(bus.arready)
+    ctx.set(bus.arvalid, 0)
+    ctx.set(bus.rready, 1)
+    value, = await ctx.tick().sample(bus.rdata).until(bus.rvalid)
+    ctx.set(bus.rready, 0)
+    return value
+
+
+def run_core(words, hbm, registers=(0,) * 7, config=SIM_CORE, stall=0.2, latency=(1, 6),
+             max_cycles=60_000):
+    """Run a program on the core in amaranth.sim; return (status dict, HBM images, trace)."""
+    rng = np.random.default_rng(SEED)
+    core = Core(config)
+    regs = register_map(config)
+    program = AxiMemoryModel(1 << 12, config.line_bits, rng, latency, stall)
+    program.memory[:len(words) * 32] = np.frombuffer(
+        b"".join(int(w).to_bytes(32, "little") for w in words), np.uint8)
+    ports = []
+    for image in hbm:
+        model = AxiMemoryModel(len(image), config.line_bits, rng, latency, stall)
+        model.memory[:] = image
+        ports.append(model)
+    status, trace = {}, []
+
+    async def host(ctx):
+        bus = core.control
+        await _write(ctx, bus, regs.offset("length"), len(words))
+        for index, value in enumerate(registers, 1):
+            await _write(ctx, bus, regs.offset(f"r{index}"), value)
+        await _write(ctx, bus, CONTROL, AP_START)
+        for _ in range(max_cycles // 10):
+            if await _read(ctx, bus, CONTROL) & AP_DONE:
+                break
+            await ctx.tick().repeat(8)
+        else:
+            raise AssertionError(f"the core did not finish in {max_cycles} cycles")
+        for name in ("error", "error_pc", "retired"):
+            status[name] = await _read(ctx, bus, regs.offset(name))
+
+    async def probe(ctx):
+        if not os.environ.get("FLIGHTGEN_PROBE"):
+            return
+        names = list(core.probes)
+        cycle = 0
+        async for _, _, *values in ctx.tick().sample(*core.probes.values()):
+            print(cycle, " ".join(f"{k}={int(v) if not hasattr(v, 'value') else v.value}"
+                                  for k, v in zip(names, values, strict=True)))
+            cycle += 1
+            if cycle == int(os.environ["FLIGHTGEN_PROBE"]):
+                return
+
+    async def tracer(ctx):
+        async for _, _, raw in ctx.tick().sample(core.retire.as_value()):
+            for unit in range(5):
+                entry = (raw >> (33 * unit)) & ((1 << 33) - 1)
+                if entry & 1:
+                    trace.append((unit, entry >> 1))
+
+    sim = Simulator(core)
+    sim.add_clock(4e-9)
+    sim.add_testbench(host)
+    sim.add_process(tracer)
+    sim.add_process(probe)
+    def server(model, port):
+        async def serve(ctx):
+            await model.serve(ctx, port)
+        return serve
+
+    sim.add_process(server(program, core.program))
+    for p, model in enumerate(ports):
+        sim.add_process(server(model, core.hbm[p]))
+    sim.run()
+    return status, [m.memory for m in ports], trace
+
+
+def check(words, hbm, registers=(0,) * 7, **kwargs):
+    machine = Machine(SIM_CORE, hbm_bytes=len(hbm[0]))
+    for p, image in enumerate(hbm):
+        machine.hbm[p][:] = image
+    expected = machine.run(words, registers)
+    status, images, trace = run_core(words, hbm, registers, **kwargs)
+    assert (ErrorCode(status["error"]), status["error_pc"]) == \
+        (expected.error, expected.error_pc), expected.message
+    if expected.error == ErrorCode.NONE:
+        for p, image in enumerate(images):
+            np.testing.assert_array_equal(image, machine.hbm[p])
+        for unit in range(5):
+            assert [pc for u, pc in trace if u == unit] == \
+                [e.pc for e in expected.trace if e.unit.value == unit]
+        assert status["retired"] == len(expected.trace)
+    return status
+
+
+def _images(rng):
+    return [rng.integers(0, 256, HBM_BYTES, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
+
+
+def test_load_store_with_tokens():
+    rng = np.random.default_rng(SEED)
+    words = assemble("""
+        load  buffer=vec line=3 port=1 addr=0x200 length=2 count2=3 stride2=0x400 release=store
+        store buffer=vec line=3 port=0 addr=0x1005 length=150 count2=1 wait=load release=sys
+        load  buffer=wgt line=0 port=0 addr=0x40+r1*32 length=1+r1 release=store
+        store buffer=wgt line=0 port=1 addr=0x3003 length=7 count2=9 stride2=0x21 wait=load
+        sync  wait=store
+        halt""")
+    check(words, _images(rng), registers=(3, 5, 0, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("program, code", [
+    ("load buffer=vec length=1\n.word 0x6\nhalt", ErrorCode.ILLEGAL_OPCODE),
+    ("load buffer=vec addr=0x10 length=1\nhalt", ErrorCode.MISALIGNED),
+    ("load buffer=vec length=1 wait=store\nhalt", ErrorCode.DEADLOCK),
+    ("sync\nsync", ErrorCode.PROGRAM_END),
+    ("load buffer=vec addr=0x4000 length=1\nhalt", ErrorCode.AXI),
+])
+def test_errors_stop_the_core(program, code):
+    rng = np.random.default_rng(SEED)
+    status = check(assemble(program), _images(rng))
+    assert ErrorCode(status["error"]) == code
