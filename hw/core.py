@@ -342,51 +342,68 @@ class Core(wiring.Component):
         unit_stuck, unit_empty, unit_head = {}, {}, {}
         retired = Signal(32)
         for u in UNITS:
+            name = u.name.lower()
             queue = queues[u]
-            head = Signal(decoded_layout, name=f"head_{u.name.lower()}")
+            head = Signal(decoded_layout, name=f"head_{name}")
             m.d.comb += head.eq(queue.r_data)
-            header = FORMATS[Opcode.SYS](current[u].word).header
             head_header = FORMATS[Opcode.SYS](head.word).header
-            left = Signal(_N, name=f"release_{u.name.lower()}")
+            # issued instructions awaiting their answer: pc and release mask, in order
+            flight = SyncFIFOBuffered(width=32 + _N, depth=c.flight(u))
+            m.submodules[f"flight_{name}"] = fresh(flight)
+            left = Signal(_N, name=f"release_{name}")
+            done_pc = Signal(32, name=f"done_pc_{name}")
             can_take = (head_header.wait & ~tokens.available[u.value]) == 0
             giveable = left & ~tokens.full[u.value]
             seq = Module()
-            m.submodules[f"sequencer_{u.name.lower()}"] = fresh(seq)
-            with seq.FSM(name=f"seq_{u.name.lower()}") as fsm:
+            m.submodules[f"sequencer_{name}"] = fresh(seq)
+            # the issuer: tokens, then the engine takes the instruction
+            with seq.FSM(name=f"issue_{name}") as issuer:
                 with seq.State("IDLE"):
-                    with seq.If(running & queue.r_rdy & can_take):
+                    with seq.If(running & queue.r_rdy & can_take & flight.w_rdy):
                         seq.d.comb += [queue.r_en.eq(1),
                                        tokens.take[u.value].eq(head_header.wait)]
                         seq.d.sync += current[u].eq(head)
                         seq.next = "ISSUE"
                 with seq.State("ISSUE"):
-                    seq.d.comb += issue_valid[u].eq(1)
+                    header = FORMATS[Opcode.SYS](current[u].word).header
+                    seq.d.comb += [issue_valid[u].eq(1),
+                                   flight.w_data.eq(Cat(current[u].pc, header.release))]
                     with seq.If(issue_ready[u]):
-                        seq.next = "WAIT"
+                        seq.d.comb += flight.w_en.eq(1)
+                        seq.next = "IDLE"
+            # the releaser: answers in order, then the tokens
+            with seq.FSM(name=f"release_{name}") as releaser:
                 with seq.State("WAIT"):
-                    seq.d.comb += answer_ready[u].eq(1)
-                    with seq.If(answer_valid[u]):
-                        seq.d.sync += left.eq(header.release)
-                        seq.d.comb += [self.retire[u.value].valid.eq(1),
-                                       self.retire[u.value].pc.eq(current[u].pc)]
-                        seq.next = "RELEASE"
+                    with seq.If(answer_valid[u] & flight.r_rdy):
+                        seq.d.comb += [answer_ready[u].eq(1), flight.r_en.eq(1),
+                                       self.retire[u.value].valid.eq(1),
+                                       self.retire[u.value].pc.eq(flight.r_data[:32])]
+                        seq.d.sync += [left.eq(flight.r_data[32:]),
+                                       done_pc.eq(flight.r_data[:32])]
+                        with seq.If(flight.r_data[32:] != 0):
+                            seq.next = "RELEASE"
                 with seq.State("RELEASE"):
                     seq.d.comb += tokens.give[u.value].eq(giveable)
                     seq.d.sync += left.eq(left & ~giveable)
                     with seq.If((left & ~giveable) == 0):
-                        seq.next = "IDLE"
-            # a unit is stuck when it is idle with nothing it can start, or cannot release
+                        seq.next = "WAIT"
+            # stuck: the issuer cannot start anything and the releaser has nothing it can do
             empty = queue.level == 0
-            stuck = Signal(name=f"stuck_{u.name.lower()}")
-            m.d.comb += stuck.eq((fsm.ongoing("IDLE") & (empty | (queue.r_rdy & ~can_take))) |
-                                 (fsm.ongoing("RELEASE") & (giveable == 0) & (left != 0)))
-            unit_stuck[u], unit_empty[u] = stuck, empty & fsm.ongoing("IDLE")
-            blocked_pc = Signal(33, name=f"blocked_{u.name.lower()}")  # bit 32: none
-            m.d.comb += blocked_pc.eq(Mux(fsm.ongoing("RELEASE"), current[u].pc,
+            releasing_blocked = releaser.ongoing("RELEASE") & (giveable == 0)
+            answered = releaser.ongoing("WAIT") & (flight.level == 0)
+            stuck = Signal(name=f"stuck_{name}")
+            m.d.comb += stuck.eq(
+                issuer.ongoing("IDLE") & (empty | (queue.r_rdy & ~can_take) | ~flight.w_rdy) &
+                (answered | releasing_blocked))
+            unit_stuck[u] = stuck
+            unit_empty[u] = issuer.ongoing("IDLE") & empty & answered
+            blocked_pc = Signal(33, name=f"blocked_{name}")  # bit 32: none
+            m.d.comb += blocked_pc.eq(Mux(releasing_blocked, done_pc,
                                           Mux(empty, 1 << 32, head.pc)))
             unit_head[u] = blocked_pc
-            events.append((fsm.ongoing("WAIT") & answer_valid[u] &
-                           (answer_code[u] != ErrorCode.NONE), current[u].pc, answer_code[u]))
+            events.append((releaser.ongoing("WAIT") & answer_valid[u] & flight.r_rdy &
+                           (answer_code[u] != ErrorCode.NONE), flight.r_data[:32],
+                           answer_code[u]))
 
         # -- the dispatcher --------------------------------------------------------------------
         d = decoder.o.payload

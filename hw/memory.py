@@ -44,6 +44,8 @@ store_command_layout = data.StructLayout(_COMMAND_FIELDS)
 _W_QUEUE = 8
 #: Entries of the load engine's R queue.
 _R_QUEUE = 4
+#: Commands the load engine holds at once (issuing, receiving, writing).
+_RECORDS = 4
 
 
 def _validate(line_bits, ports, outstanding):
@@ -130,7 +132,9 @@ class LoadEngine(_Engine):
     * ``done`` carries one transfer per command, after the command's last ``write`` transfer:
       1 if any of its read beats had ``RRESP`` other than OKAY (the lines are written all the
       same, with whatever data came), else 0. ``length = 0`` moves nothing and reports 0.
-    * One command at a time: ``cmd`` is ready only when the engine is idle (after ``done``).
+    * Commands overlap: ``cmd`` is ready once the previous command's addresses have all been
+      issued (up to 4 commands held), so the next command's bursts follow without a gap;
+      ``done`` reports the commands in order, each after its own last ``write``.
     * Throughput one line per cycle while the memory keeps up: up to ``outstanding`` bursts
       are requested ahead of the data (one address per cycle at most). A line's ``write``
       transfer comes 2 cycles after its R beat at the earliest. A read memory with a fixed
@@ -186,7 +190,8 @@ class LoadEngine(_Engine):
         with ``latency=(latency, latency)`` and ``stall=0``)."""
         bursts = self.bursts(command, base)
         if not bursts:
-            return 2
+            # the command's record, the R side's empty marker, the R queue, done
+            return 7
         ends = []  # cycle of each burst's last R beat, counted from the cmd transfer
         r_free = 0  # first cycle the R channel is free
         issue = 1
@@ -203,34 +208,40 @@ class LoadEngine(_Engine):
     def elaborate(self, platform):
         m = Module()
         step, shift = self.line_bytes, self.size
-        m.submodules.queue = queue = SyncFIFOBuffered(width=self.line_bits, depth=_R_QUEUE)
+        # Three stages, each on its own command: the address side issues the bursts of the
+        # newest command, the R side receives the lines of the oldest command still receiving,
+        # the write side writes (and reports) the oldest command still writing.
+        record = data.StructLayout({"port": 5, "buffer": 2, "line": 16, "lines": 40})
+        m.submodules.records = records = SyncFIFOBuffered(width=record.size, depth=_RECORDS)
+        entry = data.StructLayout({"data": self.line_bits, "buffer": 2, "line": 16,
+                                   "last": 1, "error": 1, "empty": 1})
+        m.submodules.queue = queue = SyncFIFOBuffered(width=entry.size, depth=_R_QUEUE)
 
-        busy = Signal()
+        # -- the address side ------------------------------------------------------------------
         c = Signal(load_command_layout)
         plane, row, cur = Signal(ADDR_BITS), Signal(ADDR_BITS), Signal(ADDR_BITS)
         left = Signal(16)
         i2, i3 = Signal(12), Signal(12)
-        issuing = Signal()  # bursts remain to be issued
+        issuing = Signal()  # bursts of the newest command remain to be issued
         inflight = Signal(range(self.outstanding + 1))
-        error = Signal()
-        line = Signal(16)
-
-        # -- commands ---------------------------------------------------------------------------
         base = self._select_base(m, self.cmd.payload.port)
         start = base + self.cmd.payload.addr
-        m.d.comb += self.cmd.ready.eq(~busy)
+        new = self.cmd.payload
+        m.d.comb += [self.cmd.ready.eq(~issuing & records.w_rdy),
+                     records.w_en.eq(self.cmd.valid & self.cmd.ready),
+                     records.w_data.eq(Cat(new.port, new.buffer, new.line,
+                                           (new.length * new.count2 * new.count3)[:40]))]
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [busy.eq(1), c.eq(self.cmd.payload), plane.eq(start), row.eq(start),
-                         cur.eq(start), left.eq(self.cmd.payload.length), i2.eq(0), i3.eq(0),
-                         issuing.eq(self.cmd.payload.length != 0), error.eq(0),
-                         line.eq(self.cmd.payload.line)]
+            m.d.sync += [c.eq(new), plane.eq(start), row.eq(start), cur.eq(start),
+                         left.eq(new.length), i2.eq(0), i3.eq(0),
+                         issuing.eq(new.length != 0)]
 
-        # -- addresses: one burst per cycle into the AR register -------------------------------
-        ar_valid, ar_addr, ar_len = Signal(), Signal(ADDR_BITS), Signal(8)
-        ar_ready, r_valid, r_resp, r_last = Signal(), Signal(), Signal(2), Signal()
-        r_data = Signal(self.line_bits)
-        self._select(m, c.port, [(ar_ready, "arready"), (r_valid, "rvalid"), (r_data, "rdata"),
-                                 (r_resp, "rresp"), (r_last, "rlast")])
+        ar_valid, ar_addr, ar_len, ar_port = Signal(), Signal(ADDR_BITS), Signal(8), Signal(5)
+        ar_ready = Signal()
+        with m.Switch(ar_port):
+            for p in range(self.ports):
+                with m.Case(p):
+                    m.d.comb += ar_ready.eq(self.axi[p].arready)
         room = Signal(range(BOUNDARY // step + 1))
         cap = Signal.like(room)
         beats = Signal.like(room)
@@ -242,7 +253,8 @@ class LoadEngine(_Engine):
         with m.If(ar_valid & ar_ready):
             m.d.sync += ar_valid.eq(0)
         with m.If(issue):
-            m.d.sync += [ar_valid.eq(1), ar_addr.eq(cur), ar_len.eq(beats - 1)]
+            m.d.sync += [ar_valid.eq(1), ar_addr.eq(cur), ar_len.eq(beats - 1),
+                         ar_port.eq(c.port)]
             with m.If(beats != left):
                 m.d.sync += [cur.eq(cur + (beats << shift)), left.eq(left - beats)]
             with m.Elif(i2 != c.count2 - 1):
@@ -256,32 +268,65 @@ class LoadEngine(_Engine):
                 m.d.sync += issuing.eq(0)
         m.d.sync += inflight.eq(inflight + issue - r_end)
 
-        # -- data: R beats through a short queue to the buffer writes --------------------------
-        take = busy & r_valid & queue.w_rdy
-        m.d.comb += [queue.w_data.eq(r_data), queue.w_en.eq(busy & r_valid),
+        # -- the R side: lines of the oldest receiving command, tagged for the write side -----
+        rec = Signal(record)
+        receiving = Signal()
+        error = Signal()
+        r_valid, r_resp, r_last = Signal(), Signal(2), Signal()
+        r_data = Signal(self.line_bits)
+        self._select(m, rec.port, [(r_valid, "rvalid"), (r_data, "rdata"), (r_resp, "rresp"),
+                                   (r_last, "rlast")])
+        with m.If(~receiving & records.r_rdy):
+            m.d.comb += records.r_en.eq(1)
+            m.d.sync += [rec.eq(records.r_data), receiving.eq(1), error.eq(0)]
+        tag = Signal(entry)
+        take = Signal()
+        m.d.comb += take.eq(receiving & (rec.lines != 0) & r_valid & queue.w_rdy)
+        bad = take & (r_resp != RESP_OKAY)
+        m.d.comb += [tag.data.eq(r_data), tag.buffer.eq(rec.buffer), tag.line.eq(rec.line),
+                     tag.last.eq(rec.lines == 1), tag.error.eq(error | bad),
+                     tag.empty.eq(rec.lines == 0)]
+        with m.If(take):
+            m.d.sync += [rec.lines.eq(rec.lines - 1), rec.line.eq(rec.line + 1)]
+            with m.If(bad):
+                m.d.sync += error.eq(1)
+            with m.If(rec.lines == 1):
+                m.d.sync += receiving.eq(0)
+        empty = receiving & (rec.lines == 0)
+        with m.If(empty & queue.w_rdy):
+            m.d.sync += receiving.eq(0)
+        m.d.comb += [queue.w_en.eq(take | (empty & queue.w_rdy)), queue.w_data.eq(tag),
                      r_end.eq(take & r_last)]
-        with m.If(take & (r_resp != RESP_OKAY)):
-            m.d.sync += error.eq(1)
-        m.d.comb += [self.write.valid.eq(queue.r_rdy), queue.r_en.eq(self.write.ready),
-                     self.write.payload.buffer.eq(c.buffer), self.write.payload.line.eq(line),
-                     self.write.payload.data.eq(queue.r_data)]
-        with m.If(self.write.valid & self.write.ready):
-            m.d.sync += line.eq(line + 1)
 
-        # -- done ------------------------------------------------------------------------------
-        m.d.comb += [self.done.valid.eq(busy & ~issuing & ~ar_valid & (inflight == 0)
-                                        & (queue.level == 0)),
-                     self.done.payload.eq(error)]
+        # -- the write side: lines to the buffers, then done --------------------------------
+        head = Signal(entry)
+        m.d.comb += head.eq(queue.r_data)
+        reporting = Signal()
+        report = Signal()
+        m.d.comb += [self.write.payload.buffer.eq(head.buffer),
+                     self.write.payload.line.eq(head.line),
+                     self.write.payload.data.eq(head.data),
+                     self.write.valid.eq(queue.r_rdy & ~head.empty & ~reporting),
+                     self.done.valid.eq(reporting), self.done.payload.eq(report)]
         with m.If(self.done.valid & self.done.ready):
-            m.d.sync += busy.eq(0)
+            m.d.sync += reporting.eq(0)
+        with m.If(queue.r_rdy & ~reporting):
+            with m.If(head.empty):
+                m.d.comb += queue.r_en.eq(1)
+                m.d.sync += [reporting.eq(1), report.eq(0)]
+            with m.Elif(self.write.ready):
+                m.d.comb += queue.r_en.eq(1)
+                with m.If(head.last):
+                    m.d.sync += [reporting.eq(1), report.eq(head.error)]
 
         for p in range(self.ports):
             bus = self.axi[p]
             _tie_writes(m, bus)
-            m.d.comb += [bus.arvalid.eq(ar_valid & (c.port == p)), bus.araddr.eq(ar_addr),
+            m.d.comb += [bus.arvalid.eq(ar_valid & (ar_port == p)), bus.araddr.eq(ar_addr),
                          bus.arlen.eq(ar_len), bus.arsize.eq(shift), bus.arburst.eq(BURST_INCR),
-                         bus.arcache.eq(AXCACHE), bus.rready.eq(busy & (c.port == p)
-                                                                & queue.w_rdy)]
+                         bus.arcache.eq(AXCACHE),
+                         bus.rready.eq(receiving & (rec.lines != 0) & (rec.port == p)
+                                       & queue.w_rdy)]
         return m
 
 

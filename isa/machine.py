@@ -30,13 +30,14 @@ Execution
 ---------
 The dispatcher reads instruction ``pc = 0, 1, ...``, **resolves** it (adaptive fields from the
 registers) and **checks** it; a legal instruction goes to its unit's queue (``queue_depth``
-entries; the dispatcher waits while it is full), ``SYS`` runs in the dispatcher. A unit starts
-its oldest instruction once every token it waits for is there, executes it, then releases its
-tokens; at most ``token_limit`` tokens wait between a pair of units (a release beyond that
-waits). These are Kahn process networks with bounded channels, so the outcome does not depend
-on timing: the simulator may run the units in any order and reaches the state the core
-reaches, provided the program orders every pair of conflicting accesses with tokens or queue
-order.
+entries; the dispatcher waits while it is full), ``SYS`` runs in the dispatcher. Each unit is
+two processes joined by a queue of ``CoreConfig.flight(unit)`` entries: an **issuer** takes
+the oldest instruction once every token it waits for is there and executes it; a
+**releaser** takes executed instructions in order and releases their tokens. At most
+``token_limit`` tokens wait between a pair of units (a release beyond that waits). These are
+Kahn process networks with bounded channels, so the outcome does not depend on timing: the
+simulator may run the units in any order and reaches the state the core reaches, provided
+the program orders every pair of conflicting accesses with tokens or queue order.
 
 Errors (:class:`ErrorCode`): an illegal instruction stops the dispatcher before it is
 queued; an error during execution also stops the dispatcher. Queued instructions still run.
@@ -122,6 +123,9 @@ class CoreConfig:
         AXI4 masters toward HBM (1 to 32).
     queue_depth, token_limit : int
         Entries per unit queue; most tokens outstanding between two units.
+    load_flight : int
+        ``LOAD`` instructions the load unit may start before the oldest has released its
+        tokens (consecutive loads overlap; every other unit runs one at a time).
     """
 
     line_bits: int = 256
@@ -136,6 +140,7 @@ class CoreConfig:
     hbm_ports: int = 2
     queue_depth: int = 8
     token_limit: int = 15
+    load_flight: int = 4
 
     def __post_init__(self):
         geometry = Geometry(self.chain, self.vpus)
@@ -158,6 +163,13 @@ class CoreConfig:
             raise ValueError(f"queue_depth must be 1 to 256, not {self.queue_depth!r}")
         if not isinstance(self.token_limit, int) or not 1 <= self.token_limit <= 255:
             raise ValueError(f"token_limit must be 1 to 255, not {self.token_limit!r}")
+        if not isinstance(self.load_flight, int) or not 1 <= self.load_flight <= 4:
+            raise ValueError(f"load_flight must be 1 to 4, not {self.load_flight!r}")
+
+    def flight(self, unit):
+        """Instructions a unit may have started and not yet released: ``load_flight`` for
+        ``LOAD``, 1 for the others."""
+        return self.load_flight if Unit(unit) == Unit.LOAD else 1
 
     @property
     def geometry(self):
@@ -549,6 +561,7 @@ class Machine:
         queues = {u: deque() for u in units}
         tokens = np.zeros((len(Unit), len(Unit)), np.int64)  # [source, destination]
         pending = {u: None for u in Unit}  # an executed instruction still releasing
+        flight = {u: deque() for u in units}  # executed, not yet releasing
         result = RunResult()
         errors = []
         pc, dispatching, sys_current = 0, True, None
@@ -610,27 +623,33 @@ class Machine:
                 progress = True
                 if pending[Unit.SYS] is not None:
                     try_release(Unit.SYS)
-            # the units
+            # the units: an issuer (waits for tokens, executes) and a releaser (in order)
             for unit in units:
-                if pending[unit] is not None:
-                    progress |= try_release(unit)
+                while True:
                     if pending[unit] is not None:
-                        continue
+                        progress |= try_release(unit)
+                        if pending[unit] is not None:
+                            break
+                    if not flight[unit]:
+                        break
+                    instruction, crc = flight[unit].popleft()
+                    result.trace.append(TraceEntry(instruction.pc, unit, instruction.opcode, crc))
+                    progress = True
+                    if instruction.release:
+                        pending[unit] = instruction
                 queue = queues[unit]
-                while queue and pending[unit] is None and can_take(queue[0].wait, unit):
+                while (queue and len(flight[unit]) < c.flight(unit)
+                       and can_take(queue[0].wait, unit)):
                     instruction = queue.popleft()
                     take(instruction.wait, unit)
                     error, crc = self.execute(instruction)
                     executed += 1
-                    result.trace.append(TraceEntry(instruction.pc, unit, instruction.opcode, crc))
+                    flight[unit].append((instruction, crc))
                     if error != ErrorCode.NONE:
                         errors.append((instruction.pc, error, f"{instruction.opcode.name.lower()}"
                                        f": {error.name.lower().replace('_', ' ')}"))
                         dispatching = False
                     progress = True
-                    if instruction.release:
-                        pending[unit] = instruction
-                        try_release(unit)
             if executed > max_instructions:
                 raise RuntimeError(f"more than {max_instructions} instructions executed")
             if not progress:

@@ -88,11 +88,17 @@ def random_weight(rng, rows, k, bits=4, group=32, pattern=None, symmetric=False)
     return weight if pattern is None else prune(weight, *pattern)
 
 
+#: Weight tiles in flight: ``WGT`` and ``META`` are split into this many slots, so loads run
+#: up to this many tiles ahead of the matrix engine (double buffering is 2).
+SLOTS = 4
+
+
 def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_release="vector",
              load_tile=True):
     """A decode (MV) linear layer: ``out`` (VEC line) = ``weight`` x the activation tile in
     ``ACT`` at line ``act`` (quantized by a previous QUANT). Weights stream from HBM ``port``
-    in tiles of row groups, double-buffered in halves of ``WGT`` and ``META``; the first
+    in tiles of row groups into :data:`SLOTS` slots of ``WGT`` and ``META``: the load of tile
+    ``k`` waits for the matrix command of tile ``k - SLOTS`` to free its slot. The first
     MATRIX waits for ``first_wait``, the last releases to ``last_release``."""
     c = builder.config
     g = c.geometry
@@ -109,7 +115,7 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
     per_group_m = 0
     if weight.mask is not None:
         per_group_m = -(-len(whole.beats["masks"]) // groups) * c.beat_lines(bits["masks"])
-    half_w, half_m = c.wgt_lines // 2, c.meta_lines // 2
+    half_w, half_m = c.wgt_lines // SLOTS, c.meta_lines // SLOTS
     tile_groups = max(1, min(half_w // max(per_group_w, 1), half_m // (per_group_s + per_group_m)))
     keep = whole.keep
     tiles = []
@@ -125,12 +131,12 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
     for index, (first, op) in enumerate(tiles):
         tile = len(builder.tiles)
         builder.tiles.append(None)
-        half = tile % 2
-        wgt, meta = half * half_w, half * half_m
+        slot = tile % SLOTS
+        wgt, meta = slot * half_w, slot * half_m
         w_addr, w_lines = builder.put_beats(port, op.beats["weights"], bits["weights"])
         s_addr, s_lines = builder.put_beats(port, op.beats["scales"], bits["scales"])
         builder.weight_bytes += (w_lines + s_lines) * c.line_bytes
-        wait = " wait=matrix" if tile >= 2 else ""
+        wait = " wait=matrix" if tile >= SLOTS else ""
         builder.emit(f"load buffer=wgt line={wgt} port={port} addr={w_addr:#x} length={w_lines}"
                      f"{wait}")
         mask_line = meta + s_lines
@@ -143,7 +149,7 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
                      f"length={s_lines} release=matrix")
         waits = ["load"] + ([first_wait] if index == 0 and first_wait else [])
         releases = []
-        if tile + 2 < _planned(builder):
+        if tile + SLOTS < _planned(builder):
             releases.append("load")
         if index == len(tiles) - 1 and last_release:
             releases.append(last_release)
@@ -174,48 +180,40 @@ def _count_tiles(config, weight):
     per_group_m = 0
     if weight.mask is not None:
         per_group_m = -(-len(op.beats["masks"]) // op.groups) * config.beat_lines(bits["masks"])
-    tile_groups = max(1, min(config.wgt_lines // 2 // max(per_group_w, 1),
-                             config.meta_lines // 2 // (per_group_s + per_group_m)))
+    tile_groups = max(1, min(config.wgt_lines // SLOTS // max(per_group_w, 1),
+                             config.meta_lines // SLOTS // (per_group_s + per_group_m)))
     return -(-op.groups // tile_groups)
 
 
-def ffn_block(config, rng, dim, hidden, *, bits=4, pattern=None, eps=1e-5, hbm_bytes=1 << 20):
-    """The decode FFN of a LLaMA layer on one token: ``x + down(silu(gate(h)) * up(h))`` with
-    ``h = rms_norm(x)``. Returns ``(builder, x)``: the program, its HBM images and the input;
-    the result is stored to port 1 at ``builder.output`` (FX, ``dim`` int32)."""
-    if bits not in BITS_CODES:
-        raise ValueError(f"bits must be one of {tuple(BITS_CODES)}, not {bits}")
-    b = ProgramBuilder(config, hbm_bytes)
-    x = rng.integers(-(3 << 16), 3 << 16, dim)
+def _vector_beats(config, values, width=32):
+    lanes = config.lanes
+    padded = np.zeros(-(-len(values) // lanes) * lanes, np.int64)
+    padded[:len(values)] = values
+    mask = (1 << width) - 1
+    return [sum((int(v) & mask) << (width * j) for j, v in enumerate(padded[i:i + lanes]))
+            for i in range(0, len(padded), lanes)]
+
+
+def _ffn_layer(b, rng, X, dim, hidden, bits, pattern, eps):
+    """Emit one decode FFN layer on the FX vector at VEC line ``X`` (updated in place)."""
+    c = b.config
     norm = rng.uniform(0.5, 1.5, dim)
     weights = {name: random_weight(rng, rows, k, bits, pattern=pattern)
                for name, rows, k in (("gate", hidden, dim), ("up", hidden, dim),
                                      ("down", dim, hidden))}
-    b.planned_tiles = sum(_count_tiles(config, w) for w in weights.values())
-    lanes = config.lanes
     w_int, frac = norm_weight(norm)
-
-    def vector_beats(values, width=32):
-        padded = np.zeros(-(-len(values) // lanes) * lanes, np.int64)
-        padded[:len(values)] = values
-        mask = (1 << width) - 1
-        return [sum((int(v) & mask) << (width * j) for j, v in enumerate(padded[i:i + lanes]))
-                for i in range(0, len(padded), lanes)]
-
-    bits_of = config.beat_bits
-    x_addr, x_lines = b.put_beats(0, vector_beats(x), bits_of["vector"])
-    nw_addr, nw_lines = b.put_beats(0, vector_beats(np.asarray(w_int) << 32, 48),
-                                    bits_of["operand"])
-    X, NW = b.alloc(Buffer.VEC, x_lines), b.alloc(Buffer.VEC, nw_lines)
-    H = b.alloc(Buffer.VEC, x_lines)
+    operand = c.beat_bits["operand"]
+    nw_addr, nw_lines = b.put_beats(0, _vector_beats(c, np.asarray(w_int) << 32, 48), operand)
+    b.parameter_bytes += nw_lines * c.line_bytes
+    x_lines = b.vector_lines(dim)
+    NW, H = b.alloc(Buffer.VEC, nw_lines), b.alloc(Buffer.VEC, x_lines)
     G, U = b.alloc(Buffer.VEC, b.vector_lines(hidden)), b.alloc(Buffer.VEC, b.vector_lines(hidden))
     D = b.alloc(Buffer.VEC, x_lines)
-    A = b.alloc(Buffer.ACT, 0)
-    b.emit(f"load buffer=vec line={X} port=0 addr={x_addr:#x} length={x_lines}")
+    A = 0  # the activation tile
     b.emit(f"load buffer=vec line={NW} port=0 addr={nw_addr:#x} length={nw_lines} "
            f"release=vector")
-    b.emit(f"vector op=rmsnorm length={dim} frac={frac & 0xFF} eps={eps_fixed(eps)} a={X} b={NW} "
-           f"out={H} wait=load")
+    b.emit(f"vector op=rmsnorm length={dim} frac={frac & 0xFF} eps={eps_fixed(eps)} a={X} "
+           f"b={NW} out={H} wait=load")
     b.emit(f"quant length={dim} src={H} dst={A} release=matrix")
     mv_layer(b, weights["gate"], A, G, first_wait="vector", last_release=None)
     mv_layer(b, weights["up"], A, U, first_wait=None, last_release="vector", load_tile=False)
@@ -223,10 +221,45 @@ def ffn_block(config, rng, dim, hidden, *, bits=4, pattern=None, eps=1e-5, hbm_b
     b.emit(f"vector op=mul length={hidden} a={G} b={U} out={G}")
     b.emit(f"quant length={hidden} src={G} dst={A} release=matrix")
     mv_layer(b, weights["down"], A, D, first_wait="vector", last_release="vector")
-    b.emit(f"vector op=add length={dim} a={D} b={X} out={D} wait=matrix release=store")
-    b.output = 0
-    b.emit(f"store buffer=vec line={D} port=1 addr=0 length={x_lines * config.line_bytes} "
-           f"wait=vector")
+    b.emit(f"vector op=add length={dim} a={D} b={X} out={X} wait=matrix")
+    b.layers.append({"norm": norm, **weights})
+
+
+def ffn_chain(config, rng, dim, hidden, *, layers=1, bits=4, pattern=None, eps=1e-5,
+              hbm_bytes=1 << 20):
+    """``layers`` decode FFN layers of a LLaMA model on one token, chained on chip:
+    ``x = x + down(silu(gate(h)) * up(h))`` with ``h = rms_norm(x)``, weights streamed
+    double-buffered from HBM port 0. The input comes from port 0 once; the result goes to
+    port 1 at address 0 (in line format) once. Returns the :class:`ProgramBuilder`, with
+    ``x`` (the input), ``layers`` (each layer's weights), and the byte counts
+    ``weight_bytes``, ``parameter_bytes`` (norm weights), ``input_bytes``, ``output_bytes``."""
+    if bits not in BITS_CODES:
+        raise ValueError(f"bits must be one of {tuple(BITS_CODES)}, not {bits}")
+    b = ProgramBuilder(config, hbm_bytes)
+    b.layers, b.parameter_bytes = [], 0
+    tiles = 0
+    probe = np.random.default_rng(0)
+    for rows, k in ((hidden, dim), (hidden, dim), (dim, hidden)):  # gate, up, down
+        tiles += _count_tiles(config, random_weight(probe, rows, k, bits, pattern=pattern))
+    b.planned_tiles = tiles * layers
+    x = rng.integers(-(3 << 16), 3 << 16, dim)
+    x_addr, x_lines = b.put_beats(0, _vector_beats(config, x), config.beat_bits["vector"])
+    b.input_bytes = b.output_bytes = x_lines * config.line_bytes
+    X = b.alloc(Buffer.VEC, x_lines)
+    b.emit(f"load buffer=vec line={X} port=0 addr={x_addr:#x} length={x_lines}")
+    for _ in range(layers):
+        _ffn_layer(b, rng, X, dim, hidden, bits, pattern, eps)
+        # the next layer reuses the same buffer lines
+        b._lines = {buffer: (X + x_lines if buffer == Buffer.VEC else 0) for buffer in Buffer}
+    b.emit(f"store buffer=vec line={X} port=1 addr=0 length={b.output_bytes} wait=vector")
+    b.text[-2] += " release=store"
     b.emit("halt")
-    b.weights, b.norm, b.x = weights, norm, x
-    return b, x
+    b.x = x
+    return b
+
+
+def ffn_block(config, rng, dim, hidden, *, bits=4, pattern=None, eps=1e-5, hbm_bytes=1 << 20):
+    """One decode FFN layer (:func:`ffn_chain` with one layer); returns ``(builder, x)``."""
+    b = ffn_chain(config, rng, dim, hidden, layers=1, bits=bits, pattern=pattern, eps=eps,
+                  hbm_bytes=hbm_bytes)
+    return b, b.x

@@ -9,7 +9,7 @@ import numpy as np
 from ..isa.numerics import ACC_BITS, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
 
 __all__ = ["requant_beats", "matrix_operation", "vector_operation", "vector_edge_cases",
-           "quantizer_groups", "WEIGHT_FORMATS"]
+           "random_instruction", "quantizer_groups", "WEIGHT_FORMATS"]
 
 _ACC_MIN, _ACC_MAX = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1
 _MULT_MAX = 2**REQUANT_MULT_BITS - 1
@@ -194,3 +194,25 @@ def quantizer_groups(rng, group, count):
     magnitude = 2.0 ** rng.uniform(0, 31, (count, 1))
     noise = np.clip(rng.normal(0, 1, (count, group)) * magnitude, bottom, top)
     return np.concatenate([np.array(directed), noise]).astype(np.int64).ravel()
+
+
+def random_instruction(rng, limit, tokens=0.3):
+    """A random instruction word with a legal opcode and its reserved bits clear.
+
+    Each field ``name`` (header fields without their prefix) is uniform in
+    ``[0, 2**min(width, limit(name, width)))``; ``wait`` and ``release`` are random with
+    probability ``tokens``, else 0. Returns ``(opcode, values)``; encode with
+    :func:`flightgen.isa.instructions.encode` after any adjustment.
+    """
+    from ..isa.instructions import Opcode, fields
+
+    opcode = Opcode(int(rng.choice([o.value for o in Opcode])))
+    values = {}
+    for name, _, width in fields(opcode):
+        name = name.removeprefix("header.")
+        if name in ("opcode", "spare", "reserved"):
+            continue
+        values[name] = int(rng.integers(0, 1 << min(width, limit(name, width))))
+    for key in ("wait", "release"):
+        values[key] = int(rng.integers(0, 32)) if rng.random() < tokens else 0
+    return opcode, values

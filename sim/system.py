@@ -44,13 +44,13 @@ class CoreRun:
     error_pc: int
     cycles: int
     retired: int
-    #: ``(unit, pc)`` of every retired instruction, in retire order.
+    #: ``(unit, pc, cycle)`` of every retired instruction, in retire order.
     trace: np.ndarray
     #: Per port: R beats, first read-address cycle and last R cycle.
     reads: list = field(default_factory=list)
 
     def unit_trace(self, unit):
-        return [int(pc) for u, pc in self.trace if u == Unit(unit).value]
+        return [int(pc) for u, pc, _ in self.trace if u == Unit(unit).value]
 
     def read_bandwidth(self, port):
         """R beats per cycle on ``port`` from its first read address to its last beat."""

@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from flightgen.hw.control import AP_DONE, AP_START, CONTROL
 from flightgen.hw.core import Core, register_map
 from flightgen.isa.assembly import assemble
-from flightgen.isa.machine import SIM_CORE, ErrorCode, Machine
+from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode, Machine
 from flightgen.sim.axi_model import AxiMemoryModel
 
 SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
@@ -115,12 +115,12 @@ def run_core(words, hbm, registers=(0,) * 7, config=SIM_CORE, stall=0.2, latency
     return status, [m.memory for m in ports], trace
 
 
-def check(words, hbm, registers=(0,) * 7, **kwargs):
-    machine = Machine(SIM_CORE, hbm_bytes=len(hbm[0]))
+def check(words, hbm, registers=(0,) * 7, config=SIM_CORE, **kwargs):
+    machine = Machine(config, hbm_bytes=len(hbm[0]))
     for p, image in enumerate(hbm):
         machine.hbm[p][:] = image
     expected = machine.run(words, registers)
-    status, images, trace = run_core(words, hbm, registers, **kwargs)
+    status, images, trace = run_core(words, hbm, registers, config=config, **kwargs)
     assert (ErrorCode(status["error"]), status["error_pc"]) == \
         (expected.error, expected.error_pc), expected.message
     if expected.error == ErrorCode.NONE:
@@ -137,16 +137,18 @@ def _images(rng):
     return [rng.integers(0, 256, HBM_BYTES, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
 
 
-def test_load_store_with_tokens():
+@pytest.mark.parametrize("line_bits", [256, 512])
+def test_load_store_with_tokens(line_bits):
     rng = np.random.default_rng(SEED)
     words = assemble("""
         load  buffer=vec line=3 port=1 addr=0x200 length=2 count2=3 stride2=0x400 release=store
         store buffer=vec line=3 port=0 addr=0x1005 length=150 count2=1 wait=load release=sys
-        load  buffer=wgt line=0 port=0 addr=0x40+r1*32 length=1+r1 release=store
+        load  buffer=wgt line=0 port=0 addr=0x40+r1*64 length=1+r1 release=store
         store buffer=wgt line=0 port=1 addr=0x3003 length=7 count2=9 stride2=0x21 wait=load
         sync  wait=store
         halt""")
-    check(words, _images(rng), registers=(3, 5, 0, 0, 0, 0, 0))
+    check(words, _images(rng), registers=(3, 5, 0, 0, 0, 0, 0),
+          config=CoreConfig(line_bits=line_bits))
 
 
 @pytest.mark.parametrize("program, code", [

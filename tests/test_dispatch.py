@@ -11,6 +11,7 @@ from flightgen.isa.assembly import assemble
 from flightgen.isa.instructions import ADAPTIVE, Opcode, decode_fields, encode, fields
 from flightgen.isa.machine import SIM_CORE, ErrorCode, IllegalInstruction, resolve
 from flightgen.isa.matrix import MatrixStreams
+from flightgen.sim.stimulus import random_instruction
 
 SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
 
@@ -59,23 +60,16 @@ BOUNDARIES = """
 def _words(rng, count):
     """Random words: a third fully random, a third legal opcodes with clear reserved bits and
     random small fields (most checks reachable), a third small legal-looking programs."""
-    legal = [o.value for o in Opcode]
     words = []
     for index in range(count):
         kind = index % 3
         if kind == 0:
             words.append(int.from_bytes(rng.bytes(32), "little"))
             continue
-        opcode = Opcode(int(rng.choice(legal)))
-        values = {}
-        for name, _, width in fields(opcode):
-            name = name.removeprefix("header.")
-            if name in ("opcode", "spare", "reserved"):
-                continue
-            limit = min(width, 12 if kind == 1 else 6)
-            values[name] = int(rng.integers(0, 1 << limit))
-            if name in ("wait", "release") and rng.random() < 0.7:
-                values[name] = 0
+        bits = 12 if kind == 1 else 6
+        opcode, values = random_instruction(rng, lambda name, width, bits=bits: bits,
+                                            tokens=0.3)
+        for name in values:
             if name.endswith("_mul") and rng.random() < 0.5:
                 values[name] = 0
         if opcode in (Opcode.LOAD, Opcode.STORE) and rng.random() < 0.8:

@@ -120,7 +120,8 @@ class AxiMemory:
                                        f"{'not ' if last else ''}the last of its burst")
                 if head[2] == _OKAY:
                     raw = np.frombuffer(data.to_bytes(lb, "little"), np.uint8)
-                    mask = ((strobes >> np.arange(lb)) & 1).astype(bool)
+                    mask = np.unpackbits(np.frombuffer(strobes.to_bytes(lb // 8, "little"),
+                                                       np.uint8), bitorder="little").astype(bool)
                     window = self.memory[head[0]:head[0] + lb]
                     window[mask] = raw[mask]
                 head[0] += lb

@@ -9,7 +9,8 @@ memories ``hbm{p}``, ``stall``, ``latency`` (lo, hi), ``timeout`` (cycles per ru
 run the bench writes the argument registers, sets ``ap_start`` and polls ``ap_done`` through
 AXI4-Lite exactly as the host runner does, then reads the status registers. HBM persists from
 run to run. It saves, per run ``i``: ``error{i}``, ``error_pc{i}``, ``cycles{i}``,
-``retired{i}``, ``trace{i}`` (``(unit, pc)`` per retired instruction, in retire order) and
+``retired{i}``, ``trace{i}`` (``(unit, pc, cycle)`` per retired instruction, in retire
+order) and
 per-port read statistics (``r_beats{i}_{p}``, ``r_first{i}_{p}``, ``r_last{i}_{p}``); and the
 final ``hbm{p}``.
 """
@@ -38,15 +39,17 @@ HBM_BASE = 0x1_0000_0000
 
 async def _trace(dut, units, into):
     width = 33
+    cycle = 0
     while True:
         await RisingEdge(dut.clk)
+        cycle += 1
         await ReadOnly()
         raw = int(dut.retire.value)
         if raw:
             for unit in range(units):
                 entry = (raw >> (unit * width)) & ((1 << width) - 1)
                 if entry & 1:
-                    into.append((unit, entry >> 1))
+                    into.append((unit, entry >> 1, cycle))
 
 
 @cocotb.test()
@@ -97,7 +100,7 @@ async def run_job(dut):
             f"error_pc{run}": await host.read(regs.offset("error_pc")),
             f"cycles{run}": await host.read64(regs.offset("cycles")),
             f"retired{run}": await host.read(regs.offset("retired")),
-            f"trace{run}": np.array(trace, np.int64).reshape(-1, 2),
+            f"trace{run}": np.array(trace, np.int64).reshape(-1, 3),
         })
         for p, (_, model) in enumerate(ports):
             result[f"r_beats{run}_{p}"] = model.r_beats

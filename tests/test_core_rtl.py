@@ -1,0 +1,178 @@
+"""The core's Verilog under Verilator (cocotb bench flightgen.sim.benches.core), driven through
+AXI4-Lite as a host does, with HBM and program memories answering under random latency and
+backpressure on every AXI channel, against the ISA simulator: error codes and pcs, each
+unit's retired instructions in order, every HBM byte. Also the decode read bandwidth, the
+always-on-chip property (AXI traffic of chained decode FFN layers) and random instruction
+words."""
+
+import os
+
+import numpy as np
+import pytest
+
+from flightgen.isa.assembly import assemble
+from flightgen.isa.instructions import Opcode, encode
+from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode
+from flightgen.sim.programs import ffn_block, ffn_chain
+from flightgen.sim.stimulus import random_instruction
+from flightgen.sim.system import compare, core_model, run_core, simulate
+
+pytestmark = pytest.mark.verilator
+
+SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
+#: AXI conditions: (ready stall probability, read latency range).
+CONDITIONS = {"fast": (0.0, (1, 1)), "stalled": (0.3, (1, 40))}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return core_model(SIM_CORE)
+
+
+def _check(model, words, hbm, registers=(0,) * 7, condition="stalled", name="core"):
+    stall, latency = CONDITIONS[condition]
+    runs, images = run_core(model, SIM_CORE, [words], hbm, [registers], stall=stall,
+                            latency=latency, name=name)
+    machine, expected = simulate(SIM_CORE, words, hbm, registers)
+    compare(runs[0], expected, images, machine)
+    return runs[0]
+
+
+LOAD_STORE = """
+    load  buffer=vec line=3 port=1 addr=0x200 length=2 count2=3 stride2=0x400 release=store
+    store buffer=vec line=3 port=0 addr=0x1005 length=150 wait=load release=sys
+    load  buffer=wgt line=0 port=0 addr=0x40+r1*32 length=1+r1 count3=2 stride3=0x1000 \
+release=store
+    store buffer=wgt line=0 port=1 addr=0x3003 length=7 count2=9 stride2=0x21 count3=2 \
+stride3=0x777 wait=load
+    load  buffer=meta line=9 port=1 addr=0xfe0 length=3 release=store
+    store buffer=meta line=9 port=0 addr=0x2ff1 length=80 wait=load
+    sync  wait=store
+    halt
+""".replace("\\\n", "")
+
+
+@pytest.mark.parametrize("condition", list(CONDITIONS))
+def test_load_store_patterns(model, condition):
+    rng = np.random.default_rng(SEED)
+    hbm = [rng.integers(0, 256, 1 << 14, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
+    _check(model, assemble(LOAD_STORE), hbm, (3, 0, 0, 0, 0, 0, 0), condition)
+
+
+@pytest.mark.parametrize("bits, pattern", [(4, None), (8, (8, 16)), (4, (2, 4)), (2, (4, 16))])
+def test_ffn_block(model, bits, pattern):
+    """The decode FFN (RMSNorm, gate/up, SiLU, product, down, residual), weights streamed
+    double-buffered from HBM, under stalls."""
+    rng = np.random.default_rng(SEED + bits)
+    builder, _ = ffn_block(SIM_CORE, rng, 128, 256, bits=bits, pattern=pattern,
+                           hbm_bytes=1 << 18)
+    run = _check(model, builder.words(), builder.hbm, name=f"ffn-{bits}")
+    assert run.error == ErrorCode.NONE
+
+
+def test_decode_read_bandwidth(model):
+    """An MV-dominated decode FFN (INT8 weights, so the matrix engine takes one line per
+    cycle, as fast as the port delivers): the weight port's R channel is busy >= 90% of the
+    cycles from the first read address to the last beat. Memory latency 40 cycles, no
+    stalls: the port peak is one line per cycle."""
+    rng = np.random.default_rng(SEED)
+    builder, _ = ffn_block(SIM_CORE, rng, 256, 256, bits=8, hbm_bytes=1 << 19)
+    words = builder.words()
+    runs, images = run_core(model, SIM_CORE, [words], builder.hbm, stall=0.0,
+                            latency=(40, 40), name="bandwidth")
+    machine, expected = simulate(SIM_CORE, words, builder.hbm)
+    compare(runs[0], expected, images, machine)
+    utilisation = runs[0].read_bandwidth(0)
+    beats, first, last = runs[0].reads[0]
+    print(f"decode FFN: {beats} lines read in {last - first + 1} cycles: "
+          f"{100 * utilisation:.1f}% of the port peak ({runs[0].cycles} cycles in all)")
+    assert utilisation >= 0.90
+
+
+def test_activations_stay_on_chip(model):
+    """Two chained decode FFN layers: the only HBM reads are the weights, the norm weights and
+    the first input; the only write is the final output. Activations never cross AXI."""
+    rng = np.random.default_rng(SEED)
+    builder = ffn_chain(SIM_CORE, rng, 128, 256, layers=2, hbm_bytes=1 << 18)
+    words = builder.words()
+    runs, images = run_core(model, SIM_CORE, [words], builder.hbm, stall=0.2, latency=(1, 20),
+                            name="on-chip")
+    machine, expected = simulate(SIM_CORE, words, builder.hbm)
+    compare(runs[0], expected, images, machine)
+    line = SIM_CORE.line_bytes
+    read = sum(beats for beats, _, _ in runs[0].reads) * line
+    expected_read = builder.weight_bytes + builder.parameter_bytes + builder.input_bytes
+    print(f"read {read} bytes: weights {builder.weight_bytes}, norm weights "
+          f"{builder.parameter_bytes}, input {builder.input_bytes}")
+    assert read == expected_read
+    written = int(np.count_nonzero(images[1] != builder.hbm[1]))
+    assert written <= builder.output_bytes
+
+
+def _fuzz_words(rng, count):
+    """Random programs of 1 to 5 words: raw random words, and legal-looking ones with small
+    fields (so that the legal ones finish quickly) and random tokens."""
+    small = {"length": 3, "count2": 2, "count3": 2, "groups": 3, "blocks": 2, "stride2": 6,
+             "stride3": 6, "addr": 14, "line": 9, "act": 8, "wgt": 9, "mask": 8, "scale": 8,
+             "out": 9, "a": 9, "b": 9, "src": 9, "dst": 8, "valid": 5, "position": 8}
+    programs = []
+    for _ in range(count):
+        words = []
+        for _ in range(int(rng.integers(1, 6))):
+            if rng.random() < 0.3:
+                words.append(int.from_bytes(rng.bytes(32), "little"))
+                continue
+            opcode, values = random_instruction(
+                rng, lambda name, width: 1 if name.endswith("_mul") else small.get(name, 2))
+            if opcode == Opcode.SYS:
+                values["op"] = int(rng.random() < 0.5)
+            if opcode == Opcode.MATRIX:
+                values["keep"] = 0  # dense: no error may depend on buffer contents
+            if opcode in (Opcode.LOAD, Opcode.STORE) and rng.random() < 0.7:
+                for key in ("addr", "stride2", "stride3"):
+                    values[key] &= ~31
+            words.append(encode(opcode, values))
+        if rng.random() < 0.5:
+            words.append(encode(Opcode.SYS, {"op": 1}))
+        programs.append(words)
+    return programs
+
+
+def test_random_words_stop_the_core_with_the_isa_error(model):
+    """Fuzz: random programs; after each, the core reports done with the error code and pc
+    the ISA simulator gives (never a hang: the bench times out otherwise). Matrix commands are
+    dense, so that no error depends on data left in the buffers by earlier runs."""
+    rng = np.random.default_rng(SEED)
+    programs = _fuzz_words(rng, 150)
+    registers = [tuple(int(v) for v in rng.integers(0, 4, 7)) for _ in programs]
+    hbm = [rng.integers(0, 256, 1 << 13, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
+    runs, _ = run_core(model, SIM_CORE, programs, hbm, registers, stall=0.2, latency=(1, 8),
+                       timeout=400_000, name="fuzz")
+    seen = {}
+    for index, (words, regs, run) in enumerate(zip(programs, registers, runs, strict=True)):
+        machine, expected = simulate(SIM_CORE, words, hbm, regs)
+        seen[expected.error] = seen.get(expected.error, 0) + 1
+        assert (run.error, run.error_pc) == (expected.error, expected.error_pc), (
+            f"program {index}: RTL {run.error.name} at {run.error_pc}, ISA "
+            f"{expected.error.name} at {expected.error_pc} ({expected.message})")
+    print({code.name: n for code, n in seen.items()})
+    assert len(seen) >= 5
+
+
+WIDE = CoreConfig(line_bits=512)
+
+
+def test_512_bit_lines():
+    """The same core at the U280's port width (512-bit lines and AXI data): load/store
+    patterns and a decode FFN under stalls, equal to the ISA simulator."""
+    model = core_model(WIDE)
+    rng = np.random.default_rng(SEED)
+    hbm = [rng.integers(0, 256, 1 << 14, dtype=np.uint8) for _ in range(WIDE.hbm_ports)]
+    words = assemble(LOAD_STORE.replace("r1*32", "r1*64").replace("0xfe0", "0xfc0"))
+    builder, _ = ffn_block(WIDE, rng, 128, 256, bits=4, pattern=(8, 16), hbm_bytes=1 << 18)
+    for program, images, regs in ((words, hbm, (3, 0, 0, 0, 0, 0, 0)),
+                                  (builder.words(), builder.hbm, (0,) * 7)):
+        runs, out = run_core(model, WIDE, [program], images, [regs], stall=0.3,
+                             latency=(1, 40), name="core-512")
+        machine, expected = simulate(WIDE, program, images, regs)
+        compare(runs[0], expected, out, machine)
