@@ -7,16 +7,25 @@ throughput, backpressure, reset) and carries ``reference()`` (numpy, the arithme
 
 from .buffers import BankedBuffer, BufferConfig, BufferSpec, DoubleBuffer, OnChipBuffers
 from .chain import SparseChain
+from .control import ControlSlave, RegisterMap
+from .core import Core
+from .dispatch import Decoder, TokenMatrix
 from .dsp import PackedMultiplier
+from .memory import LoadEngine, StoreEngine
 from .mpe import MatrixEngine
 from .quantizer import BlockQuantizer
 from .requant import Requantizer, requant_input_layout
+from .rescale import AttentionRescaler
 from .scalar import ScalarOp, ScalarUnit
 from .scaler import BlockScaler
 from .sfu import LaneArray, SpecialFunctionUnit
+from .token_quantizer import TokenQuantizer
+from .units import MatrixUnit, VectorUnit
 from .unpack import StepUnpacker
 
-__all__ = ["BankedBuffer", "BlockQuantizer", "BlockScaler", "BufferConfig", "BufferSpec",
-           "DoubleBuffer", "LaneArray", "MatrixEngine", "OnChipBuffers", "PackedMultiplier",
-           "Requantizer", "ScalarOp", "ScalarUnit", "SparseChain", "SpecialFunctionUnit",
-           "StepUnpacker", "requant_input_layout"]
+__all__ = ["AttentionRescaler", "BankedBuffer", "BlockQuantizer", "BlockScaler", "BufferConfig",
+           "BufferSpec", "ControlSlave", "Core", "Decoder", "DoubleBuffer", "LaneArray",
+           "LoadEngine", "MatrixEngine", "MatrixUnit", "OnChipBuffers", "PackedMultiplier",
+           "RegisterMap", "Requantizer", "ScalarOp", "ScalarUnit", "SparseChain",
+           "SpecialFunctionUnit", "StepUnpacker", "StoreEngine", "TokenMatrix",
+           "TokenQuantizer", "VectorUnit", "requant_input_layout"]

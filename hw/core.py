@@ -49,6 +49,8 @@ from .units import MatrixUnit, VectorUnit
 __all__ = ["Core", "Fetch", "register_map", "STATUS"]
 
 ADDR_BITS = 64
+#: Store bursts awaiting their write response (a KV-cache token is one short burst per row).
+STORE_OUTSTANDING = 32
 #: Read-only status registers of the control map.
 STATUS = (("error", 4), ("error_pc", 32), ("cycles", 64), ("retired", 32))
 _N = len(Unit)
@@ -248,7 +250,8 @@ class Core(wiring.Component):
 
         # engines
         m.submodules.load = load = LoadEngine(w, c.hbm_ports)
-        m.submodules.store = store = StoreEngine(w, c.hbm_ports)
+        # stores of KV-cache tokens are many short bursts: keep more of them in flight
+        m.submodules.store = store = StoreEngine(w, c.hbm_ports, outstanding=STORE_OUTSTANDING)
         m.submodules.matrix = matrix = MatrixUnit(c)
         m.submodules.vector = vector = VectorUnit(c)
         m.d.comb += [matrix.clear.eq(start), vector.clear.eq(start)]
@@ -265,7 +268,8 @@ class Core(wiring.Component):
                     m.d.comb += getattr(source.axi[p], name).eq(getattr(port, name))
 
         # -- buffers: one write port each (arbitrated), read ports per reader -------------------
-        writers = {Buffer.VEC: ["load", "matrix", "vector"], Buffer.ACT: ["load", "quant"],
+        writers = {Buffer.VEC: ["load", "matrix", "vector"],
+                   Buffer.ACT: ["load", "quant", "lo"],
                    Buffer.WGT: ["load"], Buffer.META: ["load"]}
         readers = {Buffer.VEC: ["store", "a", "b"], Buffer.ACT: ["store", "act"],
                    Buffer.WGT: ["store", "wgt"], Buffer.META: ["store", "mask", "scale"]}
@@ -295,6 +299,7 @@ class Core(wiring.Component):
         wiring.connect(m, matrix.w, write_inputs[Buffer.VEC, "matrix"])
         wiring.connect(m, vector.w_vec, write_inputs[Buffer.VEC, "vector"])
         wiring.connect(m, vector.w_act, write_inputs[Buffer.ACT, "quant"])
+        wiring.connect(m, vector.w_lo, write_inputs[Buffer.ACT, "lo"])
         # the load engine's lines go to the buffer they name
         for b in Buffer:
             target = write_inputs[b, "load"]

@@ -246,6 +246,27 @@ class Decoder(wiring.Component):
                         span(qnt.src, qsrc_beats, bb["vector"], c.vec_lines) |
                         span(qnt.dst, qdst_beats, bb["act"], c.act_lines))),
                 ]
+            with m.Case(Opcode.TOKEN.value):
+                tok = FORMATS[Opcode.TOKEN](r)
+                count = _ceil_shift(tok.length, (2 * g.vpus).bit_length() - 1)
+                acts = _ceil_shift(tok.length, g.row_codes.bit_length() - 1)
+                m.d.comb += [
+                    bad_field.eq(tok.length > c.max_blocks * ACT_GROUP),
+                    out_of_range.eq((tok.length != 0) & (
+                        span(tok.src, count, bb["vector"], c.vec_lines) |
+                        span(tok.dst, acts, bb["act"], c.act_lines) |
+                        span(tok.scale, 1, bb["vector"], c.vec_lines) |
+                        (tok.fold & (span(tok.sc, count, bb["vector"], c.vec_lines) |
+                                     span(tok.lo, acts, bb["act"], c.act_lines))))),
+                ]
+            with m.Case(Opcode.RESCALE.value):
+                res = FORMATS[Opcode.RESCALE](r)
+                count = _ceil_shift(res.length, (2 * g.vpus).bit_length() - 1)
+                m.d.comb += out_of_range.eq((res.length != 0) & (
+                    span(res.x, count, bb["vector"], c.vec_lines) |
+                    span(res.y, count, bb["vector"], c.vec_lines) |
+                    span(res.a, 1, bb["vector"], c.vec_lines) |
+                    span(res.out, count, bb["vector"], c.vec_lines)))
             with m.Case(Opcode.SYS.value):
                 m.d.comb += bad_field.eq(~sys.op.as_value().matches(
                     *(o.value for o in SysOp)))

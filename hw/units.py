@@ -1,5 +1,6 @@
 """The compute units of the core: the matrix unit (the matrix engine between buffer lines) and
-the vector unit (the SFU and the block quantizer between buffer lines).
+the vector unit (the SFU, the block quantizer, the per-vector quantizer and the attention
+rescaler between buffer lines).
 
 Each unit takes resolved instructions (:data:`flightgen.hw.dispatch.decoded_layout`) on
 ``cmd`` and answers each with one ``done`` transfer carrying its
@@ -7,7 +8,7 @@ Each unit takes resolved instructions (:data:`flightgen.hw.dispatch.decoded_layo
 the sequencer may release the instruction's tokens. A count of zero answers at once.
 """
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.hdl import ResetInserter
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -19,10 +20,12 @@ from ..isa.vector import B_IS_VECTOR, READS_B, VectorOp
 from .beats import BeatReader, BeatWriter, line_write_layout, read_port_signature
 from .dispatch import decoded_layout
 from .mpe import ERROR_CODES, MatrixEngine
-from .quantizer import BlockQuantizer
+from .quantizer import BlockQuantizer, quantized_layout
+from .rescale import AttentionRescaler
 from .sfu import SpecialFunctionUnit
+from .token_quantizer import TokenQuantizer
 
-__all__ = ["MatrixUnit", "VectorUnit"]
+__all__ = ["MatrixUnit", "VectorUnit", "ActivationPacker"]
 
 
 def _fields(m, view, values):
@@ -147,9 +150,77 @@ def _act_beat_layout(geometry):
     })
 
 
+class ActivationPacker(wiring.Component):
+    """Collect beats of ``lanes`` INT8 codes (each with its 32-block's scale) into the matrix
+    engine's activation beats (:mod:`flightgen.isa.matrix`): ``8 L / lanes`` input beats per
+    output beat, the scale of each 32-block taken from its first beat. One beat per cycle in;
+    an output beat waits until taken (stream rules); ``clear`` restarts at a beat boundary.
+
+    Members
+    -------
+    i : In(stream.Signature(flightgen.hw.quantizer.quantized_layout(lanes)))
+    o : Out(stream.Signature(act beat: codes then scales))
+    clear : In(1)
+    """
+
+    def __init__(self, geometry, lanes):
+        self.geometry, self.lanes = geometry, lanes
+        super().__init__({"i": In(stream.Signature(quantized_layout(lanes))),
+                          "o": Out(stream.Signature(_act_beat_layout(geometry))),
+                          "clear": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        g, lanes = self.geometry, self.lanes
+        per_act = g.row_codes // lanes  # input beats per activation beat
+        per_group = ACT_GROUP // lanes  # input beats per scale
+        packed = Signal(_act_beat_layout(g))
+        slot = Signal(range(max(per_act, 2)))
+        full = Signal()
+        with m.If(self.i.valid & self.i.ready):
+            beat = self.i.payload
+            for k in range(per_act):
+                with m.If(slot == k):
+                    for lane in range(lanes):
+                        m.d.sync += packed.codes[k * lanes + lane].eq(beat.codes[lane])
+                    if k % per_group == 0:
+                        m.d.sync += packed.scales[k // per_group].eq(
+                            Cat(beat.mult, beat.exp[:8]))
+            m.d.sync += slot.eq(Mux(slot == per_act - 1, 0, slot + 1))
+            with m.If(slot == per_act - 1):
+                m.d.sync += full.eq(1)
+        m.d.comb += [self.i.ready.eq(~full), self.o.valid.eq(full), self.o.payload.eq(packed)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += full.eq(0)
+        with m.If(self.clear):
+            m.d.sync += [slot.eq(0), full.eq(0)]
+        return m
+
+
+class _Command:
+    """A command register for one stream: ``start(**fields)`` (in a state) offers it until it
+    is taken; ``busy`` while offered."""
+
+    def __init__(self, m, port, name):
+        self.port = port
+        self.pending = Signal(name=f"{name}_pending")
+        self.payload = Signal(port.payload.shape(), name=f"{name}_payload")
+        m.d.comb += [port.valid.eq(self.pending), port.payload.eq(self.payload)]
+        with m.If(port.valid & port.ready):
+            m.d.sync += self.pending.eq(0)
+
+    def start(self, m, **fields):
+        layout = data.Layout.cast(self.payload.shape())
+        m.d.sync += self.pending.eq(1)
+        for name, value in fields.items():
+            field = layout[name]
+            m.d.sync += self.payload.as_value()[field.offset:field.offset + field.width].eq(value)
+
+
 class VectorUnit(wiring.Component):
-    """Execute ``VECTOR`` (the SFU) and ``QUANT`` (the block quantizer) instructions between
-    buffer lines. Lanes past a vector's end are read as 0 and written as 0.
+    """Execute the vector unit's instructions between buffer lines: ``VECTOR`` (the SFU),
+    ``QUANT`` (the block quantizer), ``TOKEN`` (the per-vector quantizer) and ``RESCALE``
+    (the attention rescaler). Lanes past a vector's end are read as 0 and written as 0.
 
     Members
     -------
@@ -157,7 +228,7 @@ class VectorUnit(wiring.Component):
     done : Out(stream.Signature(ErrorCode))
     a, b : Out(read_port_signature(line_bits))  (``VEC``)
     w_vec : Out(stream.Signature(line_write_layout(line_bits)))
-    w_act : Out(stream.Signature(line_write_layout(line_bits)))
+    w_act, w_lo : Out(stream.Signature(line_write_layout(line_bits)))  (``ACT``)
     clear : In(1)
     """
 
@@ -169,7 +240,7 @@ class VectorUnit(wiring.Component):
             "cmd": In(stream.Signature(decoded_layout)),
             "done": Out(stream.Signature(ErrorCode)),
             "a": Out(port), "b": Out(port), "w_vec": Out(write), "w_act": Out(write),
-            "clear": In(1),
+            "w_lo": Out(write), "clear": In(1),
         })
 
     def elaborate(self, platform):
@@ -177,43 +248,67 @@ class VectorUnit(wiring.Component):
         c, g = self.config, self.config.geometry
         lanes = c.lanes
         bits = c.beat_bits
+        fresh = ResetInserter({"sync": self.clear})
         sfu = SpecialFunctionUnit(lanes, c.vector_max)
         quantizer = BlockQuantizer(lanes, ACT_GROUP)
-        m.submodules.sfu = ResetInserter({"sync": self.clear})(sfu)
-        m.submodules.quantizer = ResetInserter({"sync": self.clear})(quantizer)
+        token = TokenQuantizer(lanes)
+        rescaler = AttentionRescaler(lanes)
+        m.submodules.sfu = fresh(sfu)
+        m.submodules.quantizer = fresh(quantizer)
+        m.submodules.token = fresh(token)
+        m.submodules.rescaler = fresh(rescaler)
         m.submodules.a_reader = a_reader = BeatReader(c.line_bits, bits["vector"])
         m.submodules.b_reader = b_reader = BeatReader(c.line_bits, bits["operand"])
         m.submodules.bv_reader = bv_reader = BeatReader(c.line_bits, bits["vector"])
         m.submodules.vec_writer = vec_writer = BeatWriter(c.line_bits, bits["vector"])
         m.submodules.act_writer = act_writer = BeatWriter(c.line_bits, bits["act"])
+        m.submodules.lo_writer = lo_writer = BeatWriter(c.line_bits, bits["act"])
+        m.submodules.packer = packer = ActivationPacker(g, lanes)
+        m.submodules.lo_packer = lo_packer = ActivationPacker(g, lanes)
         wiring.connect(m, a_reader.read, wiring.flipped(self.a))
-        # one read port for both b readers (a command uses one of them)
-        b_vector = Signal()
-        m.d.comb += [self.b.en.eq(b_reader.read.en | bv_reader.read.en),
-                     self.b.addr.eq(Mux(b_vector, bv_reader.read.addr, b_reader.read.addr)),
-                     b_reader.read.data.eq(self.b.data), bv_reader.read.data.eq(self.b.data)]
         wiring.connect(m, vec_writer.w, wiring.flipped(self.w_vec))
         wiring.connect(m, act_writer.w, wiring.flipped(self.w_act))
+        wiring.connect(m, lo_writer.w, wiring.flipped(self.w_lo))
+        wiring.connect(m, packer.o, act_writer.i)
+        wiring.connect(m, lo_packer.o, lo_writer.i)
 
+        # the instruction
         entry = Signal(decoded_layout)
-        is_quant = Signal()
+        opcode = entry.word[:4]
+        kind = Signal(2)  # 0 VECTOR, 1 QUANT, 2 TOKEN, 3 RESCALE
         v = FORMATS[Opcode.VECTOR](entry.word)
         q = FORMATS[Opcode.QUANT](entry.word)
-        length = Mux(is_quant, q.length, v.length)
+        t = FORMATS[Opcode.TOKEN](entry.word)
+        r = FORMATS[Opcode.RESCALE](entry.word)
+        length = Signal(16)
+        with m.Switch(opcode):
+            for op, code, n in ((Opcode.VECTOR, 0, v.length), (Opcode.QUANT, 1, q.length),
+                                (Opcode.TOKEN, 2, t.length), (Opcode.RESCALE, 3, r.length)):
+                with m.Case(op.value):
+                    m.d.comb += [kind.eq(code), length.eq(n)]
         log_lanes = lanes.bit_length() - 1
         beats = Signal(17)
         m.d.comb += beats.eq((length + lanes - 1) >> log_lanes)
         act_beats = Signal(17)
-        m.d.comb += act_beats.eq((q.length + g.row_codes - 1) >> (g.row_codes.bit_length() - 1))
+        m.d.comb += act_beats.eq((length + g.row_codes - 1) >> (g.row_codes.bit_length() - 1))
+        per_act = g.row_codes // lanes
         reads_b = Signal()
+        b_vector = Signal()
         with m.Switch(v.op):
             for op in VectorOp:
                 with m.Case(op.value):
                     m.d.comb += [reads_b.eq(op in READS_B and op not in B_IS_VECTOR),
                                  b_vector.eq(op in B_IS_VECTOR)]
+        fold = t.fold
+        # the b port: parameter entries (b_reader) or a vector (bv_reader), one per command
+        use_bv = Signal()
+        m.d.comb += use_bv.eq(Mux(kind == 0, b_vector, 1))
+        m.d.comb += [self.b.en.eq(b_reader.read.en | bv_reader.read.en),
+                     self.b.addr.eq(Mux(use_bv, bv_reader.read.addr, b_reader.read.addr)),
+                     b_reader.read.data.eq(self.b.data), bv_reader.read.data.eq(self.b.data)]
 
-        # Lane masks: element index of each lane of the beat in flight on each stream.
-        def masked(m, payload, index, width, name):
+        # lane masks: the element index of each lane of the beat in flight
+        def masked(payload, index, width, name):
             out = Signal(width * lanes, name=name)
             payload = payload.as_value() if isinstance(payload, data.View) else payload
             for lane in range(lanes):
@@ -222,109 +317,176 @@ class VectorUnit(wiring.Component):
                     Mux(keep, payload[lane * width:(lane + 1) * width], 0))
             return out
 
-        a_index = Signal(17)
-        b_index = Signal(17)
-        o_index = Signal(17)
-        a_data = masked(m, a_reader.o.payload, a_index, 32, "a_masked")
-        # a vector b becomes entries with weight 0
+        a_index, b_index, o_index = Signal(17), Signal(17), Signal(17)
+        a_data = masked(a_reader.o.payload, a_index, 32, "a_masked")
         widened = Signal(48 * lanes)
         for lane in range(lanes):
             m.d.comb += widened[48 * lane:48 * lane + 32].eq(
                 bv_reader.o.payload[32 * lane:32 * (lane + 1)])
-        b_data = masked(m, Mux(b_vector, widened, b_reader.o.payload), b_index, 48, "b_masked")
-        b_valid = Mux(b_vector, bv_reader.o.valid, b_reader.o.valid)
+        b_data = masked(Mux(use_bv, widened, b_reader.o.payload), b_index, 48, "b_masked")
+        bv_data = masked(bv_reader.o.payload, b_index, 32, "bv_masked")
+        b_valid = Mux(use_bv, bv_reader.o.valid, b_reader.o.valid)
+        b_take = Signal()
+        m.d.comb += [b_reader.o.ready.eq(b_take & ~use_bv), bv_reader.o.ready.eq(b_take & use_bv)]
         with m.If(a_reader.o.valid & a_reader.o.ready):
             m.d.sync += a_index.eq(a_index + 1)
-        with m.If(b_valid & sfu.b.ready):
+        with m.If(b_valid & b_take):
             m.d.sync += b_index.eq(b_index + 1)
 
-        # VECTOR: a, b -> SFU -> out (masked) -> VEC
-        m.d.comb += [sfu.a.payload.eq(a_data), sfu.b.payload.eq(b_data),
-                     sfu.b.valid.eq(b_valid), b_reader.o.ready.eq(sfu.b.ready & ~b_vector),
-                     bv_reader.o.ready.eq(sfu.b.ready & b_vector)]
-        sfu_out = masked(m, sfu.out.payload, o_index, 32, "out_masked")
-        m.d.comb += [vec_writer.i.payload.eq(sfu_out), vec_writer.i.valid.eq(sfu.out.valid),
-                     sfu.out.ready.eq(vec_writer.i.ready)]
+        # VECTOR: a, b -> SFU -> (masked) -> VEC
+        sfu_out = masked(sfu.out.payload, o_index, 32, "out_masked")
+        m.d.comb += [sfu.a.payload.eq(a_data), sfu.b.payload.eq(b_data)]
+        # QUANT: a (then zero beats to a whole activation beat) -> quantizer -> packer
+        padding = Signal(17)  # zero beats still to send after the vector
+        in_vector = Signal()
+        m.d.comb += in_vector.eq(a_index < beats)
+        # TOKEN: a (and b: the scale words) twice -> token quantizer -> packers (and scale)
+        scale_word = Signal(32)
+        # RESCALE: the scale word at a, then x (a) and y (b) -> rescaler -> VEC
+        a_scale = Signal(32)
+        latching = Signal()
+        sending_scale = Signal()
+
+        with m.Switch(kind):
+            with m.Case(0):
+                m.d.comb += [sfu.a.valid.eq(a_reader.o.valid), a_reader.o.ready.eq(sfu.a.ready),
+                             sfu.b.valid.eq(b_valid), b_take.eq(sfu.b.ready),
+                             vec_writer.i.valid.eq(sfu.out.valid),
+                             vec_writer.i.payload.eq(sfu_out),
+                             sfu.out.ready.eq(vec_writer.i.ready)]
+            with m.Case(1):
+                with m.If(in_vector):
+                    m.d.comb += [quantizer.i.valid.eq(a_reader.o.valid),
+                                 quantizer.i.payload.eq(a_data),
+                                 a_reader.o.ready.eq(quantizer.i.ready)]
+                with m.Else():
+                    m.d.comb += [quantizer.i.valid.eq(padding != 0), quantizer.i.payload.eq(0)]
+                    with m.If(quantizer.i.valid & quantizer.i.ready):
+                        m.d.sync += padding.eq(padding - 1)
+                wiring.connect(m, quantizer.o, packer.i)
+            with m.Case(2):
+                both = a_reader.o.valid & (bv_reader.o.valid | ~fold)
+                m.d.comb += [token.i.valid.eq(both), token.i.payload.value.eq(a_data)]
+                for lane in range(lanes):
+                    m.d.comb += token.i.payload.scale[lane].eq(bv_data[32 * lane:32 * lane + 24])
+                with m.If(token.i.valid & token.i.ready):
+                    m.d.comb += [a_reader.o.ready.eq(1), b_take.eq(fold)]
+                # codes to the packers (zero beats after the vector); the scale word to VEC
+                pad_now = (o_index == beats) & (padding != 0)  # after the vector's beats
+                tokens_out = token.o.valid | pad_now
+                codes = Mux(token.o.valid, token.o.payload.codes.as_value(), 0)
+                ready = packer.i.ready & (lo_packer.i.ready | ~fold)
+                m.d.comb += [packer.i.valid.eq(tokens_out & (lo_packer.i.ready | ~fold)),
+                             packer.i.payload.codes.eq(codes),
+                             lo_packer.i.valid.eq(tokens_out & fold & packer.i.ready),
+                             token.o.ready.eq(ready)]
+                with m.If(token.o.valid & ready):
+                    m.d.sync += o_index.eq(o_index + 1)
+                with m.If(~token.o.valid & pad_now & ready):
+                    m.d.sync += padding.eq(padding - 1)
+                m.d.comb += [token.scale.ready.eq(~sending_scale),
+                             vec_writer.i.valid.eq(sending_scale),
+                             vec_writer.i.payload.eq(scale_word)]
+                with m.If(token.scale.valid & token.scale.ready):
+                    m.d.sync += [sending_scale.eq(1),
+                                 scale_word.eq(Cat(token.scale.payload.mult,
+                                                   token.scale.payload.exp[:8]))]
+                with m.If(vec_writer.i.valid & vec_writer.i.ready):
+                    m.d.sync += sending_scale.eq(0)
+            with m.Case(3):
+                with m.If(latching):
+                    m.d.comb += a_reader.o.ready.eq(1)
+                    with m.If(a_reader.o.valid):
+                        m.d.sync += [a_scale.eq(a_reader.o.payload[:32]), latching.eq(0)]
+                with m.Else():
+                    both = a_reader.o.valid & bv_reader.o.valid
+                    m.d.comb += [rescaler.i.valid.eq(both),
+                                 rescaler.i.payload.x.eq(a_data),
+                                 rescaler.i.payload.y.eq(bv_data)]
+                    with m.If(rescaler.i.valid & rescaler.i.ready):
+                        m.d.comb += [a_reader.o.ready.eq(1), b_take.eq(1)]
+                m.d.comb += [vec_writer.i.valid.eq(rescaler.o.valid),
+                             vec_writer.i.payload.eq(rescaler.o.payload),
+                             rescaler.o.ready.eq(vec_writer.i.ready)]
         with m.If(sfu.out.valid & sfu.out.ready):
             m.d.sync += o_index.eq(o_index + 1)
+        # the low halves carry no block scales (the whole payload is driven here, so that no
+        # bit of it is a constant-only process, which Verilator rejects)
+        m.d.comb += lo_packer.i.payload.eq(
+            Cat(Mux(token.o.valid, token.o.payload.lo.as_value(), 0),
+                Const(0, len(lo_packer.i.payload.as_value()) - 8 * lanes)))
 
-        # QUANT: a (masked, then zero beats to a whole activation beat) -> quantizer -> packer
-        padding = Signal(17)  # zero beats still to send after the vector
-        q_in_index = Signal(17)
-        with m.If(is_quant):
-            with m.If(q_in_index < beats):
-                m.d.comb += [quantizer.i.valid.eq(a_reader.o.valid),
-                             quantizer.i.payload.eq(a_data),
-                             a_reader.o.ready.eq(quantizer.i.ready)]
-            with m.Else():
-                m.d.comb += [quantizer.i.valid.eq(padding != 0), quantizer.i.payload.eq(0)]
-                with m.If(quantizer.i.valid & quantizer.i.ready):
-                    m.d.sync += padding.eq(padding - 1)
-            with m.If(quantizer.i.valid & quantizer.i.ready):
-                m.d.sync += q_in_index.eq(q_in_index + 1)
-        with m.Else():
-            m.d.comb += [sfu.a.valid.eq(a_reader.o.valid), a_reader.o.ready.eq(sfu.a.ready)]
+        # commands of the blocks, readers and writers
+        cmds = {name: _Command(m, port, name) for name, port in (
+            ("sfu", sfu.cmd), ("token", token.cmd), ("rescaler", rescaler.cmd),
+            ("a", a_reader.cmd), ("b", b_reader.cmd), ("bv", bv_reader.cmd),
+            ("vec", vec_writer.cmd), ("act", act_writer.cmd), ("lo", lo_writer.cmd))}
+        readers_idle = a_reader.cmd.ready & b_reader.cmd.ready & bv_reader.cmd.ready
+        writers_idle = vec_writer.cmd.ready & act_writer.cmd.ready & lo_writer.cmd.ready
+        idle = Cat(*(~cmd.pending for cmd in cmds.values())).all() & readers_idle & writers_idle
 
-        per_act = g.row_codes // lanes  # quantizer beats per activation beat
-        per_group = ACT_GROUP // lanes  # quantizer beats per scale
-        packed = Signal(_act_beat_layout(g))
-        slot = Signal(range(per_act))
-        full = Signal()
-        with m.If(quantizer.o.valid & quantizer.o.ready):
-            qo = quantizer.o.payload
-            for k in range(per_act):
-                with m.If(slot == k):
-                    for lane in range(lanes):
-                        m.d.sync += packed.codes[k * lanes + lane].eq(qo.codes[lane])
-                    if k % per_group == 0:
-                        m.d.sync += packed.scales[k // per_group].eq(
-                            Cat(qo.mult, qo.exp[:8]))
-            m.d.sync += slot.eq(Mux(slot == per_act - 1, 0, slot + 1))
-            with m.If(slot == per_act - 1):
-                m.d.sync += full.eq(1)
-        m.d.comb += [quantizer.o.ready.eq(~full),
-                     act_writer.i.valid.eq(full), act_writer.i.payload.eq(packed)]
-        with m.If(act_writer.i.valid & act_writer.i.ready):
-            m.d.sync += full.eq(0)
+        def reset_indices():
+            return [a_index.eq(0), b_index.eq(0), o_index.eq(0)]
 
-        start = Signal()
         valid = Mux(v.valid > v.length, v.length, v.valid)
-        sfu_cmd = {"op": v.op, "length": v.length, "valid": valid, "frac": v.frac,
-                   "eps": v.eps, "position": v.position}
-        issued = _issue(m, [
-            (sfu.cmd, sfu_cmd, ~is_quant),
-            (a_reader.cmd, {"line": Mux(is_quant, q.src, v.a), "beats": beats}, 1),
-            (b_reader.cmd, {"line": v.b, "beats": beats}, ~is_quant & reads_b),
-            (bv_reader.cmd, {"line": v.b, "beats": beats}, ~is_quant & b_vector),
-            (vec_writer.cmd, {"line": v.out, "beats": beats}, ~is_quant),
-            (act_writer.cmd, {"line": q.dst, "beats": act_beats}, is_quant),
-        ], start)
-        finished = (issued & a_reader.cmd.ready & b_reader.cmd.ready & bv_reader.cmd.ready &
-                    vec_writer.cmd.ready &
-                    act_writer.cmd.ready)
-
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    word = self.cmd.payload.word
-                    quant = word[:4] == Opcode.QUANT.value
-                    count = Mux(quant, FORMATS[Opcode.QUANT](word).length,
-                                FORMATS[Opcode.VECTOR](word).length)
-                    m.d.sync += [entry.eq(self.cmd.payload), is_quant.eq(quant),
-                                 a_index.eq(0), b_index.eq(0), o_index.eq(0), q_in_index.eq(0),
-                                 slot.eq(0)]
-                    with m.If(count == 0):
-                        m.next = "ANSWER"
-                    with m.Else():
-                        m.next = "START"
+                    m.d.sync += entry.eq(self.cmd.payload)
+                    m.next = "START"
             with m.State("START"):
-                # one cycle for the lengths to settle, then the padding count
-                m.d.comb += start.eq(1)
-                m.d.sync += padding.eq(act_beats * per_act - beats)
-                m.next = "RUN"
+                m.d.comb += [packer.clear.eq(1), lo_packer.clear.eq(1)]
+                m.d.sync += reset_indices() + [
+                    padding.eq(act_beats * per_act - beats),
+                    sending_scale.eq(0), latching.eq(kind == 3)]
+                with m.If(length == 0):
+                    m.next = "ANSWER"
+                with m.Elif(kind == 0):
+                    cmds["sfu"].start(m, op=v.op, length=v.length, valid=valid, frac=v.frac,
+                                      eps=v.eps, position=v.position)
+                    cmds["a"].start(m, line=v.a, beats=beats)
+                    with m.If(reads_b):
+                        cmds["b"].start(m, line=v.b, beats=beats)
+                    with m.If(b_vector):
+                        cmds["bv"].start(m, line=v.b, beats=beats)
+                    cmds["vec"].start(m, line=v.out, beats=beats)
+                    m.next = "RUN"
+                with m.Elif(kind == 1):
+                    cmds["a"].start(m, line=q.src, beats=beats)
+                    cmds["act"].start(m, line=q.dst, beats=act_beats)
+                    m.next = "RUN"
+                with m.Elif(kind == 2):
+                    cmds["token"].start(m, length=t.length, fold=t.fold)
+                    cmds["a"].start(m, line=t.src, beats=beats)
+                    with m.If(fold):
+                        cmds["bv"].start(m, line=t.sc, beats=beats)
+                        cmds["lo"].start(m, line=t.lo, beats=act_beats)
+                    cmds["act"].start(m, line=t.dst, beats=act_beats)
+                    cmds["vec"].start(m, line=t.scale, beats=1)
+                    m.next = "PASS"
+                with m.Else():
+                    cmds["a"].start(m, line=r.a, beats=1)
+                    m.next = "SCALE"
+            with m.State("PASS"):  # TOKEN: the second pass once the first has been read
+                with m.If(~cmds["a"].pending & ~cmds["bv"].pending & readers_idle):
+                    m.d.sync += reset_indices()
+                    cmds["a"].start(m, line=t.src, beats=beats)
+                    with m.If(fold):
+                        cmds["bv"].start(m, line=t.sc, beats=beats)
+                    m.next = "RUN"
+            with m.State("SCALE"):  # RESCALE: the scale word first
+                with m.If(~latching):
+                    m.d.sync += reset_indices()
+                    cmds["rescaler"].start(m, mode=r.output, length=r.length,
+                                           a_mult=a_scale[:16], a_exp=a_scale[16:24],
+                                           c_mult=r.c_mult, c_exp=r.c_exp)
+                    cmds["a"].start(m, line=r.x, beats=beats)
+                    cmds["bv"].start(m, line=r.y, beats=beats)
+                    cmds["vec"].start(m, line=r.out, beats=beats)
+                    m.next = "RUN"
             with m.State("RUN"):
-                with m.If(finished):
+                with m.If(idle & ~sending_scale):
                     m.next = "ANSWER"
             with m.State("ANSWER"):
                 m.d.comb += [self.done.valid.eq(1), self.done.payload.eq(ErrorCode.NONE)]

@@ -32,7 +32,8 @@ from .vector import VectorOp
 __all__ = ["AssemblyError", "assemble", "assemble_line", "disassemble", "disassemble_word"]
 
 _MNEMONICS = {"load": Opcode.LOAD, "store": Opcode.STORE, "matrix": Opcode.MATRIX,
-              "vector": Opcode.VECTOR, "quant": Opcode.QUANT}
+              "vector": Opcode.VECTOR, "quant": Opcode.QUANT, "token": Opcode.TOKEN,
+              "rescale": Opcode.RESCALE}
 _SYS = {"sync": SysOp.SYNC, "halt": SysOp.HALT}
 #: Fields whose text is a name rather than a number: field -> {name: code}.
 _NAMED = {

@@ -31,7 +31,8 @@ from amaranth.lib import data, enum
 
 __all__ = ["WORD_BITS", "WORD_BYTES", "REGISTERS", "Opcode", "Unit", "OPCODE_UNIT", "Buffer",
            "SysOp", "Header", "TransferInstruction", "MatrixInstruction",
-           "VectorInstruction", "QuantInstruction", "SysInstruction", "FORMATS", "ADAPTIVE",
+           "VectorInstruction", "QuantInstruction", "TokenInstruction", "RescaleInstruction",
+           "SysInstruction", "FORMATS", "ADAPTIVE",
            "fields", "encode", "decode_fields"]
 
 #: Bits (and bytes) of one instruction word.
@@ -48,6 +49,8 @@ class Opcode(enum.Enum, shape=4):
     MATRIX = 3
     VECTOR = 4
     QUANT = 5
+    TOKEN = 6
+    RESCALE = 7
     SYS = 15
 
 
@@ -62,7 +65,8 @@ class Unit(enum.Enum, shape=3):
 
 #: The unit that executes each opcode.
 OPCODE_UNIT = {Opcode.LOAD: Unit.LOAD, Opcode.STORE: Unit.STORE, Opcode.MATRIX: Unit.MATRIX,
-               Opcode.VECTOR: Unit.VECTOR, Opcode.QUANT: Unit.VECTOR, Opcode.SYS: Unit.SYS}
+               Opcode.VECTOR: Unit.VECTOR, Opcode.QUANT: Unit.VECTOR, Opcode.TOKEN: Unit.VECTOR,
+               Opcode.RESCALE: Unit.VECTOR, Opcode.SYS: Unit.SYS}
 
 
 class Buffer(enum.Enum, shape=2):
@@ -173,6 +177,57 @@ class QuantInstruction(data.Struct):
     reserved: 176
 
 
+class TokenInstruction(data.Struct):
+    """``TOKEN``: quantize one vector of ``length`` elements of ``VEC`` (from line ``src``)
+    with one scale for the whole vector, for attention.
+
+    * ``fold = 0``: :func:`flightgen.isa.numerics.quantize_per_token` (INT8 codes) of the FX
+      values; the codes go to ``ACT`` from line ``dst`` as activation beats (block scales 0).
+    * ``fold = 1``: the values are probabilities; each is multiplied by the scale word at the
+      same position of the vector at ``sc`` (:func:`flightgen.isa.attention.fold`), quantized
+      to 15-bit codes (:func:`~flightgen.isa.attention.weight_codes`) and split in two INT8
+      halves (:func:`~flightgen.isa.attention.split`): the high halves to ``dst``, the low
+      halves to ``lo``.
+
+    The vector's scale goes to ``VEC`` line ``scale`` as a one-element vector holding a
+    **scale word** (``mult`` in bits 0-15, ``exp`` in bits 16-23, two's complement).
+    Adaptive: ``length``."""
+    header: Header
+    fold: 1
+    length: 16
+    length_mul: 8
+    src: 16
+    sc: 16
+    dst: 16
+    lo: 16
+    scale: 16
+    reserved: 127
+
+
+class RescaleInstruction(data.Struct):
+    """``RESCALE``: attention's integer results to FX, ``length`` elements of ``VEC``.
+
+    * ``output = 0`` (scores): ``flightgen.isa.attention.scores(x, a, y, c)``: raw dot products
+      at ``x``, the per-element key scale words at ``y``, the query scale word at ``a`` (one
+      element), the constant scale ``(c_mult, c_exp)``.
+    * ``output = 1``: ``flightgen.isa.attention.output(combine(x, y), a)``: the dot
+      products of the high and low code halves at ``x`` and ``y``, the weights' scale word at
+      ``a``.
+
+    The result goes to ``out``. Adaptive: ``length``."""
+    header: Header
+    output: 1
+    length: 16
+    length_mul: 8
+    x: 16
+    y: 16
+    a: 16
+    c_mult: 16
+    c_exp: 8
+    out: 16
+    reserved: 119
+
+
 class SysInstruction(data.Struct):
     """``SYS``: executed by the dispatcher, in program order: it waits for its tokens, releases
     its tokens, then ``SYNC`` goes on and ``HALT`` ends the program (the run finishes once every
@@ -185,13 +240,14 @@ class SysInstruction(data.Struct):
 #: Opcode -> format.
 FORMATS = {Opcode.LOAD: TransferInstruction, Opcode.STORE: TransferInstruction,
            Opcode.MATRIX: MatrixInstruction, Opcode.VECTOR: VectorInstruction,
-           Opcode.QUANT: QuantInstruction, Opcode.SYS: SysInstruction}
+           Opcode.QUANT: QuantInstruction, Opcode.TOKEN: TokenInstruction,
+           Opcode.RESCALE: RescaleInstruction, Opcode.SYS: SysInstruction}
 
 #: Opcode -> adaptive fields (each ``f`` has a multiplier ``f_mul``).
 ADAPTIVE = {Opcode.LOAD: ("addr", "length"), Opcode.STORE: ("addr", "length"),
             Opcode.MATRIX: ("blocks", "groups"),
             Opcode.VECTOR: ("length", "valid", "position"), Opcode.QUANT: ("length",),
-            Opcode.SYS: ()}
+            Opcode.TOKEN: ("length",), Opcode.RESCALE: ("length",), Opcode.SYS: ()}
 
 for _format in FORMATS.values():
     assert data.Layout.cast(_format).size == WORD_BITS, _format

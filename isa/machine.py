@@ -54,8 +54,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from amaranth.lib import enum
 
+from . import attention, special
 from . import matrix as matrix_isa
-from . import special
 from .instructions import (
     ADAPTIVE,
     OPCODE_UNIT,
@@ -68,7 +68,7 @@ from .instructions import (
     decode_fields,
 )
 from .matrix import BITS_CODES, Geometry, MatrixStreams
-from .numerics import ACT_GROUP, quantize_per_group
+from .numerics import ACT_GROUP, quantize_per_group, quantize_per_token
 from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
 __all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
@@ -334,6 +334,24 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
                            beats["vector"]),)
             writes = (_span(config, Buffer.ACT, f["dst"],
                             -(-f["length"] // config.geometry.row_codes), beats["act"]),)
+    elif opcode == Opcode.TOKEN:
+        if f["length"] > config.max_blocks * ACT_GROUP:
+            bad(f"length {f['length']} but the engine holds {config.max_blocks * ACT_GROUP}")
+        if f["length"]:
+            count = -(-f["length"] // config.lanes)
+            acts = -(-f["length"] // config.geometry.row_codes)
+            reads = (_span(config, Buffer.VEC, f["src"], count, beats["vector"]),)
+            writes = (_span(config, Buffer.ACT, f["dst"], acts, beats["act"]),
+                      _span(config, Buffer.VEC, f["scale"], 1, beats["vector"]))
+            if f["fold"]:
+                reads += (_span(config, Buffer.VEC, f["sc"], count, beats["vector"]),)
+                writes += (_span(config, Buffer.ACT, f["lo"], acts, beats["act"]),)
+    elif opcode == Opcode.RESCALE:
+        if f["length"]:
+            count = -(-f["length"] // config.lanes)
+            reads = tuple(_span(config, Buffer.VEC, f[key], n, beats["vector"])
+                          for key, n in (("x", count), ("y", count), ("a", 1)))
+            writes = (_span(config, Buffer.VEC, f["out"], count, beats["vector"]),)
     elif f["op"] not in {o.value for o in SysOp}:
         bad(f"unknown operation {f['op']}")
     return Resolved(pc, opcode, unit, f["wait"], f["release"], f, reads, writes)
@@ -439,10 +457,12 @@ class Machine:
             if not f["length"]:
                 return ErrorCode.NONE, crc
             return ErrorCode.NONE, self._vector(f)
-        if op == Opcode.QUANT:
+        if op in (Opcode.QUANT, Opcode.TOKEN, Opcode.RESCALE):
             if not f["length"]:
                 return ErrorCode.NONE, crc
-            return ErrorCode.NONE, self._quant(f)
+            run = {Opcode.QUANT: self._quant, Opcode.TOKEN: self._token,
+                   Opcode.RESCALE: self._rescale}[op]
+            return ErrorCode.NONE, run(f)
         return ErrorCode.NONE, crc
 
     def _addresses(self, f):
@@ -535,15 +555,58 @@ class Machine:
         values = np.zeros(beats * g.row_codes, np.int64)
         values[:n] = self.read_vector(f["src"], n)
         codes, (mult, exp) = quantize_per_group(values)
-        data = bytearray()
+        return self._write_act(f["dst"], codes, mult, exp)
+
+    def _write_act(self, line, codes, mult, exp):
+        """Write codes (a whole number of activation beats) and their block scales to
+        ``ACT`` from ``line``; return the CRC of the bytes."""
+        g = self.config.geometry
+        beats = len(codes) // g.row_codes
         per_beat = g.row_codes // ACT_GROUP
+        data = bytearray()
         for beat in range(beats):
             chunk = codes[beat * g.row_codes:(beat + 1) * g.row_codes].astype(np.uint8).tobytes()
             blocks = slice(beat * per_beat, (beat + 1) * per_beat)
             scales = (mult[blocks] & 0xFFFF) | ((exp[blocks] & 0xFF) << 16)
             data += chunk + _pack(scales, 24)
-        self.write_beats(Buffer.ACT, f["dst"], bytes(data), g.act_bits)
+        self.write_beats(Buffer.ACT, line, bytes(data), g.act_bits)
         return zlib.crc32(bytes(data))
+
+    def _token(self, f):
+        g = self.config.geometry
+        n = f["length"]
+        values = self.read_vector(f["src"], n)
+        if f["fold"]:
+            words = self.read_vector(f["sc"], n)
+            values = attention.fold(values, _scale_word(words))
+            codes, (mult, exp) = attention.weight_codes(values)
+            halves = attention.split(codes)
+        else:
+            codes, (mult, exp) = quantize_per_token(values)
+            halves = (codes,)
+        padded = -(-n // g.row_codes) * g.row_codes
+        zeros = np.zeros(padded // ACT_GROUP, np.int64)
+        crc = 0
+        for line, half in zip((f["dst"], f["lo"])[:len(halves)], halves, strict=True):
+            codes = np.zeros(padded, np.int64)
+            codes[:n] = half
+            crc = zlib.crc32(self._write_act(line, codes, zeros, zeros).to_bytes(4, "little"),
+                             crc)
+        word = (int(mult) & 0xFFFF) | ((int(exp) & 0xFF) << 16)
+        self.write_vector(f["scale"], [word])
+        return zlib.crc32(word.to_bytes(4, "little"), crc)
+
+    def _rescale(self, f):
+        n = f["length"]
+        x, y = self.read_vector(f["x"], n), self.read_vector(f["y"], n)
+        a = _scale_word(self.read_vector(f["a"], 1)[0])
+        if not f["output"]:
+            c = (f["c_mult"], f["c_exp"] - ((f["c_exp"] >> 7) << 8))
+            out = attention.scores(x, a, _scale_word(y), c)
+        else:
+            out = attention.output(attention.combine(x, y), a)
+        self.write_vector(f["out"], out)
+        return zlib.crc32(_pack(np.asarray(out, np.int64), 32))
 
     # -- the dispatcher, queues and tokens ---------------------------------------------------
 
@@ -680,6 +743,12 @@ def _words(program):
         return [int.from_bytes(program[i:i + WORD_BYTES], "little")
                 for i in range(0, len(program), WORD_BYTES)]
     return [int(w) for w in program]
+
+
+def _scale_word(words):
+    """``(mult, exp)`` of scale words: ``mult`` in bits 0-15, ``exp`` (signed) in bits 16-23."""
+    words = np.asarray(words, dtype=np.int64)
+    return words & 0xFFFF, _signed(words >> 16 & 0xFF, 8)
 
 
 def _signed(values, bits):

@@ -15,7 +15,7 @@ import decimal
 
 import numpy as np
 
-from .numerics import div_round, mul_round_shift, reciprocal, rsqrt
+from .numerics import div_round, mul_round_shift, reciprocal, rsqrt, saturate
 
 __all__ = [
     "FX_FRAC", "ONE", "to_fx", "from_fx", "saturate_fx",
@@ -58,8 +58,11 @@ def from_fx(values, frac=FX_FRAC):
 
 
 def saturate_fx(values):
-    """Clip to the int32 range of FX."""
-    return np.clip(np.asarray(values, dtype=np.int64), _FX_MIN, _FX_MAX)
+    """Clip to the int32 range of FX (int64 or Python-integer arrays, of any size)."""
+    values = np.asarray(values)
+    if values.dtype == object:
+        return saturate(values, 32)
+    return np.clip(values.astype(np.int64), _FX_MIN, _FX_MAX)
 
 
 # exp -------------------------------------------------------------------------------------------

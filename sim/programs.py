@@ -37,6 +37,9 @@ class ProgramBuilder:
         self._hbm_next = [0] * config.hbm_ports
         self._lines = {b: 0 for b in Buffer}
         self.text = []
+        #: Lines of ``WGT`` the weight tiles use (from line 0); the rest is free for other
+        #: matrix operands (attention's keys and values).
+        self.tile_lines = config.wgt_lines
         #: Bytes of weights placed in HBM (what a decode step must read).
         self.weight_bytes = 0
         #: Global tile counter for double-buffered weight loads.
@@ -94,12 +97,13 @@ SLOTS = 4
 
 
 def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_release="vector",
-             load_tile=True):
+             load_tile=True, load_wait=None):
     """A decode (MV) linear layer: ``out`` (VEC line) = ``weight`` x the activation tile in
     ``ACT`` at line ``act`` (quantized by a previous QUANT). Weights stream from HBM ``port``
     in tiles of row groups into :data:`SLOTS` slots of ``WGT`` and ``META``: the load of tile
     ``k`` waits for the matrix command of tile ``k - SLOTS`` to free its slot. The first
-    MATRIX waits for ``first_wait``, the last releases to ``last_release``."""
+    MATRIX waits for ``first_wait``, the last releases to ``last_release``; the first load
+    waits for ``load_wait``."""
     c = builder.config
     g = c.geometry
     n, k = weight.shape
@@ -115,7 +119,7 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
     per_group_m = 0
     if weight.mask is not None:
         per_group_m = -(-len(whole.beats["masks"]) // groups) * c.beat_lines(bits["masks"])
-    half_w, half_m = c.wgt_lines // SLOTS, c.meta_lines // SLOTS
+    half_w, half_m = builder.tile_lines // SLOTS, c.meta_lines // SLOTS
     tile_groups = max(1, min(half_w // max(per_group_w, 1), half_m // (per_group_s + per_group_m)))
     keep = whole.keep
     tiles = []
@@ -136,7 +140,9 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
         w_addr, w_lines = builder.put_beats(port, op.beats["weights"], bits["weights"])
         s_addr, s_lines = builder.put_beats(port, op.beats["scales"], bits["scales"])
         builder.weight_bytes += (w_lines + s_lines) * c.line_bytes
-        wait = " wait=matrix" if tile >= SLOTS else ""
+        waits = (["matrix"] if tile >= SLOTS else []) + (
+            [load_wait] if index == 0 and load_wait else [])
+        wait = f" wait={','.join(waits)}" if waits else ""
         builder.emit(f"load buffer=wgt line={wgt} port={port} addr={w_addr:#x} length={w_lines}"
                      f"{wait}")
         mask_line = meta + s_lines
@@ -168,7 +174,7 @@ def _planned(builder):
     return builder.planned_tiles
 
 
-def _count_tiles(config, weight):
+def _count_tiles(config, weight, tile_lines=None):
     g = config.geometry
     k = weight.shape[1]
     op = MatrixOperation(g, MatrixMode.MV, weight, np.zeros((1, k), np.int8),
@@ -180,7 +186,8 @@ def _count_tiles(config, weight):
     per_group_m = 0
     if weight.mask is not None:
         per_group_m = -(-len(op.beats["masks"]) // op.groups) * config.beat_lines(bits["masks"])
-    tile_groups = max(1, min(config.wgt_lines // SLOTS // max(per_group_w, 1),
+    tile_lines = config.wgt_lines if tile_lines is None else tile_lines
+    tile_groups = max(1, min(tile_lines // SLOTS // max(per_group_w, 1),
                              config.meta_lines // SLOTS // (per_group_s + per_group_m)))
     return -(-op.groups // tile_groups)
 
@@ -263,3 +270,280 @@ def ffn_block(config, rng, dim, hidden, *, bits=4, pattern=None, eps=1e-5, hbm_b
     b = ffn_chain(config, rng, dim, hidden, layers=1, bits=bits, pattern=pattern, eps=eps,
                   hbm_bytes=hbm_bytes)
     return b, b.x
+
+
+# -- a decode step of a LLaMA decoder layer ---------------------------------------------------
+
+class KVLayout:
+    """Where a decode step finds its INT8 KV cache in HBM, for one KV head.
+
+    * Keys: the matrix engine's MV weight rows (one row per token, K = the head size padded to
+      32): row group ``g`` (``2 V`` tokens) at ``g * key_group`` bytes.
+    * Values, transposed: one MV weight row per head dimension, K = tokens; row group ``g``
+      (``2 V`` dimensions) at ``g * value_group`` bytes, room for ``capacity`` tokens.
+    * Scale words (one 32-bit word per token) of keys and of values, in vector beats.
+    """
+
+    def __init__(self, config, head_dim, capacity):
+        g = config.geometry
+        if capacity % ACT_GROUP or head_dim % g.lanes or _pad(head_dim) > g.row_codes:
+            raise ValueError(f"capacity must be a multiple of {ACT_GROUP}, the head size a "
+                             f"multiple of {g.lanes} and at most {g.row_codes}")
+        self.config, self.head_dim, self.capacity = config, head_dim, capacity
+        self.beat = config.beat_lines(g.weight_bits) * config.line_bytes  # weight beat stride
+        self.key_steps = _pad(head_dim) // g.chain
+        self.key_group = self.key_steps * self.beat
+        self.value_steps = capacity // g.chain
+        self.value_group = self.value_steps * self.beat
+        self.key_bytes = capacity // g.lanes * self.key_group
+        self.value_bytes = head_dim // g.lanes * self.value_group
+        self.scale_bytes = -(-capacity // config.lanes) * config.line_bytes
+
+    def key_offset(self, token):
+        """Byte of slot 0 of a token's key row (the STORE pattern adds ``2 i``, steps)."""
+        g = self.config.geometry
+        group, within = divmod(token, g.lanes)
+        v, j = divmod(within, 2)
+        return group * self.key_group + 2 * g.chain * v + j
+
+    def value_offset(self, token):
+        g = self.config.geometry
+        step, slot = divmod(token, g.chain)
+        return step * self.beat + 2 * slot
+
+    def scale_offset(self, token):
+        lanes = self.config.lanes
+        return (token // lanes) * self.config.line_bytes + (token % lanes) * 4
+
+    def write_token(self, images, bases, token, k_codes, v_codes, k_word, v_word):
+        """Put one token's codes and scale words where the program's STOREs would."""
+        g = self.config.geometry
+        port = 1
+        key = np.zeros(_pad(self.head_dim), np.int64)
+        key[:len(k_codes)] = k_codes
+        for s in range(self.key_steps):
+            for i in range(g.chain):
+                images[port][bases["k"] + self.key_offset(token) + s * self.beat + 2 * i] = \
+                    key[s * g.chain + i] & 0xFF
+        for d, code in enumerate(v_codes):
+            group, within = divmod(d, g.lanes)
+            v, j = divmod(within, 2)
+            address = (bases["v"] + group * self.value_group + self.value_offset(token)
+                       + 2 * g.chain * v + j)
+            images[port][address] = int(code) & 0xFF
+        for name, word in (("ks", k_word), ("vs", v_word)):
+            address = bases[name] + self.scale_offset(token)
+            images[port][address:address + 4] = np.frombuffer(
+                int(word).to_bytes(4, "little"), np.uint8)
+
+
+def _pad(head_dim):
+    return -(-head_dim // ACT_GROUP) * ACT_GROUP
+
+
+def decode_registers(layout, position):
+    """The length registers ``r1`` .. ``r7`` of a decode step at ``position`` (the cache then
+    holds ``L = position + 1`` tokens), as the host sets them: ``L``, ``ceil(L / 2V)``, the
+    key's byte offset in the key cache, the value's byte offset in the value cache,
+    ``position``, ``ceil(L / 32)``, the scale word's byte offset."""
+    g = layout.config.geometry
+    length = position + 1
+    return (length, -(-length // g.lanes), layout.key_offset(position),
+            layout.value_offset(position), position, -(-length // ACT_GROUP),
+            layout.scale_offset(position))
+
+
+def _word(mult, exp):
+    return (int(mult) & 0xFFFF) | ((int(exp) & 0xFF) << 16)
+
+
+def decoder_layer(config, rng, *, dim=64, heads=4, kv_heads=2, head_dim=16, hidden=128,
+                  capacity=64, position=5, bits=4, theta=10000.0, eps=1e-5,
+                  hbm_bytes=1 << 19):
+    """One decode step of a LLaMA decoder layer with an INT8 KV cache, on one token.
+
+    ``x += o_proj(attention(rope(q), rope(k), v))`` with ``q, k, v`` projections of
+    ``rms_norm(x)``, then the FFN of :func:`ffn_chain`. The token's key and value are
+    quantized per head (``TOKEN``) and stored into the caches (:class:`KVLayout`); each
+    query head then attends over the ``position + 1`` cached tokens: raw scores
+    (``MATRIX``), ``RESCALE``, softmax, the value scales folded into the probabilities as
+    15-bit codes (``TOKEN``), two raw passes for P @ V and ``RESCALE``. The earlier tokens of
+    the cache are random. Returns the :class:`ProgramBuilder` with ``registers`` (the host's
+    length registers) and what a reference needs (``x``, ``weights``, ``norms``,
+    ``frequencies``, ``cache``, ``layout``)."""
+    from ..isa import special
+    from ..isa.numerics import rsqrt
+
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+    c, g = config, config.geometry
+    layout = KVLayout(config, head_dim, capacity)
+    if not 0 <= position < capacity:
+        raise ValueError(f"position must be 0 to {capacity - 1}, not {position}")
+    b = ProgramBuilder(config, hbm_bytes)
+    b.layers, b.parameter_bytes = [], 0
+    group_heads = heads // kv_heads
+    # keys and transposed values get their own region at the top of WGT, so the weights of
+    # the next projections stream in while attention runs
+    key_region = capacity // g.lanes * layout.key_group // c.line_bytes
+    value_region = head_dim // g.lanes * layout.value_group // c.line_bytes
+    b.tile_lines = c.wgt_lines - key_region - value_region
+    if b.tile_lines < c.wgt_lines // 2:
+        raise ValueError(f"a KV cache of {capacity} tokens takes more than half of WGT")
+    shapes = {"attn_q": (heads * head_dim, dim), "attn_k": (kv_heads * head_dim, dim),
+              "attn_v": (kv_heads * head_dim, dim), "attn_output": (dim, heads * head_dim)}
+    weights = {name: random_weight(rng, rows, k, bits) for name, (rows, k) in shapes.items()}
+    ffn = {name: (rows, k) for name, rows, k in (("gate", hidden, dim), ("up", hidden, dim),
+                                                  ("down", dim, hidden))}
+    probe = np.random.default_rng(0)
+    b.planned_tiles = sum(_count_tiles(c, w, b.tile_lines) for w in weights.values()) + sum(
+        _count_tiles(c, random_weight(probe, rows, k, bits), b.tile_lines)
+        for rows, k in ffn.values())
+    vector = c.beat_bits["vector"]
+    operand = c.beat_bits["operand"]
+
+    # HBM: the cache on port 1 (random earlier tokens), everything else on port 0
+    bases = []
+    for _ in range(kv_heads):
+        base = {}
+        for name, size in (("k", layout.key_bytes), ("v", layout.value_bytes),
+                           ("ks", layout.scale_bytes), ("vs", layout.scale_bytes)):
+            base[name] = b.put(1, bytes(size))
+        bases.append(base)
+    cache = {"k": rng.integers(-127, 128, (kv_heads, capacity, head_dim)),
+             "v": rng.integers(-127, 128, (kv_heads, capacity, head_dim)),
+             "k_scale": (rng.integers(1 << 15, 1 << 16, (kv_heads, capacity)),
+                         rng.integers(-30, -20, (kv_heads, capacity))),
+             "v_scale": (rng.integers(1 << 15, 1 << 16, (kv_heads, capacity)),
+                         rng.integers(-12, -6, (kv_heads, capacity)))}
+    for kv in range(kv_heads):
+        for token in range(position):
+            k_word = _word(cache["k_scale"][0][kv, token], cache["k_scale"][1][kv, token])
+            v_word = _word(cache["v_scale"][0][kv, token], cache["v_scale"][1][kv, token])
+            layout.write_token(b.hbm, bases[kv], token, cache["k"][kv, token],
+                               cache["v"][kv, token], k_word, v_word)
+
+    x = rng.integers(-(3 << 16), 3 << 16, dim)
+    norm = rng.uniform(0.5, 1.5, dim)
+    frequencies = special.rope_frequencies(head_dim, theta)
+    attn_mult, attn_exp = (int(v[0]) for v in rsqrt(np.array([head_dim])))
+    x_addr, x_lines = b.put_beats(0, _vector_beats(c, x), vector)
+    w_int, frac = norm_weight(norm)
+    nw_addr, nw_lines = b.put_beats(0, _vector_beats(c, np.asarray(w_int) << 32, 48), operand)
+    fr_addr, fr_lines = b.put_beats(0, _vector_beats(c, np.repeat(frequencies, 2), 48), operand)
+    b.parameter_bytes += (nw_lines + fr_lines) * c.line_bytes
+    b.input_bytes = b.output_bytes = x_lines * c.line_bytes
+    hd_lines = b.vector_lines(head_dim)
+    X, NW, FR = (b.alloc(Buffer.VEC, n) for n in (x_lines, nw_lines, fr_lines))
+    H = b.alloc(Buffer.VEC, x_lines)
+    Q = b.alloc(Buffer.VEC, heads * hd_lines)
+    K = b.alloc(Buffer.VEC, kv_heads * hd_lines)
+    V = b.alloc(Buffer.VEC, kv_heads * hd_lines)
+    OUT = b.alloc(Buffer.VEC, heads * hd_lines)
+    cap_lines = b.vector_lines(capacity)
+    ACC, KS, S, P, VS = (b.alloc(Buffer.VEC, cap_lines) for _ in range(5))
+    OH, OL = b.alloc(Buffer.VEC, hd_lines), b.alloc(Buffer.VEC, hd_lines)
+    QS, WS, KSW, VSW = (b.alloc(Buffer.VEC, 1) for _ in range(4))
+    act_beat = c.beat_lines(g.act_bits)
+    A = b.alloc(Buffer.ACT, -(-max(dim, heads * head_dim) // g.row_codes) * act_beat)
+    AQ = b.alloc(Buffer.ACT, act_beat)
+    AH = b.alloc(Buffer.ACT, -(-capacity // g.row_codes) * act_beat)
+    AL = b.alloc(Buffer.ACT, -(-capacity // g.row_codes) * act_beat)
+    KW = 0  # keys or transposed values in WGT (every matrix tile is done by then)
+
+    b.emit(f"load buffer=vec line={X} port=0 addr={x_addr:#x} length={x_lines}")
+    b.emit(f"load buffer=vec line={FR} port=0 addr={fr_addr:#x} length={fr_lines}")
+    b.emit(f"load buffer=vec line={NW} port=0 addr={nw_addr:#x} length={nw_lines} "
+           f"release=vector")
+    b.emit(f"vector op=rmsnorm length={dim} frac={frac & 0xFF} eps={eps_fixed(eps)} a={X} "
+           f"b={NW} out={H} wait=load")
+    b.emit(f"quant length={dim} src={H} dst={A} release=matrix")
+    mv_layer(b, weights["attn_q"], A, Q, first_wait="vector", last_release=None)
+    mv_layer(b, weights["attn_k"], A, K, first_wait=None, last_release=None, load_tile=False)
+    mv_layer(b, weights["attn_v"], A, V, first_wait=None, last_release="vector",
+             load_tile=False)
+    # the output projection, scheduled now so that its first tiles' loads go ahead of
+    # attention (the load unit fetches them while attention runs) and its matrix commands
+    # after it
+    D = b.alloc(Buffer.VEC, x_lines)
+    mark = len(b.text)
+    mv_layer(b, weights["attn_output"], A, D, first_wait="vector", last_release="vector")
+    projection, b.text = b.text[mark:], b.text[:mark]
+    early, late, tiles_seen = [], [], 0
+    for line in projection:
+        if line.startswith("matrix"):
+            tiles_seen += 1
+        (early if line.startswith("load") and tiles_seen < SLOTS else late).append(line)
+    # RoPE on every query and key head
+    for index, line in enumerate([Q + h * hd_lines for h in range(heads)] +
+                                 [K + kv * hd_lines for kv in range(kv_heads)]):
+        b.emit(f"vector op=rope length={head_dim} position=r5 a={line} b={FR} out={line}"
+               + (" wait=matrix" if index == 0 else ""))
+    # the token's key and value, quantized per head, into the cache
+    g_v = head_dim // g.lanes
+    for kv in range(kv_heads):
+        base = bases[kv]
+        b.emit(f"token length={head_dim} src={K + kv * hd_lines} dst={AQ} scale={KSW} "
+               + ("wait=store " if kv else "") + "release=store")
+        b.emit(f"store buffer=act line={AQ} port=1 addr={base['k']:#x}+r3 length=1 "
+               f"count2={g.chain} stride2=2 count3={layout.key_steps} stride3={layout.beat} "
+               f"wait=vector")
+        b.emit(f"store buffer=vec line={KSW} port=1 addr={base['ks']:#x}+r7 length=4 "
+               f"release=vector")
+        b.emit(f"token length={head_dim} src={V + kv * hd_lines} dst={AQ} scale={VSW} "
+               f"wait=store release=store")
+        b.emit(f"store buffer=act line={AQ} port=1 addr={base['v']:#x}+r4 length=2 "
+               f"count2={g.vpus} stride2={2 * g.chain} count3={g_v} "
+               f"stride3={layout.value_group} wait=vector")
+        b.emit(f"store buffer=vec line={VSW} port=1 addr={base['vs']:#x}+r7 length=4 "
+               f"release={'vector,load' if kv == kv_heads - 1 else 'vector'}")
+    b.text += early
+    # attention, one query head at a time; keys in WGT from KW, values from VW
+    KW, VW = b.tile_lines, b.tile_lines + key_region
+    blocks_k = _pad(head_dim) // ACT_GROUP
+    key_lines = layout.key_group // c.line_bytes
+    value_lines = (ACT_GROUP // g.chain) * layout.beat // c.line_bytes  # per 32 tokens
+    for h in range(heads):
+        base = bases[h // group_heads]
+        b.emit(f"token length={head_dim} src={Q + h * hd_lines} dst={AQ} scale={QS} "
+               + ("wait=store " if h == 0 else "") + "release=matrix")
+        b.emit(f"load buffer=wgt line={KW} port=1 addr={base['k']:#x} length=r2*{key_lines} "
+               f"wait={'store' if h == 0 else 'vector'} release=matrix")
+        b.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={blocks_k} groups=r2 "
+               f"act={AQ} wgt={KW} out={ACC} wait=load,vector release=vector")
+        b.emit(f"load buffer=vec line={KS} port=1 addr={base['ks']:#x} length=r2 "
+               f"release=vector")
+        b.emit(f"rescale length=r1 x={ACC} y={KS} a={QS} c_mult={attn_mult} "
+               f"c_exp={attn_exp & 0xFF} out={S} wait=matrix,load")
+        b.emit(f"vector op=softmax length=r1 valid=r1 a={S} out={P}")
+        b.emit(f"load buffer=vec line={VS} port=1 addr={base['vs']:#x} length=r2 "
+               f"release=vector")
+        b.emit(f"token fold=1 length=r1 src={P} sc={VS} dst={AH} lo={AL} scale={WS} "
+               f"wait=load release=matrix")
+        b.emit(f"load buffer=wgt line={VW} port=1 addr={base['v']:#x} "
+               f"length=r6*{value_lines} count2={g_v} stride2={layout.value_group} "
+               f"release=matrix")
+        b.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks=r6 groups={g_v} "
+               f"act={AH} wgt={VW} out={OH} wait=vector,load")
+        b.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks=r6 groups={g_v} "
+               f"act={AL} wgt={VW} out={OL} release=vector")
+        b.emit(f"rescale output=1 length={head_dim} x={OH} y={OL} a={WS} "
+               f"out={OUT + h * hd_lines} wait=matrix"
+               + (" release=load" if h < heads - 1 else ""))
+    # output projection and residual
+    b.emit(f"quant length={heads * head_dim} src={OUT} dst={A} release=matrix")
+    b.text += late
+    b.emit(f"vector op=add length={dim} a={D} b={X} out={X} wait=matrix")
+    # the FFN, on the same token
+    _ffn_layer(b, rng, X, dim, hidden, bits, None, eps)
+    b.text[-1] += " release=store"
+    b.output = b.put(0, bytes(b.output_bytes))
+    b.emit(f"store buffer=vec line={X} port=0 addr={b.output:#x} length={b.output_bytes} "
+           f"wait=vector")
+    b.emit("halt")
+    b.registers = decode_registers(layout, position)
+    b.x, b.weights, b.norm, b.frequencies = x, weights, norm, frequencies
+    b.cache, b.layout, b.position = cache, layout, position
+    b.attn_scale = (attn_mult, attn_exp)
+    b.group_heads, b.head_dim = group_heads, head_dim
+    return b

@@ -15,8 +15,8 @@ Dataflow of one decoder layer, per token:
    ``v`` codes and scales go to the **INT8 KV cache**.
 4. Scores: INT8 dot products, rescaled to FX by ``s_q * s_k / sqrt(head_dim)``; causal mask;
    softmax in Q0.16.
-5. ``w = p * s_v`` (each cached token's value scale folded into its probability), 16-bit codes
-   per query and head; ``o = w @ v`` exactly, rescaled to FX.
+5. ``w = p * s_v`` (each cached token's value scale folded into its probability), 15-bit codes
+   per query and head; ``o = w @ v`` exactly, rescaled to FX (:mod:`flightgen.isa.attention`).
 6. Output projection ``linear(o)``, residual add (saturating FX).
 7. FFN: ``rms_norm`` -> gate, up = ``linear`` (FX) -> ``linear(silu(gate) * up)`` -> residual
    add.
@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..isa import attention as A
 from ..isa import special as S
 from ..isa.numerics import (
     ACT_GROUP,
@@ -36,7 +37,6 @@ from ..isa.numerics import (
     quantize_per_group,
     quantize_per_token,
     rsqrt,
-    scale_mul,
 )
 from ..isa.weights import GroupQuantized, linear
 from .generate import step_positions
@@ -44,8 +44,6 @@ from .generate import step_positions
 __all__ = ["QuantConfig", "QuantLlama", "QuantCache"]
 
 _FX = S.FX_FRAC
-#: Code width of the attention weights (probability times the cached value scale) in P @ V.
-ATTN_WEIGHT_BITS = 16
 
 
 @dataclass(frozen=True)
@@ -202,20 +200,16 @@ class QuantLlama:
                    q_exp.reshape(count, kv_heads, group).transpose(1, 2, 0)[..., None])
         k_scale = (cache.k_mult[index, :seen].T[:, None, None, :],
                    cache.k_exp[index, :seen].T[:, None, None, :])
-        mult, exp = scale_mul(scale_mul(q_scale, k_scale), self._attn_scale)
-        # q and k scales are in FX units: score = acc * mult * 2**exp * 2**-32, FX * 2**16
-        scores = S.saturate_fx(mul_round_shift(acc, mult, _FX - exp))
+        scores = A.scores(acc, q_scale, k_scale, self._attn_scale)
         visible = np.arange(seen)[None, :] <= positions[:, None]
         probs = S.softmax(scores, visible)  # Q0.16, (kv, group, count, seen)
-        # fold each cached token's value scale into its probability, in units of 2**-32:
-        # (P * 2**-16) * (mult * 2**exp * 2**-16) * 2**32 = P * mult * 2**exp
-        weights = mul_round_shift(probs, cache.v_mult[index, :seen].T[:, None, None, :],
-                                  -cache.v_exp[index, :seen].T[:, None, None, :])
-        w_codes, (w_mult, w_exp) = quantize_per_token(weights, bits=ATTN_WEIGHT_BITS)
-        # exact: |acc| < 2**22 * seen, far below 2**53
+        weights = A.fold(probs, (cache.v_mult[index, :seen].T[:, None, None, :],
+                                 cache.v_exp[index, :seen].T[:, None, None, :]))
+        w_codes, (w_mult, w_exp) = A.weight_codes(weights)
+        # exact: |acc| < 2**21 * seen, far below 2**53 (the hardware splits the codes in two
+        # INT8 halves: A.split, A.combine give the same sums)
         acc = np.matmul(w_codes.astype(np.float64), values.astype(np.float64)).astype(np.int64)
-        # value = acc * w_mult * 2**w_exp * 2**-32; FX multiplies by 2**16
-        out = S.saturate_fx(mul_round_shift(acc, w_mult[..., None], _FX - w_exp[..., None]))
+        out = A.output(acc, (w_mult[..., None], w_exp[..., None]))
         out = out.transpose(2, 0, 1, 3).reshape(count, heads, hd)
         return layer["attn_output"](out.reshape(count, heads * hd))
 

@@ -196,17 +196,19 @@ def quantizer_groups(rng, group, count):
     return np.concatenate([np.array(directed), noise]).astype(np.int64).ravel()
 
 
-def random_instruction(rng, limit, tokens=0.3):
+def random_instruction(rng, limit, tokens=0.3, opcode=None):
     """A random instruction word with a legal opcode and its reserved bits clear.
 
     Each field ``name`` (header fields without their prefix) is uniform in
     ``[0, 2**min(width, limit(name, width)))``; ``wait`` and ``release`` are random with
-    probability ``tokens``, else 0. Returns ``(opcode, values)``; encode with
+    probability ``tokens``, else 0. ``opcode`` is random unless given. Returns
+    ``(opcode, values)``; encode with
     :func:`flightgen.isa.instructions.encode` after any adjustment.
     """
     from ..isa.instructions import Opcode, fields
 
-    opcode = Opcode(int(rng.choice([o.value for o in Opcode])))
+    if opcode is None:
+        opcode = Opcode(int(rng.choice([o.value for o in Opcode])))
     values = {}
     for name, _, width in fields(opcode):
         name = name.removeprefix("header.")

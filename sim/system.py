@@ -48,6 +48,8 @@ class CoreRun:
     trace: np.ndarray
     #: Per port: R beats, first read-address cycle and last R cycle.
     reads: list = field(default_factory=list)
+    #: Per port: bytes written (enabled by the write strobes).
+    written: list = field(default_factory=list)
 
     def unit_trace(self, unit):
         return [int(pc) for u, pc, _ in self.trace if u == Unit(unit).value]
@@ -85,7 +87,8 @@ def run_core(model, config, programs, hbm, registers=None, *, stall=0.0, latency
     runs = [CoreRun(ErrorCode(int(data[f"error{i}"])), int(data[f"error_pc{i}"]),
                     int(data[f"cycles{i}"]), int(data[f"retired{i}"]), data[f"trace{i}"],
                     [(int(data[f"r_beats{i}_{p}"]), int(data[f"r_first{i}_{p}"]),
-                      int(data[f"r_last{i}_{p}"])) for p in range(ports)])
+                      int(data[f"r_last{i}_{p}"])) for p in range(ports)],
+                    [int(data[f"w_bytes{i}_{p}"]) for p in range(ports)])
             for i in range(len(programs))]
     return runs, [data[f"hbm{p}"] for p in range(ports)]
 

@@ -152,7 +152,7 @@ def test_load_store_with_tokens(line_bits):
 
 
 @pytest.mark.parametrize("program, code", [
-    ("load buffer=vec length=1\n.word 0x6\nhalt", ErrorCode.ILLEGAL_OPCODE),
+    ("load buffer=vec length=1\n.word 0x9\nhalt", ErrorCode.ILLEGAL_OPCODE),
     ("load buffer=vec addr=0x10 length=1\nhalt", ErrorCode.MISALIGNED),
     ("load buffer=vec length=1 wait=store\nhalt", ErrorCode.DEADLOCK),
     ("sync\nsync", ErrorCode.PROGRAM_END),

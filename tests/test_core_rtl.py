@@ -13,7 +13,7 @@ import pytest
 from flightgen.isa.assembly import assemble
 from flightgen.isa.instructions import Opcode, encode
 from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode
-from flightgen.sim.programs import ffn_block, ffn_chain
+from flightgen.sim.programs import decoder_layer, ffn_block, ffn_chain
 from flightgen.sim.stimulus import random_instruction
 from flightgen.sim.system import compare, core_model, run_core, simulate
 
@@ -70,6 +70,23 @@ def test_ffn_block(model, bits, pattern):
     assert run.error == ErrorCode.NONE
 
 
+@pytest.mark.parametrize("position", [0, 21])
+def test_decoder_layer(model, position):
+    """A full LLaMA-style decoder layer, one decode step: RMSNorm, q/k/v projections, RoPE,
+    the token's key and value quantized into the INT8 KV cache, grouped-query attention over
+    the cache (raw scores, rescale, softmax, folded value scales, two-pass P @ V), output
+    projection, residual, and the FFN; under random AXI latency and backpressure, equal to
+    the ISA simulator in every HBM byte (the cache included) and every retired instruction.
+    (tests/test_programs.py checks the ISA simulator's layer against numpy.)"""
+    rng = np.random.default_rng(SEED + position)
+    builder = decoder_layer(SIM_CORE, rng, dim=64, heads=4, kv_heads=2, head_dim=16,
+                            hidden=128, capacity=64, position=position, hbm_bytes=1 << 18)
+    run = _check(model, builder.words(), builder.hbm, builder.registers, name="layer")
+    assert run.error == ErrorCode.NONE
+    print(f"decoder layer at position {position}: {len(builder.text)} instructions, "
+          f"{run.cycles} cycles")
+
+
 def test_decode_read_bandwidth(model):
     """An MV-dominated decode FFN (INT8 weights, so the matrix engine takes one line per
     cycle, as fast as the port delivers): the weight port's R channel is busy >= 90% of the
@@ -107,6 +124,36 @@ def test_activations_stay_on_chip(model):
     assert read == expected_read
     written = int(np.count_nonzero(images[1] != builder.hbm[1]))
     assert written <= builder.output_bytes
+
+
+def test_decode_layer_traffic_is_weights_and_kv_cache(model):
+    """A decoder layer's AXI traffic, counted on the RTL: port 0 reads exactly the weights,
+    the norm weights and RoPE phases and the input, and writes only the output; port 1 (the KV
+    cache) reads exactly the cache of the L visible tokens (keys, transposed values and their
+    scale words, once per query head) and writes exactly the new token's key and value codes
+    and scale words. No activation crosses AXI."""
+    position = 40
+    rng = np.random.default_rng(SEED)
+    b = decoder_layer(SIM_CORE, rng, dim=64, heads=4, kv_heads=2, head_dim=16, hidden=128,
+                      capacity=64, position=position, hbm_bytes=1 << 18)
+    words = b.words()
+    runs, images = run_core(model, SIM_CORE, [words], b.hbm, [b.registers], stall=0.2,
+                            latency=(1, 20), name="traffic")
+    machine, expected = simulate(SIM_CORE, words, b.hbm, b.registers)
+    compare(runs[0], expected, images, machine)
+    run, line, layout, g = runs[0], SIM_CORE.line_bytes, b.layout, SIM_CORE.geometry
+    seen = position + 1
+    groups = -(-seen // g.lanes)  # key row groups, and lines of scale words
+    per_head = (groups * layout.key_group + 2 * groups * line
+                + b.head_dim // g.lanes * -(-seen // 32) * 32 // g.chain * layout.beat)
+    read = [beats * line for beats, _, _ in run.reads]
+    print(f"port 0 read {read[0]} bytes, port 1 (KV) read {read[1]}, written "
+          f"{run.written}")
+    assert read[0] == b.weight_bytes + b.parameter_bytes + b.input_bytes
+    assert read[1] == 4 * per_head
+    assert run.written[0] == b.output_bytes
+    padded = -(-b.head_dim // 32) * 32
+    assert run.written[1] == 2 * (padded + b.head_dim + 2 * 4)
 
 
 def _fuzz_words(rng, count):

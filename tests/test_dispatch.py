@@ -85,19 +85,8 @@ def _words(rng, count):
     return words
 
 
-def test_decoder_matches_the_isa_on_random_words():
-    rng = np.random.default_rng(SEED)
-    print(f"seed {SEED}")
-    config = SIM_CORE
-    words = _words(rng, 900) + assemble("""
-        load buffer=wgt line=4 port=1 addr=0x4000 length=16 count2=2 stride2=0x1000
-        matrix mode=mm keep=8 bits=4 blocks=18 groups=2+r1*3 act=1 wgt=4 mask=5 scale=6
-        vector op=rope length=r1*2 a=8 b=16 out=24
-        quant length=r3*32 src=0 dst=2
-        store buffer=vec line=24 port=0 addr=0x1003+r2*64 length=64
-        halt""") + assemble(BOUNDARIES)
-    registers = [tuple(int(v) for v in rng.integers(0, 40, 6)) + (1 << 31,)
-                 for _ in words]
+def _decode(config, words, registers):
+    """Run ``words`` through the Decoder; return (error, resolved word, beats, pc) each."""
     dut = Decoder(config)
     got = []
 
@@ -111,15 +100,30 @@ def test_decoder_matches_the_isa_on_random_words():
             ctx.set(dut.o.ready, 1)
             payload, = await ctx.tick().sample(dut.o.payload).until(dut.o.valid)
             ctx.set(dut.o.ready, 0)
-            got.append((ErrorCode(payload.error), int(payload.word.as_value().value
-                                                      if hasattr(payload.word, "as_value")
-                                                      else payload.word),
-                        payload.matrix, int(payload.pc)))
+            got.append((ErrorCode(payload.error), int(payload.word), payload.matrix,
+                        int(payload.pc)))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+    return got
+
+
+def test_decoder_matches_the_isa_on_random_words():
+    rng = np.random.default_rng(SEED)
+    print(f"seed {SEED}")
+    config = SIM_CORE
+    words = _words(rng, 900) + assemble("""
+        load buffer=wgt line=4 port=1 addr=0x4000 length=16 count2=2 stride2=0x1000
+        matrix mode=mm keep=8 bits=4 blocks=18 groups=2+r1*3 act=1 wgt=4 mask=5 scale=6
+        vector op=rope length=r1*2 a=8 b=16 out=24
+        quant length=r3*32 src=0 dst=2
+        store buffer=vec line=24 port=0 addr=0x1003+r2*64 length=64
+        halt""") + assemble(BOUNDARIES)
+    registers = [tuple(int(v) for v in rng.integers(0, 40, 6)) + (1 << 31,)
+                 for _ in words]
+    got = _decode(config, words, registers)
     seen = {code: 0 for code in ErrorCode}
     for index, (word, regs) in enumerate(zip(words, registers, strict=True)):
         error, resolved, beats = _expected(word, regs, config)
@@ -172,3 +176,39 @@ def test_adaptive_fields_listed_exist():
         for name in names:
             assert name in known and f"{name}_mul" in known
     assert decode_fields(0) == (None, {})
+
+
+ATTENTION_BOUNDARIES = """
+    token length=64 src=1008 dst=253 scale=1023
+    token length=64 src=1009
+    token length=64 dst=254
+    token length=64 scale=1024
+    token fold=1 length=64 sc=1008 lo=253
+    token fold=1 length=64 sc=1009
+    token fold=1 length=64 lo=254
+    token fold=0 length=64 sc=1009 lo=254
+    token length=2049
+    rescale length=8 x=1022 y=1022 a=1023 out=1022
+    rescale length=8 x=1023
+    rescale length=8 y=1023
+    rescale length=8 out=1023
+    rescale length=0 out=1023
+"""
+
+
+def test_decoder_matches_the_isa_on_attention_instructions():
+    """TOKEN and RESCALE at the buffers' ends and past them, and random ones."""
+    rng = np.random.default_rng(SEED)
+    config = SIM_CORE
+    words = assemble(ATTENTION_BOUNDARIES)
+    for _ in range(200):
+        opcode = (Opcode.TOKEN, Opcode.RESCALE)[int(rng.integers(2))]
+        _, values = random_instruction(rng, lambda name, width: 11, tokens=0.1, opcode=opcode)
+        words.append(encode(opcode, values))
+    registers = [(0,) * 6 + (1 << 31,)] * len(words)
+    got = _decode(config, words, registers)
+    for index, word in enumerate(words):
+        error, resolved, _ = _expected(word, registers[index], config)
+        assert got[index][0] == error, (index, hex(word), error, got[index][0])
+        if error == ErrorCode.NONE:
+            assert got[index][1] == resolved

@@ -139,7 +139,7 @@ def _check(line, registers=(0,) * 7, config=SIM_CORE):
 
 @pytest.mark.parametrize("line, code, message", [
     (".word 0", ErrorCode.ILLEGAL_OPCODE, "illegal opcode 0"),
-    (".word 0x7", ErrorCode.ILLEGAL_OPCODE, "illegal opcode 7"),
+    (".word 0x8", ErrorCode.ILLEGAL_OPCODE, "illegal opcode 8"),
     ("halt reserved=1", ErrorCode.BAD_FIELD, "sys: reserved bits are set"),
     ("load spare=1", ErrorCode.BAD_FIELD, "load: reserved bits are set"),
     ("load wait=load", ErrorCode.BAD_FIELD, "cannot wait for or release to its own unit"),
@@ -347,7 +347,7 @@ def test_axi_error_past_the_memory():
 def test_illegal_instruction_after_queued_work_still_runs_the_work():
     m = Machine(SIM_CORE, hbm_bytes=1 << 12)
     m.hbm[0][:32] = 7
-    result = m.run(assemble("load buffer=vec line=5 length=1\n.word 0x6\nhalt"))
+    result = m.run(assemble("load buffer=vec line=5 length=1\n.word 0x9\nhalt"))
     assert (result.error, result.error_pc) == (ErrorCode.ILLEGAL_OPCODE, 1)
     np.testing.assert_array_equal(m.buffers[Buffer.VEC][5], np.full(32, 7))
 

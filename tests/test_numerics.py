@@ -129,3 +129,22 @@ def test_params_and_requantize_agree_with_float_scaling():
         got = requantize(acc, mult, shift).astype(np.int64)
         ideal = np.clip(np.rint(acc * scale), ACT_MIN, ACT_MAX)
         assert np.abs(got - ideal).max() <= 1
+
+
+def test_attention_weight_codes_split_into_two_int8_halves():
+    """Every 15-bit code is 256 hi + lo with both halves INT8, and the two exact dot products
+    combine to the whole one."""
+    from flightgen.isa import attention as A
+
+    codes = np.arange(-(2**14 - 1), 2**14)
+    hi, lo = A.split(codes)
+    np.testing.assert_array_equal(hi * 256 + lo, codes)
+    assert hi.min() >= -128 and hi.max() <= 127 and lo.min() >= -128 and lo.max() <= 127
+    rng = np.random.default_rng(5)
+    w = rng.integers(-(2**14 - 1), 2**14, (3, 40))
+    v = rng.integers(-127, 128, (40, 16))
+    hi, lo = A.split(w)
+    np.testing.assert_array_equal(A.combine(hi @ v, lo @ v), w @ v)
+    weights = rng.integers(0, 2**40, (3, 40))
+    codes, _ = A.weight_codes(weights)
+    assert np.abs(codes).max() == 2**14 - 1

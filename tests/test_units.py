@@ -27,7 +27,7 @@ MATRIX_PORTS = {"act": Buffer.ACT, "wgt": Buffer.WGT, "mask": Buffer.META,
                 "scale": Buffer.META}
 MATRIX_WRITES = {"w": Buffer.VEC}
 VECTOR_PORTS = {"a": Buffer.VEC, "b": Buffer.VEC}
-VECTOR_WRITES = {"w_vec": Buffer.VEC, "w_act": Buffer.ACT}
+VECTOR_WRITES = {"w_vec": Buffer.VEC, "w_act": Buffer.ACT, "w_lo": Buffer.ACT}
 
 
 class _Bench(wiring.Component):
@@ -207,4 +207,45 @@ def test_quant_unit(length):
     machine.buffers[Buffer.ACT][:] = rng.integers(0, 256, machine.buffers[Buffer.ACT].shape)
     words = [assemble_line(f"quant length={length} src=20 dst=9"),
              assemble_line("quant length=0 src=20 dst=0")]
+    _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, words)
+
+
+@pytest.mark.parametrize("fold, length", [(0, 16), (0, 5), (1, 6), (1, 37), (1, 70)])
+def test_token_unit(fold, length):
+    """TOKEN: one scale for the vector; codes (or the 15-bit codes' halves) as activation
+    beats, the scale word to VEC."""
+    rng = np.random.default_rng(SEED + length)
+    c = SIM_CORE
+    machine = Machine(c)
+    machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
+    machine.buffers[Buffer.ACT][:] = rng.integers(0, 256, machine.buffers[Buffer.ACT].shape)
+    if fold:
+        probs = rng.integers(0, 1 << 16, length)
+        machine.write_vector(20, probs)
+        words = (rng.integers(1 << 15, 1 << 16, length)
+                 | ((rng.integers(-12, -4, length) & 0xFF) << 16))
+        machine.write_vector(60, words)
+    else:
+        machine.write_vector(20, rng.integers(-(1 << 24), 1 << 24, length))
+    words = [assemble_line(f"token fold={fold} length={length} src=20 sc=60 dst=9 lo=30 "
+                           f"scale=100"),
+             assemble_line("token length=0 src=20 dst=0 scale=0")]
+    _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, words)
+
+
+@pytest.mark.parametrize("output, length", [(0, 7), (0, 40), (1, 16), (1, 3)])
+def test_rescale_unit(output, length):
+    rng = np.random.default_rng(SEED + 7 * length + output)
+    c = SIM_CORE
+    machine = Machine(c)
+    machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
+    machine.write_vector(20, rng.integers(-(1 << 20), 1 << 20, length))
+    if output:
+        machine.write_vector(60, rng.integers(-(1 << 20), 1 << 20, length))
+    else:
+        machine.write_vector(60, rng.integers(1 << 15, 1 << 16, length)
+                             | ((rng.integers(-30, -20, length) & 0xFF) << 16))
+    machine.write_vector(100, [int(rng.integers(1 << 15, 1 << 16)) | ((-20 & 0xFF) << 16)])
+    words = [assemble_line(f"rescale output={output} length={length} x=20 y=60 a=100 "
+                           f"c_mult=32768 c_exp={-17 & 0xFF} out=140")]
     _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, words)

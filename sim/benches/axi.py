@@ -6,9 +6,9 @@ AXI4-Lite.
 ``ready`` stalls on AR, AW and W, random gaps in R and a random write-response latency,
 honouring ``wstrb``, answering DECERR (reads return zeros, writes are dropped) for a burst that
 reaches past the memory. It checks the rules a master must keep (full-width beats, INCR, no
-4 KiB crossing, ``wlast`` on the last beat) and counts beats and busy cycles for bandwidth
-figures. Like :class:`~flightgen.sim.benches.streams.StreamSource`, it decides every handshake
-from the values settled in the ReadOnly phase.
+4 KiB crossing, ``wlast`` on the last beat) and counts beats, written bytes and busy cycles
+for bandwidth and traffic figures. Like :class:`~flightgen.sim.benches.streams.StreamSource`,
+it decides every handshake from the values settled in the ReadOnly phase.
 
 :class:`AxiLiteHost` drives the control slave as a host does (one access at a time).
 """
@@ -58,7 +58,7 @@ class AxiMemory:
         self.writes = collections.deque()  # [addr, beats left, resp]
         self.responses = collections.deque()  # [ready cycle, resp]
         self.cycle = 0
-        self.r_beats = self.w_beats = 0
+        self.r_beats = self.w_beats = self.bytes_written = 0
         self.first_ar = self.last_r = None
         for name in ("arready", "rvalid", "awready", "wready", "bvalid"):
             s[name].value = 0
@@ -124,6 +124,7 @@ class AxiMemory:
                                                        np.uint8), bitorder="little").astype(bool)
                     window = self.memory[head[0]:head[0] + lb]
                     window[mask] = raw[mask]
+                    self.bytes_written += int(mask.sum())
                 head[0] += lb
                 head[1] -= 1
                 self.w_beats += 1

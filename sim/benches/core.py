@@ -11,8 +11,8 @@ AXI4-Lite exactly as the host runner does, then reads the status registers. HBM 
 run to run. It saves, per run ``i``: ``error{i}``, ``error_pc{i}``, ``cycles{i}``,
 ``retired{i}``, ``trace{i}`` (``(unit, pc, cycle)`` per retired instruction, in retire
 order) and
-per-port read statistics (``r_beats{i}_{p}``, ``r_first{i}_{p}``, ``r_last{i}_{p}``); and the
-final ``hbm{p}``.
+per-port statistics (``r_beats{i}_{p}``, ``r_first{i}_{p}``, ``r_last{i}_{p}``,
+``w_bytes{i}_{p}``: bytes written); and the final ``hbm{p}``.
 """
 
 import json
@@ -88,6 +88,7 @@ async def run_job(dut):
             await host.write(regs.offset(f"r{index}"), int(value))
         for _, model in ports:
             model.r_beats, model.first_ar, model.last_r = 0, None, None
+            model.bytes_written = 0
         trace.clear()
         await host.write(CONTROL, AP_START)
         waited = 0
@@ -106,6 +107,7 @@ async def run_job(dut):
             result[f"r_beats{run}_{p}"] = model.r_beats
             result[f"r_first{run}_{p}"] = model.first_ar or 0
             result[f"r_last{run}_{p}"] = model.last_r or 0
+            result[f"w_bytes{run}_{p}"] = model.bytes_written
     for p, (memory, _) in enumerate(ports):
         result[f"hbm{p}"] = memory
     np.savez(os.environ["FLIGHTGEN_RESULT"], **result)
