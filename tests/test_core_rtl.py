@@ -223,3 +223,13 @@ def test_512_bit_lines():
                              latency=(1, 40), name="core-512")
         machine, expected = simulate(WIDE, program, images, regs)
         compare(runs[0], expected, out, machine)
+
+
+@pytest.mark.slow
+def test_benchmark_script_writes_its_table_and_json(tmp_path):
+    from scripts_runner import run_script
+
+    stdout, result = run_script("bench_core.py", [], tmp_path / "bench.json")
+    rows = {r["workload"].split(" (")[0]: r for r in result["results"]}
+    assert rows["decode FFN"]["utilisation"] >= 0.9
+    assert "of peak" in stdout and "decoder layer" in rows
