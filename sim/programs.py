@@ -1,11 +1,20 @@
 """Hand-scheduled programs for the core: the workloads the system benches run.
 
 :class:`ProgramBuilder` lays data out in HBM (every stream beat padded to whole lines, as a
-``LOAD`` brings it), allocates buffer lines and collects assembly. The block generators build
-real workloads from random weights: :func:`mv_layer` (a decode linear layer streaming its
-weights, double-buffered) and :func:`ffn_block` (RMSNorm, gate and up projections, SiLU,
-product, down projection, residual: the always-on-chip decode FFN). Their results are
-whatever the ISA simulator computes; the benches compare the RTL with it.
+``LOAD`` brings it), allocates buffer lines and collects assembly. The workload generators
+build real layers from random weights:
+
+* :func:`mv_layer`: a decode linear layer whose weights stream from HBM in tiles, up to
+  :data:`SLOTS` tiles ahead of the matrix engine;
+* :func:`ffn_chain` / :func:`ffn_block`: decode FFN layers (RMSNorm, gate and up projections,
+  SiLU, product, down projection, residual) chained on chip;
+* :func:`decoder_layer`: one decode step of a LLaMA decoder layer with grouped-query attention
+  over an INT8 KV cache (:class:`KVLayout`) and the FFN; the host's length registers come from
+  :func:`decode_registers`.
+
+The compiler (not written yet) will produce programs of this shape. Their results are what
+the ISA simulator computes; ``tests/test_programs.py`` checks those against numpy, and the
+RTL benches compare the RTL with the ISA simulator.
 """
 
 import numpy as np
@@ -42,8 +51,12 @@ class ProgramBuilder:
         self.tile_lines = config.wgt_lines
         #: Bytes of weights placed in HBM (what a decode step must read).
         self.weight_bytes = 0
-        #: Global tile counter for double-buffered weight loads.
-        self.tiles = []
+        #: Weight tiles emitted so far (each takes the next of the :data:`SLOTS` slots).
+        self.tiles = 0
+        #: Weight tiles the whole program will have: the last :data:`SLOTS` matrix commands
+        #: release no slot (nothing waits for them), so that tokens balance. Set by the
+        #: workload before it emits its layers.
+        self.planned_tiles = 0
 
     def emit(self, line):
         self.text.append(line)
@@ -133,8 +146,8 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
         op = MatrixOperation(g, MatrixMode.MV, part, dummy, scale)
         tiles.append((first, op))
     for index, (first, op) in enumerate(tiles):
-        tile = len(builder.tiles)
-        builder.tiles.append(None)
+        tile = builder.tiles
+        builder.tiles += 1
         slot = tile % SLOTS
         wgt, meta = slot * half_w, slot * half_m
         w_addr, w_lines = builder.put_beats(port, op.beats["weights"], bits["weights"])
@@ -155,7 +168,7 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
                      f"length={s_lines} release=matrix")
         waits = ["load"] + ([first_wait] if index == 0 and first_wait else [])
         releases = []
-        if tile + SLOTS < _planned(builder):
+        if tile + SLOTS < builder.planned_tiles:
             releases.append("load")
         if index == len(tiles) - 1 and last_release:
             releases.append(last_release)
@@ -167,11 +180,6 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
             f"out={out + first * c.beat_lines(bits['out'])} wait={','.join(waits)}"
             + (f" release={','.join(releases)}" if releases else ""))
     return groups
-
-
-def _planned(builder):
-    """Total tiles of the program (set by the block generator before emitting)."""
-    return builder.planned_tiles
 
 
 def _count_tiles(config, weight, tile_lines=None):
