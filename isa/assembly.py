@@ -7,6 +7,8 @@ comment. Fields left out are 0 (``count2`` and ``count3`` default to 1). ::
     matrix mode=mv keep=8 bits=4 blocks=18 groups=r1*1 wgt=0 mask=0 scale=64 out=0 wait=load
     vector op=softmax length=r1 valid=r1 a=0 out=0
     quant  length=576 src=0 dst=0
+    token  fold=1 length=r1 src=448 sc=464 dst=15 lo=18 scale=513
+    rescale output=1 length=64 x=480 y=496 a=513 out=336
     store  buffer=vec line=0 port=0 addr=4096+r2*64 length=64 count2=1
     sync   wait=store
     halt
