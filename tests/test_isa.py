@@ -407,3 +407,8 @@ def test_docs_match_the_definitions():
     assert text[start:end] == format_tables()
     for code in ErrorCode:
         assert f"| {code.value} | `{code.name}` |" in text
+    example = text[text.index("## Assembly"):]
+    example = example[example.index("```\n") + 4:]
+    example = example[:example.index("```")]
+    words = assemble(example)
+    assert [assemble_line(disassemble_word(w)) for w in words] == words
