@@ -238,10 +238,7 @@ class LoadEngine(_Engine):
 
         ar_valid, ar_addr, ar_len, ar_port = Signal(), Signal(ADDR_BITS), Signal(8), Signal(5)
         ar_ready = Signal()
-        with m.Switch(ar_port):
-            for p in range(self.ports):
-                with m.Case(p):
-                    m.d.comb += ar_ready.eq(self.axi[p].arready)
+        self._select(m, ar_port, [(ar_ready, "arready")])
         room = Signal(range(BOUNDARY // step + 1))
         cap = Signal.like(room)
         beats = Signal.like(room)

@@ -28,36 +28,24 @@ from .token_quantizer import TokenQuantizer
 __all__ = ["MatrixUnit", "VectorUnit", "ActivationPacker"]
 
 
-def _fields(m, view, values):
-    """Drive the fields of a struct ``view`` from ``values`` (name -> value), bit for bit
-    (enum-shaped fields take raw values)."""
-    layout = data.Layout.cast(view.shape())
-    raw = view.as_value()
-    for name, value in values.items():
-        field = layout[name]
-        m.d.comb += raw[field.offset:field.offset + field.width].eq(value)
+class _Command:
+    """A command register for one stream: ``start(**fields)`` (in a state) offers it until it
+    is taken; ``busy`` while offered."""
 
-
-def _issue(m, items, start):
-    """Offer each ``(stream, payload, needed)`` once from the cycle ``start`` is high until it
-    is taken (``payload`` a value or a dict of fields); return a signal that is high once every
-    needed one has been taken."""
-    taken = []
-    for index, (port, payload, needed) in enumerate(items):
-        pending = Signal(name=f"pending{index}")
-        with m.If(start):
-            m.d.sync += pending.eq(needed)
-        m.d.comb += port.valid.eq(pending)
-        if isinstance(payload, dict):
-            _fields(m, port.payload, payload)
-        else:
-            m.d.comb += port.payload.eq(payload)
+    def __init__(self, m, port, name):
+        self.port = port
+        self.pending = Signal(name=f"{name}_pending")
+        self.payload = Signal(port.payload.shape(), name=f"{name}_payload")
+        m.d.comb += [port.valid.eq(self.pending), port.payload.eq(self.payload)]
         with m.If(port.valid & port.ready):
-            m.d.sync += pending.eq(0)
-        taken.append(pending)
-    done = Signal()
-    m.d.comb += done.eq(~Cat(*taken).any())
-    return done
+            m.d.sync += self.pending.eq(0)
+
+    def start(self, m, **fields):
+        layout = data.Layout.cast(self.payload.shape())
+        m.d.sync += self.pending.eq(1)
+        for name, value in fields.items():
+            field = layout[name]
+            m.d.sync += self.payload.as_value()[field.offset:field.offset + field.width].eq(value)
 
 
 class MatrixUnit(wiring.Component):
@@ -102,37 +90,34 @@ class MatrixUnit(wiring.Component):
                      engine.out.ready.eq(writer.i.ready)]
         wiring.connect(m, writer.w, wiring.flipped(self.w))
 
-        entry = Signal(decoded_layout)
-        f = FORMATS[Opcode.MATRIX](entry.word)
-        start = Signal()
-        busy = Signal()
         error_before = Signal(3)
-        command = {"mode": f.mode, "keep": f.keep, "bits": f.bits, "signed": f.signed,
-                   "load": f.load, "raw": f.raw, "blocks": f.blocks, "groups": f.groups}
-        issued = _issue(m, [
-            (engine.cmd, command, 1),
-            (readers["act"].cmd, {"line": f.act, "beats": entry.matrix.act}, 1),
-            (readers["wgt"].cmd, {"line": f.wgt, "beats": entry.matrix.weights}, 1),
-            (readers["mask"].cmd, {"line": f.mask, "beats": entry.matrix.masks}, 1),
-            (readers["scale"].cmd, {"line": f.scale, "beats": entry.matrix.scales}, 1),
-            (writer.cmd, {"line": f.out, "beats": f.groups}, 1),
-        ], start)
-        finished = issued & writer.cmd.ready & Cat(*(r.cmd.ready for r in readers.values())).all()
+        cmds = {name: _Command(m, port, name) for name, port in (
+            ("engine", engine.cmd), ("act", readers["act"].cmd), ("wgt", readers["wgt"].cmd),
+            ("mask", readers["mask"].cmd), ("scale", readers["scale"].cmd),
+            ("out", writer.cmd))}
+        finished = (Cat(*(~cmd.pending for cmd in cmds.values())).all() & writer.cmd.ready
+                    & Cat(*(r.cmd.ready for r in readers.values())).all())
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    new = FORMATS[Opcode.MATRIX](self.cmd.payload.word)
-                    m.d.sync += [entry.eq(self.cmd.payload), error_before.eq(engine.error)]
-                    with m.If((new.blocks == 0) | (new.groups == 0)):
+                    f = FORMATS[Opcode.MATRIX](self.cmd.payload.word)
+                    beats = self.cmd.payload.matrix
+                    m.d.sync += error_before.eq(engine.error)
+                    with m.If((f.blocks == 0) | (f.groups == 0)):
                         m.next = "ANSWER"
                     with m.Else():
-                        m.d.comb += start.eq(1)
+                        cmds["engine"].start(m, mode=f.mode, keep=f.keep, bits=f.bits,
+                                             signed=f.signed, load=f.load, raw=f.raw,
+                                             blocks=f.blocks, groups=f.groups)
+                        for name, count in (("act", beats.act), ("wgt", beats.weights),
+                                            ("mask", beats.masks), ("scale", beats.scales)):
+                            cmds[name].start(m, line=getattr(f, name), beats=count)
+                        cmds["out"].start(m, line=f.out, beats=f.groups)
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += busy.eq(1)
-                with m.If(finished & ~start):
+                with m.If(finished):
                     m.next = "ANSWER"
             with m.State("ANSWER"):
                 bad = (engine.error == ERROR_CODES["bad_mask"]) & (error_before == 0)
@@ -195,26 +180,6 @@ class ActivationPacker(wiring.Component):
         with m.If(self.clear):
             m.d.sync += [slot.eq(0), full.eq(0)]
         return m
-
-
-class _Command:
-    """A command register for one stream: ``start(**fields)`` (in a state) offers it until it
-    is taken; ``busy`` while offered."""
-
-    def __init__(self, m, port, name):
-        self.port = port
-        self.pending = Signal(name=f"{name}_pending")
-        self.payload = Signal(port.payload.shape(), name=f"{name}_payload")
-        m.d.comb += [port.valid.eq(self.pending), port.payload.eq(self.payload)]
-        with m.If(port.valid & port.ready):
-            m.d.sync += self.pending.eq(0)
-
-    def start(self, m, **fields):
-        layout = data.Layout.cast(self.payload.shape())
-        m.d.sync += self.pending.eq(1)
-        for name, value in fields.items():
-            field = layout[name]
-            m.d.sync += self.payload.as_value()[field.offset:field.offset + field.width].eq(value)
 
 
 class VectorUnit(wiring.Component):

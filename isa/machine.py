@@ -423,6 +423,13 @@ class Machine:
         self.buffers[Buffer(buffer)][line:line + len(data) * per] = rows.reshape(
             -1, self.config.line_bytes)
 
+    def put_beats(self, buffer, line, beats, bits):
+        """Write beats given as integers (e.g. the ``beats`` of a
+        :class:`~flightgen.isa.matrix.MatrixOperation`) from ``line``."""
+        size = -(-bits // 8)
+        self.write_beats(buffer, line, b"".join(int(b).to_bytes(size, "little") for b in beats),
+                         bits)
+
     def write_vector(self, line, values, bits=32):
         """Write integers as vector beats (``lanes`` per beat, the tail 0) from ``line``."""
         lanes = self.config.lanes

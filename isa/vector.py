@@ -39,7 +39,7 @@ from amaranth.lib import data, enum
 from . import special
 
 __all__ = ["VectorOp", "command_layout", "VectorOperation", "MAX_LENGTH", "READS_B",
-           "B_IS_VECTOR"]
+           "B_IS_VECTOR", "pack_beats"]
 
 #: Longest vector a command may name.
 MAX_LENGTH = (1 << 16) - 1
@@ -73,8 +73,9 @@ command_layout = data.StructLayout({
 })
 
 
-def _beats(values, lanes, width):
-    """Pack integers ``width`` bits each, ``lanes`` per beat, the last beat zero-padded."""
+def pack_beats(values, lanes, width):
+    """Pack integers ``width`` bits each, ``lanes`` per beat, the last beat zero-padded; return
+    the beats as integers."""
     values = [int(v) & ((1 << width) - 1) for v in np.asarray(values).ravel()]
     values += [0] * (-len(values) % lanes)
     return [sum(v << (width * j) for j, v in enumerate(values[i:i + lanes]))
@@ -147,10 +148,10 @@ class VectorOperation:
         self.b_values = np.asarray(value, dtype=np.int64)
         self.command = {"op": op, "length": n, "valid": valid, "frac": frac & 0xFF,
                         "eps": epsilon, "position": int(position) & 0xFFFFFFFF}
-        self.beats = {"a": _beats(a, lanes, 32), "b": []}
+        self.beats = {"a": pack_beats(a, lanes, 32), "b": []}
         if op in READS_B:
             entries = (value & 0xFFFFFFFF) | ((weights & 0xFFFF) << 32)
-            self.beats["b"] = _beats(entries, lanes, 48)
+            self.beats["b"] = pack_beats(entries, lanes, 48)
         self.expected = np.asarray(expected, dtype=np.int64)
 
     @property

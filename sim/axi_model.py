@@ -85,14 +85,22 @@ class AxiMemoryModel:
         included."""
         return self.r_beats / (self.last_r - self.first_ar + 1)
 
-    def _delay(self):
+    # The rules, shared by this model's amaranth.sim driver (:meth:`serve`) and the cocotb
+    # driver of :class:`flightgen.sim.benches.axi.AxiMemory`: what a burst is, how its beats
+    # read and write the memory, the random latency and stalls.
+
+    def delay(self):
+        """A random latency, cycles (from ``latency``)."""
         lo, hi = self.latency
         return lo if lo == hi else int(self.rng.integers(lo, hi + 1))
 
-    def _ready(self):
+    def ready(self):
+        """Whether a ready signal is high this cycle (``stall`` makes it low)."""
         return not (self.stall and self.rng.random() < self.stall)
 
-    def _burst(self, kind, addr, length, size, burst):
+    def burst(self, kind, addr, length, size, burst):
+        """Check an accepted address (``addr`` relative to byte 0 of ``memory``) and return its
+        burst; DECERR when it reaches outside the memory."""
         step = self.line_bytes
         if size != step.bit_length() - 1:
             raise AxiViolation(f"{kind} at {addr:#x}: size {size}, not the full width "
@@ -102,16 +110,20 @@ class AxiMemoryModel:
         aligned, beats = addr - addr % step, length + 1
         if aligned // BOUNDARY != (aligned + beats * step - 1) // BOUNDARY:
             raise AxiViolation(f"{kind} at {addr:#x} of {beats} beats crosses a 4 KiB boundary")
-        resp = RESP_DECERR if aligned + beats * step > len(self.memory) else RESP_OKAY
+        outside = aligned < 0 or aligned + beats * step > len(self.memory)
+        resp = RESP_DECERR if outside else RESP_OKAY
         return _Burst(aligned, beats, resp)
 
-    def _read_beat(self, burst):
+    def read_beat(self, burst):
+        """The data of the burst's next beat (0 after DECERR)."""
         if burst.resp != RESP_OKAY:
             return 0
         start = burst.addr + burst.beat * self.line_bytes
         return int.from_bytes(self.memory[start:start + self.line_bytes].tobytes(), "little")
 
-    def _write_beat(self, burst, data, strobes):
+    def write_beat(self, burst, data, strobes):
+        """Write the burst's next beat, the bytes ``strobes`` enables (nothing after
+        DECERR)."""
         if burst.resp != RESP_OKAY:
             return
         step = self.line_bytes
@@ -134,12 +146,12 @@ class AxiMemoryModel:
         previous = None
         while True:
             cycle = self.cycle
-            ar_ready, aw_ready, w_ready = self._ready(), self._ready(), self._ready()
+            ar_ready, aw_ready, w_ready = self.ready(), self.ready(), self.ready()
             if r_burst is None and reads and reads[0].due <= cycle:
                 r_burst = reads.popleft()
-            if not r_valid and r_burst is not None and self._ready():
+            if not r_valid and r_burst is not None and self.ready():
                 r_valid = True
-                ctx.set(port.rdata, self._read_beat(r_burst))
+                ctx.set(port.rdata, self.read_beat(r_burst))
                 ctx.set(port.rresp, r_burst.resp)
                 ctx.set(port.rlast, r_burst.beat == r_burst.beats - 1)
             if not b_valid and responses and responses[0].due <= cycle:
@@ -164,23 +176,23 @@ class AxiMemoryModel:
                     if bool(now["wlast"]) != (burst.beat == burst.beats - 1):
                         raise AxiViolation(f"WLAST {now['wlast']} on beat {burst.beat} of "
                                            f"{burst.beats}, cycle {cycle}")
-                    self._write_beat(burst, now["wdata"], now["wstrb"])
+                    self.write_beat(burst, now["wdata"], now["wstrb"])
                     burst.beat += 1
                     self.w_beats += 1
                     if burst.beat == burst.beats:
                         writes.popleft()
-                        burst.due = cycle + self._delay()
+                        burst.due = cycle + self.delay()
                         responses.append(burst)
             if now["arvalid"] and ar_ready:
-                burst = self._burst("read", now["araddr"], now["arlen"], now["arsize"],
+                burst = self.burst("read", now["araddr"], now["arlen"], now["arsize"],
                                     now["arburst"])
-                burst.due = cycle + self._delay()
+                burst.due = cycle + self.delay()
                 reads.append(burst)
                 self.reads.append((burst.addr, burst.beats))
                 if self.first_ar is None:
                     self.first_ar = cycle
             if now["awvalid"] and aw_ready:
-                burst = self._burst("write", now["awaddr"], now["awlen"], now["awsize"],
+                burst = self.burst("write", now["awaddr"], now["awlen"], now["awsize"],
                                     now["awburst"])
                 writes.append(burst)
                 self.writes.append((burst.addr, burst.beats))

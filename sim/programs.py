@@ -25,6 +25,7 @@ from ..isa.matrix import BITS_CODES, MatrixMode, MatrixOperation
 from ..isa.numerics import ACT_GROUP
 from ..isa.sparse import prune
 from ..isa.special import eps_fixed, norm_weight
+from ..isa.vector import pack_beats
 from ..isa.weights import GroupQuantized
 
 __all__ = ["ProgramBuilder", "mv_layer", "ffn_block", "random_weight"]
@@ -201,12 +202,8 @@ def _count_tiles(config, weight, tile_lines=None):
 
 
 def _vector_beats(config, values, width=32):
-    lanes = config.lanes
-    padded = np.zeros(-(-len(values) // lanes) * lanes, np.int64)
-    padded[:len(values)] = values
-    mask = (1 << width) - 1
-    return [sum((int(v) & mask) << (width * j) for j, v in enumerate(padded[i:i + lanes]))
-            for i in range(0, len(padded), lanes)]
+    """``values`` as vector beats (``lanes`` per beat) of ``width``-bit elements."""
+    return pack_beats(values, config.lanes, width)
 
 
 def _ffn_layer(b, rng, X, dim, hidden, bits, pattern, eps):

@@ -10,8 +10,9 @@ from amaranth.sim import Simulator
 from flightgen.hw.control import AP_DONE, AP_START, CONTROL
 from flightgen.hw.core import Core, register_map
 from flightgen.isa.assembly import assemble
-from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode, Machine
+from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode
 from flightgen.sim.axi_model import AxiMemoryModel
+from flightgen.sim.system import CoreRun, compare, simulate
 
 SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
 HBM_BYTES = 1 << 14
@@ -92,11 +93,13 @@ def run_core(words, hbm, registers=(0,) * 7, config=SIM_CORE, stall=0.2, latency
                 return
 
     async def tracer(ctx):
+        cycle = 0
         async for _, _, raw in ctx.tick().sample(core.retire.as_value()):
+            cycle += 1
             for unit in range(5):
                 entry = (raw >> (33 * unit)) & ((1 << 33) - 1)
                 if entry & 1:
-                    trace.append((unit, entry >> 1))
+                    trace.append((unit, entry >> 1, cycle))
 
     sim = Simulator(core)
     sim.add_clock(4e-9)
@@ -116,19 +119,14 @@ def run_core(words, hbm, registers=(0,) * 7, config=SIM_CORE, stall=0.2, latency
 
 
 def check(words, hbm, registers=(0,) * 7, config=SIM_CORE, **kwargs):
-    machine = Machine(config, hbm_bytes=len(hbm[0]))
-    for p, image in enumerate(hbm):
-        machine.hbm[p][:] = image
-    expected = machine.run(words, registers)
+    """Run on the core in amaranth.sim and on the ISA simulator; compare them as the Verilator
+    benches do (:func:`flightgen.sim.system.compare`)."""
+    machine, expected = simulate(config, words, hbm, registers)
     status, images, trace = run_core(words, hbm, registers, config=config, **kwargs)
-    assert (ErrorCode(status["error"]), status["error_pc"]) == \
-        (expected.error, expected.error_pc), expected.message
+    run = CoreRun(ErrorCode(status["error"]), status["error_pc"], 0, status["retired"],
+                  np.array(trace, np.int64).reshape(-1, 3))
+    compare(run, expected, images, machine)
     if expected.error == ErrorCode.NONE:
-        for p, image in enumerate(images):
-            np.testing.assert_array_equal(image, machine.hbm[p])
-        for unit in range(5):
-            assert [pc for u, pc in trace if u == unit] == \
-                [e.pc for e in expected.trace if e.unit.value == unit]
         assert status["retired"] == len(expected.trace)
     return status
 

@@ -31,6 +31,7 @@ from flightgen.isa.matrix import MatrixMode, MatrixOperation
 from flightgen.isa.numerics import quantize_per_group
 from flightgen.isa.vector import B_IS_VECTOR, VectorOp
 from flightgen.isa.weights import GroupQuantized, linear
+from flightgen.sim.programs import ProgramBuilder
 from flightgen.sim.stimulus import matrix_operation, vector_operation
 
 SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
@@ -214,18 +215,7 @@ stride3=0x801 wait=load
         start = 0x105 + i3 * 0x801 + i2 * 0x33
         expected[start:start + 7] = flat[7 * index:7 * index + 7]
     np.testing.assert_array_equal(m.hbm[0], expected)
-    assert [e.pc for e in result.trace] == [0, 1, 2] or \
-        sorted(e.pc for e in result.trace) == [0, 1, 2]
-
-
-def _put_beats(machine, port, address, beats, bits):
-    """Write beats into HBM as a LOAD brings them: each beat padded to whole lines."""
-    line = machine.config.line_bytes
-    size = machine.config.beat_lines(bits) * line
-    for i, beat in enumerate(beats):
-        machine.hbm[port][address + i * size:address + (i + 1) * size] = np.frombuffer(
-            int(beat).to_bytes(size, "little"), np.uint8)
-    return len(beats) * size // line
+    assert sorted(e.pc for e in result.trace) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("mode", list(MatrixMode))
@@ -234,17 +224,19 @@ def test_matrix_through_load_and_store(rng, mode, pattern):
     c = SIM_CORE
     g = c.geometry
     op = matrix_operation(rng, g, mode, "int4-asym", pattern)
-    m = Machine(c, hbm_bytes=1 << 18)
+    builder = ProgramBuilder(c, 1 << 18)  # lays the beats out in HBM as a LOAD brings them
     bits = c.beat_bits
-    loads, base = [], 0
+    loads = []
     for stream, buffer in (("act", "act"), ("weights", "wgt"), ("masks", "meta"),
                            ("scales", "meta")):
-        lines = _put_beats(m, 0, base, op.beats[stream], bits[stream])
-        if lines:
+        if op.beats[stream]:
+            address, lines = builder.put_beats(0, op.beats[stream], bits[stream])
             line = 128 if stream == "scales" else 0
-            loads.append((stream, f"load buffer={buffer} line={line} port=0 addr={base:#x} "
+            loads.append((stream, f"load buffer={buffer} line={line} port=0 addr={address:#x} "
                           f"length={lines}"))
-        base += lines * c.line_bytes
+    m = Machine(c, hbm_bytes=1 << 18)
+    for port, image in enumerate(builder.hbm):
+        m.hbm[port][:] = image
     f = op.command
     text = "\n".join(t for _, t in loads[:-1]) + "\n" + loads[-1][1] + " release=matrix\n"
     text += (f"matrix mode={MatrixMode(f['mode']).name.lower()} keep={op.keep} "
@@ -273,9 +265,7 @@ def test_quant_then_matrix_is_the_linear_layer(rng):
     m.write_vector(0, x)
     bits = c.beat_bits
     for stream, buffer in (("weights", Buffer.WGT), ("scales", Buffer.META)):
-        data = b"".join(int(b).to_bytes(-(-bits[stream] // 8), "little")
-                        for b in op.beats[stream])
-        m.write_beats(buffer, 0, data, bits[stream])
+        m.put_beats(buffer, 0, op.beats[stream], bits[stream])
     program = assemble(f"""
         quant length={k} src=0 dst=0 release=matrix
         matrix mode=mv bits=8 signed=1 load=1 blocks={op.blocks} groups={op.groups} out=64 \
@@ -293,13 +283,11 @@ def test_vector_ops(rng, op):
     length = int(rng.integers(1, 40)) * (2 if op == VectorOp.ROPE else 1)
     vop = vector_operation(rng, c.lanes, op, length)
     m = Machine(c)
-    m.write_beats(Buffer.VEC, 0, b"".join(int(b).to_bytes(16, "little") for b in vop.beats["a"]),
-                  32 * c.lanes)
+    m.put_beats(Buffer.VEC, 0, vop.beats["a"], 32 * c.lanes)
     if op in B_IS_VECTOR:  # an FX vector
         m.write_vector(100, vop.b_values)
     elif vop.beats["b"]:  # parameter entries
-        m.write_beats(Buffer.VEC, 100, b"".join(int(b).to_bytes(24, "little")
-                                                for b in vop.beats["b"]), 48 * c.lanes)
+        m.put_beats(Buffer.VEC, 100, vop.beats["b"], 48 * c.lanes)
     f = vop.command
     program = assemble(f"vector op={op.name.lower()} length={f['length']} valid={f['valid']} "
                        f"frac={f['frac']} eps={f['eps']} position={f['position']} a=0 b=100 "

@@ -117,12 +117,6 @@ def _run_unit(unit_class, ports, writes, machine, words, lines=True):
         assert not mismatch, f"{b.name} lines differ from the ISA simulator: {mismatch[:8]}"
 
 
-def _load_beats(machine, buffer, line, beats, bits):
-    size = -(-bits // 8)
-    machine.write_beats(buffer, line, b"".join(int(b).to_bytes(size, "little") for b in beats),
-                        bits)
-
-
 @pytest.mark.parametrize("mode", list(MatrixMode))
 @pytest.mark.parametrize("weights, pattern, raw", [("int8", (16, 16), False),
                                                     ("int4-asym", (8, 16), False),
@@ -134,10 +128,10 @@ def test_matrix_unit(mode, weights, pattern, raw):
     machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
     op = matrix_operation(rng, c.geometry, mode, weights, pattern, raw=raw)
     bits = c.beat_bits
-    _load_beats(machine, Buffer.ACT, 3, op.beats["act"], bits["act"])
-    _load_beats(machine, Buffer.WGT, 5, op.beats["weights"], bits["weights"])
-    _load_beats(machine, Buffer.META, 7, op.beats["masks"], bits["masks"])
-    _load_beats(machine, Buffer.META, 100, op.beats["scales"], bits["scales"])
+    machine.put_beats(Buffer.ACT, 3, op.beats["act"], bits["act"])
+    machine.put_beats(Buffer.WGT, 5, op.beats["weights"], bits["weights"])
+    machine.put_beats(Buffer.META, 7, op.beats["masks"], bits["masks"])
+    machine.put_beats(Buffer.META, 100, op.beats["scales"], bits["scales"])
     f = op.command
     first = encode(3, {"mode": f["mode"].value, "keep": f["keep"], "bits": f["bits"],
                        "signed": f["signed"], "load": 1, "raw": int(raw), "blocks": f["blocks"],
@@ -160,10 +154,10 @@ def test_matrix_unit_bad_mask():
     bits = c.beat_bits
     masks = list(op.beats["masks"])
     masks[0] ^= 1  # one window keeps 7 or 9 columns
-    _load_beats(machine, Buffer.ACT, 0, op.beats["act"], bits["act"])
-    _load_beats(machine, Buffer.WGT, 0, op.beats["weights"], bits["weights"])
-    _load_beats(machine, Buffer.META, 0, masks, bits["masks"])
-    _load_beats(machine, Buffer.META, 100, op.beats["scales"], bits["scales"])
+    machine.put_beats(Buffer.ACT, 0, op.beats["act"], bits["act"])
+    machine.put_beats(Buffer.WGT, 0, op.beats["weights"], bits["weights"])
+    machine.put_beats(Buffer.META, 0, masks, bits["masks"])
+    machine.put_beats(Buffer.META, 100, op.beats["scales"], bits["scales"])
     f = op.command
     word = encode(3, {"mode": 0, "keep": f["keep"], "bits": f["bits"], "signed": f["signed"],
                       "load": 1, "blocks": f["blocks"], "groups": f["groups"], "scale": 100,
@@ -186,11 +180,11 @@ def test_vector_unit(op):
         op == VectorOp.ROPE)
     vop = vector_operation(rng, c.lanes, op, length)
     bits = c.beat_bits
-    _load_beats(machine, Buffer.VEC, 10, vop.beats["a"], bits["vector"])
+    machine.put_beats(Buffer.VEC, 10, vop.beats["a"], bits["vector"])
     if op in B_IS_VECTOR:  # the b of ADD and MUL is a vector
         machine.write_vector(40, vop.b_values)
     else:
-        _load_beats(machine, Buffer.VEC, 40, vop.beats["b"], bits["operand"])
+        machine.put_beats(Buffer.VEC, 40, vop.beats["b"], bits["operand"])
     f = vop.command
     word = assemble_line(f"vector op={op.name.lower()} length={f['length']} "
                          f"valid={f['valid'] + 3} frac={f['frac']} eps={f['eps']} "

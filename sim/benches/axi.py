@@ -16,36 +16,33 @@ it decides every handshake from the values settled in the ReadOnly phase.
 import collections
 
 import cocotb
-import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from ..axi_model import AxiMemoryModel, AxiViolation
+
 __all__ = ["AxiMemory", "AxiLiteHost", "AxiViolation"]
-
-_OKAY, _DECERR = 0, 3
-
-
-class AxiViolation(AssertionError):
-    """The design broke an AXI rule."""
 
 
 class AxiMemory:
     """An AXI4 slave memory on the port ``prefix`` of ``dut``.
 
+    The rules (burst checks, DECERR, the data of each beat, strobes, random latency and
+    stalls) are those of :class:`flightgen.sim.axi_model.AxiMemoryModel`, shared with the
+    :mod:`amaranth.sim` tier; this class drives them from cocotb.
+
     Parameters
     ----------
     dut, prefix : the design and the port's name prefix (``hbm__0``)
-    memory : numpy uint8 array, the contents (modified in place by writes)
+    memory : numpy uint8 array, the contents (modified in place by writes; replaceable)
     base : int, the bus address of byte 0
     rng : numpy Generator
-    latency : (lo, hi), cycles from an accepted read address to its first beat
+    latency : (lo, hi), cycles from an accepted read address to its first beat (and from a
+        burst's last write beat to its response)
     stall : probability that ``ready`` is low (AR, AW, W) or R pauses in a cycle
     """
 
-    def __init__(self, dut, prefix, memory, base, rng, latency=(1, 1), stall=0.0,
-                 counter=None):
-        self.dut, self.memory, self.base, self.rng = dut, memory, base, rng
-        self.latency, self.stall = latency, stall
-        self.counter = counter
+    def __init__(self, dut, prefix, memory, base, rng, latency=(1, 1), stall=0.0):
+        self.dut, self.base = dut, base
         s = {name: getattr(dut, f"{prefix}__{name}") for name in (
             "arvalid", "arready", "araddr", "arlen", "arsize", "arburst",
             "rvalid", "rready", "rdata", "rresp", "rlast",
@@ -53,36 +50,41 @@ class AxiMemory:
             "wvalid", "wready", "wdata", "wstrb", "wlast",
             "bvalid", "bready", "bresp")}
         self.s = s
-        self.line_bytes = len(s["rdata"]) // 8
-        self.reads = collections.deque()  # [addr, beats left, ready cycle, resp]
-        self.writes = collections.deque()  # [addr, beats left, resp]
-        self.responses = collections.deque()  # [ready cycle, resp]
+        self.model = AxiMemoryModel(0, len(s["rdata"]), rng, latency, stall)
+        self.model.memory = memory
+        self.reads = collections.deque()  # bursts whose data is due or going out
+        self.writes = collections.deque()  # bursts awaiting W beats
+        self.responses = collections.deque()  # bursts awaiting their B response
         self.cycle = 0
-        self.r_beats = self.w_beats = self.bytes_written = 0
+        self.r_beats = 0
         self.first_ar = self.last_r = None
         for name in ("arready", "rvalid", "awready", "wready", "bvalid"):
             s[name].value = 0
         self._task = cocotb.start_soon(self._run())
 
-    def _check(self, kind, addr, length, size, burst):
-        if size != (self.line_bytes.bit_length() - 1):
-            raise AxiViolation(f"{kind} burst at {addr:#x}: size {size}, not the full width")
-        if burst != 1:
-            raise AxiViolation(f"{kind} burst at {addr:#x}: burst type {burst}, not INCR")
-        if addr % self.line_bytes:
-            raise AxiViolation(f"{kind} burst at {addr:#x} is not aligned to the bus width")
-        last = addr + (length + 1) * self.line_bytes - 1
-        if addr // 4096 != last // 4096:
-            raise AxiViolation(f"{kind} burst at {addr:#x} of {length + 1} beats crosses 4 KiB")
-        offset = addr - self.base
-        inside = 0 <= offset and offset + (length + 1) * self.line_bytes <= len(self.memory)
-        return offset, (_OKAY if inside else _DECERR)
+    @property
+    def memory(self):
+        return self.model.memory
 
-    def _pause(self):
-        return self.stall and self.rng.random() < self.stall
+    @memory.setter
+    def memory(self, memory):
+        self.model.memory = memory
+
+    @property
+    def bytes_written(self):
+        """Bytes written (enabled by the strobes) since the counter was last set."""
+        return self.model.bytes_written
+
+    @bytes_written.setter
+    def bytes_written(self, value):
+        self.model.bytes_written = value
+
+    def _burst(self, kind, fields):
+        addr, length, size, burst = fields
+        return self.model.burst(kind, addr - self.base, length, size, burst)
 
     async def _run(self):
-        s, lb = self.s, self.line_bytes
+        s, model = self.s, self.model
         fire = dict.fromkeys(("ar", "r", "aw", "w", "b"), False)
         latched = {}
         r_offered = b_offered = False
@@ -91,80 +93,61 @@ class AxiMemory:
             self.cycle += 1
             # apply the transfers of the edge just passed
             if fire["ar"]:
-                addr, length, size, burst = latched["ar"]
-                offset, resp = self._check("read", addr, length, size, burst)
-                lo, hi = self.latency
-                delay = int(self.rng.integers(lo, hi + 1))
-                self.reads.append([offset, length + 1, self.cycle + delay, resp])
+                burst = self._burst("read", latched["ar"])
+                burst.due = self.cycle + model.delay()
+                self.reads.append(burst)
                 if self.first_ar is None:
                     self.first_ar = self.cycle
             if fire["r"]:
                 head = self.reads[0]
-                head[0] += lb
-                head[1] -= 1
+                head.beat += 1
                 self.r_beats += 1
                 self.last_r = self.cycle
-                if head[1] == 0:
+                if head.beat == head.beats:
                     self.reads.popleft()
             if fire["aw"]:
-                addr, length, size, burst = latched["aw"]
-                offset, resp = self._check("write", addr, length, size, burst)
-                self.writes.append([offset, length + 1, resp])
+                self.writes.append(self._burst("write", latched["aw"]))
             if fire["w"]:
                 data, strobes, last = latched["w"]
                 if not self.writes:
                     raise AxiViolation("write data before its address")
                 head = self.writes[0]
-                if bool(last) != (head[1] == 1):
+                if bool(last) != (head.beat == head.beats - 1):
                     raise AxiViolation(f"wlast {'set' if last else 'clear'} on beat "
-                                       f"{'not ' if last else ''}the last of its burst")
-                if head[2] == _OKAY:
-                    raw = np.frombuffer(data.to_bytes(lb, "little"), np.uint8)
-                    mask = np.unpackbits(np.frombuffer(strobes.to_bytes(lb // 8, "little"),
-                                                       np.uint8), bitorder="little").astype(bool)
-                    window = self.memory[head[0]:head[0] + lb]
-                    window[mask] = raw[mask]
-                    self.bytes_written += int(mask.sum())
-                head[0] += lb
-                head[1] -= 1
-                self.w_beats += 1
-                if head[1] == 0:
+                                       f"{head.beat} of {head.beats}")
+                model.write_beat(head, data, strobes)
+                head.beat += 1
+                if head.beat == head.beats:
                     self.writes.popleft()
-                    lo, hi = self.latency
-                    self.responses.append([self.cycle + int(self.rng.integers(lo, hi + 1)),
-                                           head[2]])
+                    head.due = self.cycle + model.delay()
+                    self.responses.append(head)
             if fire["b"]:
                 self.responses.popleft()
             # drive this cycle
-            s["arready"].value = int(not self._pause())
-            s["awready"].value = int(not self._pause())
-            s["wready"].value = int(bool(self.writes) and not self._pause())
+            s["arready"].value = int(model.ready())
+            s["awready"].value = int(model.ready())
+            s["wready"].value = int(bool(self.writes) and model.ready())
             if not r_offered or fire["r"]:
-                r_offered = bool(self.reads) and self.reads[0][2] <= self.cycle and \
-                    not self._pause()
+                r_offered = bool(self.reads) and self.reads[0].due <= self.cycle and \
+                    model.ready()
             if r_offered:
                 head = self.reads[0]
-                data = 0
-                if head[3] == _OKAY:
-                    data = int.from_bytes(self.memory[head[0]:head[0] + lb].tobytes(), "little")
-                s["rdata"].value = data
-                s["rresp"].value = head[3]
-                s["rlast"].value = int(head[1] == 1)
+                s["rdata"].value = model.read_beat(head)
+                s["rresp"].value = head.resp
+                s["rlast"].value = int(head.beat == head.beats - 1)
             s["rvalid"].value = int(r_offered)
             if not b_offered or fire["b"]:
-                b_offered = bool(self.responses) and self.responses[0][0] <= self.cycle
+                b_offered = bool(self.responses) and self.responses[0].due <= self.cycle
             if b_offered:
-                s["bresp"].value = self.responses[0][1]
+                s["bresp"].value = self.responses[0].resp
             s["bvalid"].value = int(b_offered)
             await ReadOnly()
-            fire["ar"] = bool(s["arvalid"].value) and bool(s["arready"].value)
-            if fire["ar"]:
-                latched["ar"] = (int(s["araddr"].value), int(s["arlen"].value),
-                                 int(s["arsize"].value), int(s["arburst"].value))
-            fire["aw"] = bool(s["awvalid"].value) and bool(s["awready"].value)
-            if fire["aw"]:
-                latched["aw"] = (int(s["awaddr"].value), int(s["awlen"].value),
-                                 int(s["awsize"].value), int(s["awburst"].value))
+            for channel in ("ar", "aw"):
+                fire[channel] = bool(s[f"{channel}valid"].value) and \
+                    bool(s[f"{channel}ready"].value)
+                if fire[channel]:
+                    latched[channel] = tuple(int(s[f"{channel}{field}"].value)
+                                             for field in ("addr", "len", "size", "burst"))
             fire["w"] = bool(s["wvalid"].value) and bool(s["wready"].value)
             if fire["w"]:
                 latched["w"] = (int(s["wdata"].value), int(s["wstrb"].value),
