@@ -27,6 +27,7 @@ __all__ = [
     "RESP_SLVERR",
     "axi4_lite_signature",
     "axi4_signature",
+    "beats_to_boundary",
 ]
 
 #: ``xRESP``: normal access success.
@@ -47,6 +48,12 @@ MAX_BURST_BEATS = 256
 #: Address boundary, in bytes, that no AXI4 burst may cross: all the bytes of a burst lie in one
 #: 4 KiB-aligned block (AXI4 specification, A3.4.1).
 BOUNDARY = 4096
+
+
+def beats_to_boundary(address, size):
+    """Beats of ``2**size`` bytes from ``address`` (a beat-aligned byte address, an Amaranth
+    value) to the next 4 KiB boundary: the longest burst that may start there."""
+    return (BOUNDARY >> size) - address[size:12]
 
 
 def _is_int(value):

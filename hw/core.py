@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa.instructions import FORMATS, REGISTERS, WORD_BITS, Buffer, Opcode, SysOp, Unit
 from ..isa.machine import ErrorCode
-from .axi import BOUNDARY, BURST_INCR, RESP_OKAY, axi4_lite_signature, axi4_signature
+from .axi import BURST_INCR, RESP_OKAY, axi4_lite_signature, axi4_signature, beats_to_boundary
 from .beats import WriteArbiter
 from .buffers import BankedBuffer
 from .control import ControlSlave, RegisterMap
@@ -110,7 +110,7 @@ class Fetch(wiring.Component):
                      axi.bready.eq(1), axi.rready.eq(1)]
 
         # burst length: the lines left, the burst limit, the 4 KiB block and the queue's room
-        to_block = (BOUNDARY - address[:12]) >> log_bytes
+        to_block = beats_to_boundary(address, log_bytes)
         limited = Signal(range(self.BURST + 1))
         m.d.comb += limited.eq(Mux(to_block < self.BURST, to_block, self.BURST))
         length = Signal(range(self.BURST + 1))

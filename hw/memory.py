@@ -21,7 +21,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .axi import BOUNDARY, BURST_INCR, RESP_OKAY, axi4_signature
+from .axi import BOUNDARY, BURST_INCR, RESP_OKAY, axi4_signature, beats_to_boundary
 
 __all__ = ["LoadEngine", "StoreEngine", "load_command_layout", "store_command_layout",
            "ADDR_BITS", "AXCACHE"]
@@ -242,7 +242,7 @@ class LoadEngine(_Engine):
         room = Signal(range(BOUNDARY // step + 1))
         cap = Signal.like(room)
         beats = Signal.like(room)
-        m.d.comb += [room.eq((BOUNDARY >> shift) - cur[shift:12]),
+        m.d.comb += [room.eq(beats_to_boundary(cur, shift)),
                      cap.eq(Mux(room < self.max_burst, room, self.max_burst)),
                      beats.eq(Mux(left < cap, left, cap))]
         r_end = Signal()  # a burst's last beat is taken this cycle
