@@ -90,6 +90,26 @@ class Tokenizer:
             raise ModelFileError(f"{path}: not a readable tokenizer.json ({error})") from None
         return cls(backend, bos_id, eos_id, add_bos)
 
+    @classmethod
+    def from_string(cls, text, bos_id=None, eos_id=None, add_bos=False):
+        """Rebuild a tokenizer from :meth:`to_string` (as a model binary stores it)."""
+        from tokenizers import Tokenizer as Backend
+
+        try:
+            backend = Backend.from_str(text)
+        except Exception as error:  # the Rust library raises a plain Exception
+            raise ModelFileError(f"not a readable tokenizer ({error})") from None
+        return cls(backend, bos_id, eos_id, add_bos)
+
+    def to_string(self):
+        """The tokenizer as Hugging Face ``tokenizer.json`` text."""
+        return self._backend.to_str()
+
+    @property
+    def special(self):
+        """``bos_id``, ``eos_id`` and ``add_bos`` as a dict."""
+        return {"bos_id": self.bos_id, "eos_id": self.eos_id, "add_bos": self.add_bos}
+
     def encode(self, text):
         """Return the token ids of ``text`` (with ``bos_id`` first when ``add_bos``)."""
         ids = self._backend.encode(text, add_special_tokens=False).ids

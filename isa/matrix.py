@@ -60,7 +60,8 @@ from .sparse import WINDOW, check_nm, window_masks
 from .weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS, GroupQuantized, linear
 
 __all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "command_layout", "Geometry",
-           "MatrixOperation", "CHAIN_RANGE", "MAX_VPUS"]
+           "WeightStreams", "padded_shape", "bits_to_bytes", "MatrixOperation", "CHAIN_RANGE",
+           "MAX_VPUS"]
 
 
 class MatrixMode(enum.Enum, shape=1):
@@ -93,18 +94,25 @@ command_layout = data.StructLayout({
 })
 
 
-def _bits_to_beats(values, bits, beat_bits):
-    """Pack unsigned ``values`` (each ``bits`` wide) back to back into ``beat_bits``-bit beats,
-    the last one zero-padded."""
-    values = np.asarray(values, dtype=np.uint64).ravel()
-    if values.size == 0:
-        return []
-    planes = ((values[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
-    flat = planes.ravel()
-    beats = -(-flat.size // beat_bits)
-    flat = np.concatenate([flat, np.zeros(beats * beat_bits - flat.size, dtype=np.uint8)])
-    raw = np.packbits(flat.reshape(beats, beat_bits), axis=1, bitorder="little")
-    return [int.from_bytes(row.tobytes(), "little") for row in raw]
+def bits_to_bytes(values, bits, beat_bits):
+    """Pack unsigned ``values`` (each ``bits`` wide, ``bits`` dividing 8 or a multiple of 8)
+    back to back into ``beat_bits``-bit beats, the last one zero-padded: uint8
+    ``(beats, beat_bits // 8)``, each beat little-endian."""
+    values = np.asarray(values).ravel()
+    if bits % 8 == 0:
+        flat = (values.astype(np.int64) & ((1 << bits) - 1)).astype(f"<u{bits // 8}")
+        flat = flat.view(np.uint8)
+    else:
+        per = 8 // bits
+        padded = np.zeros(-(-values.size // per) * per, np.uint8)
+        padded[:values.size] = values.astype(np.int64) & ((1 << bits) - 1)
+        shifts = (np.arange(per) * bits).astype(np.uint8)
+        flat = np.bitwise_or.reduce(padded.reshape(-1, per) << shifts, axis=1).astype(np.uint8)
+    size = beat_bits // 8
+    beats = -(-flat.size // size)
+    out = np.zeros(beats * size, np.uint8)
+    out[:flat.size] = flat
+    return out.reshape(beats, size)
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,118 @@ def _pad_rows(weight, rows):
     return GroupQuantized(codes, weight.bits, weight.signed, weight.group, scales, mins, mask)
 
 
+def padded_shape(geometry, mode, n, k, group, keep):
+    """``(rows, K)`` a weight of ``n`` rows and ``k`` columns is padded to for a command:
+    K to a multiple of the engine's step and of the weight group, rows to whole row groups."""
+    multiple = int(np.lcm(geometry.k_multiple(keep), group))
+    rows = n if MatrixMode(mode) == MatrixMode.MM else -(-n // geometry.lanes) * geometry.lanes
+    return rows, -(-k // multiple) * multiple
+
+
+def mask_keep(weight):
+    """The hardware keep (16 when dense) of a weight's mask, checked."""
+    if weight.mask is None:
+        return 16
+    k = weight.shape[1]
+    keep = int(weight.mask[0, :WINDOW].sum()) if k >= WINDOW else 0
+    if keep not in KEEP_CODES or keep == 16:
+        raise ValueError(f"mask keeps {keep} of 16 columns; the engine runs N:16 with "
+                         f"N in 2, 4, 8")
+    check_nm(weight.mask, keep, WINDOW)
+    return keep
+
+
+class WeightStreams:
+    """The weight-side streams of a command on one weight matrix: what a compiler places in
+    memory for the matrix engine (the activations are the program's).
+
+    Parameters
+    ----------
+    geometry : Geometry
+    mode : MatrixMode
+    weight : GroupQuantized
+        As for :class:`MatrixOperation`.
+    raw : bool
+        No ``scales`` stream.
+
+    Members
+    -------
+    keep, blocks, groups : int
+        Hardware keep, 32-blocks of padded K, row groups.
+    weight : GroupQuantized
+        The padded weight.
+    data : dict
+        ``weights``, ``masks``, ``scales``: uint8 arrays ``(beats, beat bytes)`` (``masks``
+        empty when dense, ``scales`` when raw).
+    """
+
+    def __init__(self, geometry, mode, weight, *, raw=False):
+        mode = MatrixMode(mode)
+        if weight.bits not in BITS_CODES:
+            raise ValueError(f"the matrix engine takes {', '.join(map(str, BITS_CODES))}-bit "
+                             f"codes, not {weight.bits}-bit")
+        if weight.group % ACT_GROUP:
+            raise ValueError(f"weight groups must be multiples of {ACT_GROUP}, not "
+                             f"{weight.group}")
+        g = geometry
+        keep = mask_keep(weight)
+        n, k = weight.shape
+        rows, k_padded = padded_shape(g, mode, n, k, weight.group, keep)
+        weight = _pad_rows(_pad_columns(weight, k_padded, keep), rows)
+        blocks = k_padded // ACT_GROUP
+        if blocks >= 1 << 16:
+            raise ValueError(f"K={k} is too long for one command")
+        self.geometry, self.mode, self.weight = g, mode, weight
+        self.keep, self.blocks = keep, blocks
+        self.groups = rows // g.lanes if mode == MatrixMode.MV else rows
+        empty = np.zeros((0, 1), np.uint8)
+        self.data = {"weights": self._weights(), "masks": self._masks(),
+                     "scales": empty if raw else self._scales()}
+
+    def _kept(self, array):
+        """Per row, the kept slots of ``array`` (same shape as the weight)."""
+        if self.weight.mask is None:
+            return array
+        return array[self.weight.mask].reshape(array.shape[0], -1)
+
+    def _weights(self):
+        g, b = self.geometry, self.weight.bits
+        slots = self._kept(self.weight.codes.astype(np.int64))  # (rows, S L)
+        steps = g.steps(self.blocks, self.keep)
+        if self.mode == MatrixMode.MV:
+            order = slots.reshape(self.groups, g.vpus, 2, steps, g.chain).transpose(0, 3, 1, 4, 2)
+        else:
+            order = slots.reshape(self.groups, steps, g.chain)
+        return bits_to_bytes(order.ravel() & ((1 << b) - 1), b, g.weight_bits)
+
+    def _masks(self):
+        g = self.geometry
+        if self.weight.mask is None:
+            return np.zeros((0, g.mask_bits // 8), np.uint8)
+        windows = window_masks(self.weight.mask).astype(np.int64)  # (pairs, K / 16)
+        steps = g.steps(self.blocks, self.keep)
+        per_step = g.chain // self.keep
+        if self.mode == MatrixMode.MV:
+            order = windows.reshape(self.groups, g.vpus, steps, per_step).transpose(0, 2, 1, 3)
+        else:
+            order = np.repeat(windows, 2, axis=0).reshape(self.groups, steps, per_step)
+        return bits_to_bytes(order.ravel(), WINDOW, g.mask_bits)
+
+    def _scales(self):
+        g, weight = self.geometry, self.weight
+        repeat = weight.group // ACT_GROUP
+        scales = np.repeat(weight.scales.view(np.uint16).astype(np.int64), repeat, axis=1)
+        mins = np.zeros_like(scales) if weight.mins is None else np.repeat(
+            weight.mins.view(np.uint16).astype(np.int64), repeat, axis=1)
+        words = scales | (mins << 16)  # (rows, blocks)
+        if self.mode == MatrixMode.MV:
+            order = words.reshape(self.groups, g.lanes, self.blocks).transpose(0, 2, 1)
+        else:
+            order = np.zeros((self.groups, self.blocks, g.lanes), np.int64)
+            order[:, :, 0] = words
+        return bits_to_bytes(order.ravel(), 32, 32 * g.lanes)
+
+
 class MatrixOperation:
     """One matrix-engine command with every beat of its streams and its expected output.
 
@@ -246,53 +366,32 @@ class MatrixOperation:
         codes = np.asarray(codes)
         mult, exp = (np.asarray(v, dtype=np.int64) for v in scale)
         n, k = weight.shape
-        if weight.bits not in BITS_CODES:
-            raise ValueError(f"the matrix engine takes {', '.join(map(str, BITS_CODES))}-bit "
-                             f"codes, not {weight.bits}-bit")
-        if weight.group % ACT_GROUP:
-            raise ValueError(f"weight groups must be multiples of {ACT_GROUP}, not "
-                             f"{weight.group}")
+        streams = WeightStreams(geometry, mode, weight, raw=raw)  # checks the weight
         tokens = codes.shape[0]
         limit = 1 if mode == MatrixMode.MV else geometry.lanes
         if codes.shape != (tokens, k) or not 1 <= tokens <= limit:
             raise ValueError(f"{mode.name} takes 1 to {limit} activation vectors of {k} codes, "
                              f"not shape {codes.shape}")
-        keep = 16
-        if weight.mask is not None:
-            keep = int(weight.mask[0, :WINDOW].sum()) if k >= WINDOW else 0
-            if keep not in KEEP_CODES or keep == 16:
-                raise ValueError(f"mask keeps {keep} of 16 columns; the engine runs N:16 with "
-                                 f"N in 2, 4, 8")
-            check_nm(weight.mask, keep, WINDOW)
         self.reference = linear(codes, (mult, exp), weight)
 
         g = geometry
-        multiple = np.lcm(g.k_multiple(keep), weight.group)
-        k_padded = -(-k // multiple) * multiple
-        rows = n if mode == MatrixMode.MM else -(-n // g.lanes) * g.lanes
-        weight = _pad_rows(_pad_columns(weight, k_padded, keep), rows)
-        blocks = k_padded // ACT_GROUP
-        if blocks >= 1 << 16:
-            raise ValueError(f"K={k} is too long for one command")
+        keep, blocks, groups, weight = streams.keep, streams.blocks, streams.groups, streams.weight
+        k_padded = blocks * ACT_GROUP
         act = np.zeros((limit if mode == MatrixMode.MM else 1, k_padded), np.int64)
         act[:tokens, :k] = codes
         amult = np.zeros((act.shape[0], blocks), np.int64)
         aexp = np.zeros_like(amult)
         amult[:tokens, :k // ACT_GROUP] = mult
         aexp[:tokens, :k // ACT_GROUP] = exp
-        groups = rows // g.lanes if mode == MatrixMode.MV else rows
         self.geometry, self.mode, self.keep, self.blocks, self.groups = (
             g, mode, keep, blocks, groups)
         self.command = {"mode": mode, "keep": KEEP_CODES[keep], "bits": BITS_CODES[weight.bits],
                         "signed": int(weight.signed), "load": int(load), "raw": int(raw),
                         "blocks": blocks,
                         "groups": groups}
-        self.beats = {
-            "act": self._act_beats(act, amult, aexp) if load else [],
-            "weights": self._weight_beats(weight, keep),
-            "masks": self._mask_beats(weight, keep),
-            "scales": [] if raw else self._scale_beats(weight),
-        }
+        self.beats = {"act": self._act_beats(act, amult, aexp) if load else []}
+        for name, rows in streams.data.items():
+            self.beats[name] = [int.from_bytes(row.tobytes(), "little") for row in rows]
         if raw:
             self.reference = saturate(codes.astype(np.int64)
                                       @ weight.codes[:n, :k].astype(np.int64).T, 32)
@@ -335,50 +434,6 @@ class MatrixOperation:
                     value |= field << (base + 24 * j)
                 beats.append(value)
         return beats
-
-    def _kept(self, array, weight):
-        """Per row, the kept slots of ``array`` (same shape as the weight)."""
-        if weight.mask is None:
-            return array
-        n = array.shape[0]
-        return array[weight.mask].reshape(n, -1)
-
-    def _weight_beats(self, weight, keep):
-        g, b = self.geometry, weight.bits
-        slots = self._kept(weight.codes.astype(np.int64), weight)  # (rows, S L)
-        steps = g.steps(self.blocks, keep)
-        if self.mode == MatrixMode.MV:
-            order = slots.reshape(self.groups, g.vpus, 2, steps, g.chain).transpose(0, 3, 1, 4, 2)
-        else:
-            order = slots.reshape(self.groups, steps, g.chain)
-        return _bits_to_beats(order.ravel() & ((1 << b) - 1), b, g.weight_bits)
-
-    def _mask_beats(self, weight, keep):
-        if weight.mask is None:
-            return []
-        g = self.geometry
-        windows = window_masks(weight.mask).astype(np.int64)  # (pairs, K / 16)
-        steps = g.steps(self.blocks, keep)
-        per_step = g.chain // keep
-        if self.mode == MatrixMode.MV:
-            order = windows.reshape(self.groups, g.vpus, steps, per_step).transpose(0, 2, 1, 3)
-        else:
-            order = np.repeat(windows, 2, axis=0).reshape(self.groups, steps, per_step)
-        return _bits_to_beats(order.ravel(), WINDOW, g.mask_bits)
-
-    def _scale_beats(self, weight):
-        g = self.geometry
-        repeat = weight.group // ACT_GROUP
-        scales = np.repeat(weight.scales.view(np.uint16).astype(np.int64), repeat, axis=1)
-        mins = np.zeros_like(scales) if weight.mins is None else np.repeat(
-            weight.mins.view(np.uint16).astype(np.int64), repeat, axis=1)
-        words = scales | (mins << 16)  # (rows, blocks)
-        if self.mode == MatrixMode.MV:
-            order = words.reshape(self.groups, g.lanes, self.blocks).transpose(0, 2, 1)
-        else:
-            order = np.zeros((self.groups, self.blocks, g.lanes), np.int64)
-            order[:, :, 0] = words
-        return _bits_to_beats(order.ravel(), 32, 32 * g.lanes)
 
 
 # The engine on raw beats (what the ISA simulator executes) -----------------------------------

@@ -6,11 +6,11 @@ float model, and the perplexity of each on the text.
 """
 
 import importlib.resources
-import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..compiler.quantize import parse_format
 from .float_model import FloatLlama
 from .quant_model import QuantConfig, QuantLlama
 
@@ -22,17 +22,8 @@ __all__ = ["EvalRow", "DEFAULT_CONFIGS", "parse_config", "shipped_text", "logits
 DEFAULT_CONFIGS = (QuantConfig("gguf"), QuantConfig("int8", 32, True),
                    QuantConfig("int4", 32, False), QuantConfig("int4", 64, True))
 
-_CONFIG_RE = re.compile(r"^(int8|int4)-g(32|64|128)-(sym|asym)$")
-
-
-def parse_config(text):
-    """``"gguf"`` or ``"int4-g64-sym"`` (bits, group, sym/asym) to a QuantConfig."""
-    if text == "gguf":
-        return QuantConfig("gguf")
-    found = _CONFIG_RE.match(text)
-    if not found:
-        raise ValueError(f"configuration must be gguf or like int4-g64-sym, not {text!r}")
-    return QuantConfig(found[1], int(found[2]), found[3] == "sym")
+#: ``"gguf"`` or ``"int4-g64-sym"`` to a QuantConfig.
+parse_config = parse_format
 
 
 def shipped_text():

@@ -19,6 +19,7 @@ RTL benches compare the RTL with the ISA simulator.
 
 import numpy as np
 
+from ..compiler.layout import KVLayout, _pad, _word, decode_registers
 from ..isa.assembly import assemble
 from ..isa.instructions import Buffer
 from ..isa.matrix import BITS_CODES, MatrixMode, MatrixOperation
@@ -278,89 +279,6 @@ def ffn_block(config, rng, dim, hidden, *, bits=4, pattern=None, eps=1e-5, hbm_b
 
 
 # -- a decode step of a LLaMA decoder layer ---------------------------------------------------
-
-class KVLayout:
-    """Where a decode step finds its INT8 KV cache in HBM, for one KV head.
-
-    * Keys: the matrix engine's MV weight rows (one row per token, K = the head size padded to
-      32): row group ``g`` (``2 V`` tokens) at ``g * key_group`` bytes.
-    * Values, transposed: one MV weight row per head dimension, K = tokens; row group ``g``
-      (``2 V`` dimensions) at ``g * value_group`` bytes, room for ``capacity`` tokens.
-    * Scale words (one 32-bit word per token) of keys and of values, in vector beats.
-    """
-
-    def __init__(self, config, head_dim, capacity):
-        g = config.geometry
-        if capacity % ACT_GROUP or head_dim % g.lanes or _pad(head_dim) > g.row_codes:
-            raise ValueError(f"capacity must be a multiple of {ACT_GROUP}, the head size a "
-                             f"multiple of {g.lanes} and at most {g.row_codes}")
-        self.config, self.head_dim, self.capacity = config, head_dim, capacity
-        self.beat = config.beat_lines(g.weight_bits) * config.line_bytes  # weight beat stride
-        self.key_steps = _pad(head_dim) // g.chain
-        self.key_group = self.key_steps * self.beat
-        self.value_steps = capacity // g.chain
-        self.value_group = self.value_steps * self.beat
-        self.key_bytes = capacity // g.lanes * self.key_group
-        self.value_bytes = head_dim // g.lanes * self.value_group
-        self.scale_bytes = -(-capacity // config.lanes) * config.line_bytes
-
-    def key_offset(self, token):
-        """Byte of slot 0 of a token's key row (the STORE pattern adds ``2 i``, steps)."""
-        g = self.config.geometry
-        group, within = divmod(token, g.lanes)
-        v, j = divmod(within, 2)
-        return group * self.key_group + 2 * g.chain * v + j
-
-    def value_offset(self, token):
-        g = self.config.geometry
-        step, slot = divmod(token, g.chain)
-        return step * self.beat + 2 * slot
-
-    def scale_offset(self, token):
-        lanes = self.config.lanes
-        return (token // lanes) * self.config.line_bytes + (token % lanes) * 4
-
-    def write_token(self, images, bases, token, k_codes, v_codes, k_word, v_word):
-        """Put one token's codes and scale words where the program's STOREs would."""
-        g = self.config.geometry
-        port = 1
-        key = np.zeros(_pad(self.head_dim), np.int64)
-        key[:len(k_codes)] = k_codes
-        for s in range(self.key_steps):
-            for i in range(g.chain):
-                images[port][bases["k"] + self.key_offset(token) + s * self.beat + 2 * i] = \
-                    key[s * g.chain + i] & 0xFF
-        for d, code in enumerate(v_codes):
-            group, within = divmod(d, g.lanes)
-            v, j = divmod(within, 2)
-            address = (bases["v"] + group * self.value_group + self.value_offset(token)
-                       + 2 * g.chain * v + j)
-            images[port][address] = int(code) & 0xFF
-        for name, word in (("ks", k_word), ("vs", v_word)):
-            address = bases[name] + self.scale_offset(token)
-            images[port][address:address + 4] = np.frombuffer(
-                int(word).to_bytes(4, "little"), np.uint8)
-
-
-def _pad(head_dim):
-    return -(-head_dim // ACT_GROUP) * ACT_GROUP
-
-
-def decode_registers(layout, position):
-    """The length registers ``r1`` .. ``r7`` of a decode step at ``position`` (the cache then
-    holds ``L = position + 1`` tokens), as the host sets them: ``L``, ``ceil(L / 2V)``, the
-    key's byte offset in the key cache, the value's byte offset in the value cache,
-    ``position``, ``ceil(L / 32)``, the scale word's byte offset."""
-    g = layout.config.geometry
-    length = position + 1
-    return (length, -(-length // g.lanes), layout.key_offset(position),
-            layout.value_offset(position), position, -(-length // ACT_GROUP),
-            layout.scale_offset(position))
-
-
-def _word(mult, exp):
-    return (int(mult) & 0xFFFF) | ((int(exp) & 0xFF) << 16)
-
 
 def decoder_layer(config, rng, *, dim=64, heads=4, kv_heads=2, head_dim=16, hidden=128,
                   capacity=64, position=5, bits=4, theta=10000.0, eps=1e-5,

@@ -25,73 +25,25 @@ Logits: final ``rms_norm`` -> ``linear`` with the LM head -> FX. Greedy decoding
 largest FX logit (lowest id on ties).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..compiler.quantize import QuantConfig, embedding_rows, quantize_tensor
 from ..isa import attention as A
 from ..isa import special as S
 from ..isa.numerics import (
     ACT_GROUP,
-    mul_round_shift,
     quantize_per_group,
     quantize_per_token,
     rsqrt,
 )
-from ..isa.weights import GroupQuantized, linear
+from ..isa.weights import linear
 from .generate import step_positions
 
 __all__ = ["QuantConfig", "QuantLlama", "QuantCache"]
 
 _FX = S.FX_FRAC
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """How the model's weights are quantized (activations are always INT8 per token).
-
-    Members
-    -------
-    weights : str
-        ``"gguf"``: the model's own quantized tensors, exactly (float matrices become INT8,
-        symmetric groups of 32). ``"int8"`` or ``"int4"``: re-quantize every matrix from its
-        float values.
-    group : int
-        Group size along K for re-quantized weights (32..128, a power of two).
-    symmetric : bool
-        Symmetric groups (no minimum) for re-quantized weights.
-    """
-
-    weights: str = "gguf"
-    group: int = 32
-    symmetric: bool = True
-
-    def __post_init__(self):
-        if self.weights not in ("gguf", "int8", "int4"):
-            raise ValueError(f"weights must be gguf, int8 or int4, not {self.weights!r}")
-        if self.group not in (32, 64, 128):
-            raise ValueError(f"group must be 32, 64 or 128, not {self.group!r}")
-
-    @property
-    def label(self):
-        """Short human-readable name, e.g. ``"W-gguf A8"`` or ``"W4 g128 sym A8"``."""
-        if self.weights == "gguf":
-            return "W-gguf A8"
-        kind = "sym" if self.symmetric else "asym"
-        return f"W{self.weights[3:]} g{self.group} {kind} A8"
-
-    def to_dict(self):
-        return asdict(self)
-
-
-def _quantized(tensor, config):
-    if config.weights == "gguf":
-        if isinstance(tensor, GroupQuantized):
-            return tensor
-        return GroupQuantized.from_float(tensor, 8, 32, True)
-    values = tensor.dequantize() if isinstance(tensor, GroupQuantized) else tensor
-    return GroupQuantized.from_float(values, 8 if config.weights == "int8" else 4,
-                                     config.group, config.symmetric)
 
 
 class _Linear:
@@ -132,17 +84,18 @@ class QuantLlama:
     config : QuantConfig
     """
 
-    def __init__(self, model, config=QuantConfig()):
+    def __init__(self, model, config=None):
+        config = QuantConfig() if config is None else config
         self.config, self.quant = model.config, config
         c = model.config
-        self.embedding = _quantized(model.weight("token_embd.weight"), QuantConfig())
+        self.embedding = quantize_tensor(model.weight("token_embd.weight"), QuantConfig())
         self._embed_terms = self.embedding.exact_terms()
-        self.head = _Linear(_quantized(model.weight("output.weight"), config))
+        self.head = _Linear(quantize_tensor(model.weight("output.weight"), config))
         self.output_norm = model.weight("output_norm.weight")
         names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
         self.layers = []
         for i in range(c.n_layers):
-            layer = {name: _Linear(_quantized(model.weight(f"blk.{i}.{name}.weight"), config))
+            layer = {name: _Linear(quantize_tensor(model.weight(f"blk.{i}.{name}.weight"), config))
                      for name in names}
             layer["attn_norm"] = model.weight(f"blk.{i}.attn_norm.weight")
             layer["ffn_norm"] = model.weight(f"blk.{i}.ffn_norm.weight")
@@ -162,14 +115,7 @@ class QuantLlama:
 
     def embed(self, tokens):
         """FX embedding rows of ``tokens`` (exact values, rounded once to FX)."""
-        d, m, row_exp = self._embed_terms
-        group = self.embedding.group
-        codes = self.embedding.codes[tokens].astype(np.int64)
-        scale = np.repeat(d[tokens], group, axis=1)
-        value = codes * scale
-        if m is not None:
-            value = value + np.repeat(m[tokens], group, axis=1)
-        return S.saturate_fx(mul_round_shift(value, 1, -(row_exp[tokens][:, None] + _FX)))
+        return embedding_rows(self.embedding, tokens, self._embed_terms)
 
     def _attention(self, layer, index, h, positions, cache):
         c = self.config

@@ -131,3 +131,26 @@ def test_run_rejects_a_corrupt_model(tmp_path):
     done = run(str(SCRIPT), "run", str(bad), "--prompt", "x")
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith(f"flightgen: error: {bad}: truncated file")
+
+
+@pytest.mark.parametrize("verb", ["inspect", "disasm"])
+def test_binary_verbs_report_a_missing_file_in_one_line(verb, tmp_path):
+    missing = tmp_path / "model.fgb"
+    done = run(str(SCRIPT), verb, str(missing))
+    assert done.returncode == 2
+    assert done.stderr == f"flightgen: error: {missing}: no such file\n"
+
+
+def test_inspect_verifies_a_written_binary(tmp_path):
+    from flightgen.compiler.binary import Binary, Program, write_binary
+    from flightgen.isa.assembly import assemble
+
+    path = tmp_path / "model.fgb"
+    words = b"".join(w.to_bytes(32, "little") for w in assemble("sync wait=load\nhalt"))
+    write_binary(path, Binary({"name": "t", "cores": 1, "core": {}}, {}, {}, {},
+                              [Program(0, "decode", 0, words)], [], None, {}))
+    done = run(str(SCRIPT), "inspect", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "checksums verified" in done.stdout
+    done = run(str(SCRIPT), "disasm", str(path))
+    assert done.stdout.splitlines()[1:] == ["    0: sync wait=load", "    1: halt"]

@@ -31,6 +31,18 @@ def _eval(args):
     return eval_main(args)
 
 
+def _inspect(args):
+    from .inspect import inspect_main
+
+    return inspect_main(args)
+
+
+def _disasm(args):
+    from .inspect import disasm_main
+
+    return disasm_main(args)
+
+
 def _positive(text):
     try:
         value = int(text, 0)
@@ -122,6 +134,38 @@ def build_parser():
     evaluate.add_argument("--json", default="eval.json", metavar="PATH",
                           help="Where to write the results as JSON (default eval.json).")
     evaluate.set_defaults(run=_eval)
+
+    inspect = verbs.add_parser(
+        "inspect",
+        help="Summarize a compiled model binary (.fgb) and verify its checksums.",
+        description="Read a model binary written by the flightgen compiler, verify every "
+                    "checksum, and print its format version, target hardware, model and "
+                    "compile configurations, its programs and HBM images, and its metadata. "
+                    "A damaged file is reported in one line with exit status 2.",
+    )
+    inspect.add_argument("binary", metavar="MODEL.fgb", help="The model binary.")
+    inspect.add_argument("--json", action="store_true",
+                         help="Print the file's header as JSON instead of the summary.")
+    inspect.set_defaults(run=_inspect)
+
+    disasm = verbs.add_parser(
+        "disasm",
+        help="Print the instructions of one program of a model binary (.fgb).",
+        description="Disassemble one program of a model binary, one instruction per line "
+                    "prefixed by its pc. The program is chosen by core, phase and context "
+                    "bucket; without --bucket, the smallest bucket present for that core and "
+                    "phase (0, the dynamic program, when there is one).",
+    )
+    disasm.add_argument("binary", metavar="MODEL.fgb", help="The model binary.")
+    disasm.add_argument("--core", type=int, default=0, help="Core index (default 0).")
+    disasm.add_argument("--phase", choices=["decode", "prefill"], default="decode",
+                        help="Which phase's program (default decode).")
+    disasm.add_argument("--bucket", type=int,
+                        help="Context bucket: 0 for the dynamic program, otherwise the longest "
+                             "context the program serves.")
+    disasm.add_argument("--range", metavar="A:B",
+                        help="Print only pcs A to B-1 (A: and :B leave one end open).")
+    disasm.set_defaults(run=_disasm)
     return parser
 
 

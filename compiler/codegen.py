@@ -1,0 +1,415 @@
+"""Code generation: the passes' decisions to instruction streams and HBM images.
+
+One **step program** runs one token through a core's layers (:func:`step_program`). Phases:
+
+* ``decode``: the step, then (on the last core) the final norm and the LM head, whose logits
+  go to HBM for the host to sample;
+* ``prefill``: the step without the head (a prompt's tokens before its last one only fill the
+  KV cache).
+
+Length adaptivity (``CompileConfig.mode``):
+
+* ``dynamic``: attention's lengths name the length registers (``r1 = L``,
+  ``r2 = ceil(L / 2V)``, ``r6 = ceil(L / 32)``), so one program per phase serves every
+  context length;
+* ``bucket``: FlightLLM's scheme: one program per bucket (prefill every 128 tokens, decode
+  every 16) with every length an immediate (the bucket's largest ``L``); the padded tokens are
+  masked by the softmax (``valid = r1``) and get probability 0.
+
+In both modes the token's position comes from registers (``r5`` for RoPE, ``r3``, ``r4``,
+``r7`` for the cache addresses): see :func:`flightgen.compiler.layout.decode_registers`.
+
+Token discipline: every pair of conflicting accesses is ordered by tokens or queue order, so
+the ISA simulator's result is the core's (see :mod:`flightgen.isa.machine`). Weight tiles
+stream through :data:`~flightgen.compiler.passes.SLOTS` slots; the output projection's first
+tiles are fetched while attention runs (they release no token: the attention loads after
+them do, and the in-order load releaser implies theirs).
+"""
+
+import numpy as np
+
+from ..isa.assembly import assemble
+from ..isa.numerics import ACT_GROUP, rsqrt
+from ..isa.special import eps_fixed, norm_weight, rope_frequencies
+from .passes import DECODE_BUCKET, PREFILL_BUCKET, SLOTS, CompileError
+from .quantize import embedding_rows
+
+__all__ = ["step_program", "buckets", "build_images", "vector_bytes"]
+
+
+def buckets(mode, phase, capacity):
+    """The context buckets of ``phase``: ``[0]`` (dynamic), or the largest length of each
+    bucket."""
+    if mode == "dynamic":
+        return [0]
+    size = PREFILL_BUCKET if phase == "prefill" else DECODE_BUCKET
+    return sorted({min(b, capacity) for b in range(size, capacity + size, size)})
+
+
+class _Lengths:
+    """Attention's length fields: registers (dynamic) or the bucket's immediates."""
+
+    def __init__(self, core, bucket):
+        self.bucket, self.lanes = bucket, core.lanes
+
+    def length(self):
+        return "r1" if not self.bucket else str(self.bucket)
+
+    def groups(self, mul=1):
+        if not self.bucket:
+            return "r2" if mul == 1 else f"r2*{mul}"
+        return str(-(-self.bucket // self.lanes) * mul)
+
+    def blocks(self, mul=1):
+        if not self.bucket:
+            return "r6" if mul == 1 else f"r6*{mul}"
+        return str(-(-self.bucket // ACT_GROUP) * mul)
+
+
+class _Writer:
+    """Assembly of one program, with the weight-tile slots and token bookkeeping."""
+
+    def __init__(self, ctx, planned):
+        self.ctx, self.core = ctx, ctx.target.core
+        self.text = []
+        self.tiles = 0
+        self.planned = planned
+        buffers = ctx.results["buffers"]
+        self.slot_w, self.slot_m = buffers.tile_lines // SLOTS, self.core.meta_lines // SLOTS
+
+    def emit(self, line):
+        self.text.append(line)
+
+    def linear(self, name, act, out, *, first_wait=(), last_release=(), load_tile=True,
+               tiles=None, early=0):
+        """Emit the tiles of matrix ``name`` (all, or ``tiles``: indices into its plan):
+        ``out`` (VEC line of row group 0 of the emitted tiles) = weight x the tile in ``ACT``
+        at ``act``. Returns ``(early_loads, rest)`` when ``early`` tiles are fetched ahead,
+        else emits directly."""
+        c = self.core
+        plan = self.ctx.results["plans"][name]
+        places = self.ctx.results["places"][name]["tiles"]
+        indices = range(len(plan.tiles)) if tiles is None else tiles
+        out_lines = c.beat_lines(c.beat_bits["out"])
+        base_group = plan.tiles[indices[0]][0]
+        ahead, rest = [], []
+        for position, index in enumerate(indices):
+            first, count = plan.tiles[index]
+            w, s, m = plan.lines[index]
+            where = places[index]
+            tile = self.tiles
+            self.tiles += 1
+            slot = tile % SLOTS
+            wgt, meta = slot * self.slot_w, slot * self.slot_m
+            prefetched = position < early
+            sink = ahead if prefetched else rest
+            wait = " wait=matrix" if tile >= SLOTS else ""
+            sink.append(f"load buffer=wgt line={wgt} port={where['port']} "
+                        f"addr={where['address']:#x} length={w}{wait}")
+            release = "" if prefetched else " release=matrix"
+            sink.append(f"load buffer=meta line={meta} port={where['port']} "
+                        f"addr={where['address'] + w * c.line_bytes:#x} length={s + m}{release}")
+            waits = ([] if prefetched else ["load"]) + (list(first_wait) if position == 0
+                                                         else [])
+            releases = ["load"] if tile + SLOTS < self.planned else []
+            if position == len(indices) - 1:
+                releases += list(last_release)
+            f, spec = plan.command, plan.spec
+            rest.append(
+                f"matrix mode=mv keep={spec['keep']} bits={spec['bits']} signed={f['signed']} "
+                f"load={int(position == 0 and load_tile)} blocks={f['blocks']} groups={count} "
+                f"act={act} wgt={wgt} mask={meta + s} scale={meta} "
+                f"out={out + (first - base_group) * out_lines}"
+                + (f" wait={','.join(waits)}" if waits else "")
+                + (f" release={','.join(releases)}" if releases else ""))
+        if early:
+            return ahead, rest
+        self.text += rest
+        return None
+
+
+def _unit_list(units):
+    return f"{','.join(units)}"
+
+
+def vector_bytes(core, values, width=32):
+    """FX (or ``width``-bit) vectors ``(rows, n)`` in line format: ``lanes`` values per beat,
+    each beat padded to whole lines; returns uint8 ``(rows, bytes per row)``."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.int64))
+    rows, n = values.shape
+    lanes = core.lanes
+    beats = -(-n // lanes)
+    padded = np.zeros((rows, beats * lanes), np.int64)
+    padded[:, :n] = values
+    size = width // 8
+    raw = (padded & ((1 << width) - 1)).astype("<u8").view(np.uint8).reshape(rows, -1, 8)
+    raw = raw[:, :, :size].reshape(rows, beats, lanes * size)
+    line = core.beat_lines(width * lanes) * core.line_bytes
+    out = np.zeros((rows, beats, line), np.uint8)
+    out[:, :, :lanes * size] = raw
+    return out.reshape(rows, -1)
+
+
+def _norm(tensor):
+    """``(operand entries, frac)`` of a norm weight (zeros for a config-only compile)."""
+    if tensor.data is None:
+        return np.zeros(tensor.shape[0], np.int64), 0
+    values, frac = norm_weight(tensor.data)
+    return np.asarray(values, np.int64) << 32, frac
+
+
+def step_program(graph, ctx, core, phase, bucket):
+    """The instruction words of one step of ``core`` in ``phase`` (``bucket`` 0: dynamic)."""
+    target, m = ctx.target, graph.config
+    c, g = target.core, target.core.geometry
+    buffers, places = ctx.results["buffers"], ctx.results["places"]
+    layout = buffers.layout
+    V, A = buffers.vec, buffers.act
+    last = core == target.cores - 1
+    head = last and phase == "decode"
+    kernels = [n for n in graph.nodes if n.attrs["core"] == core and n.op != "embed"
+               and (n.op != "head" or head)]
+    plans = ctx.results["plans"]
+    planned = sum(len(plans[name].tiles) for n in kernels for name in n.inputs
+                  if name in plans)
+    w = _Writer(ctx, planned)
+    lengths = _Lengths(c, bucket)
+    eps = eps_fixed(m.norm_eps)
+    hd, heads, kv_heads = m.head_dim, m.n_heads, m.n_kv_heads
+    vlines = c.beat_lines(32 * c.lanes)
+    hd_lines = -(-hd // c.lanes) * vlines
+    attn_mult, attn_exp = (int(v[0]) for v in rsqrt(np.array([hd])))
+
+    def load(buffer, line, where, lines, extra=""):
+        w.emit(f"load buffer={buffer} line={line} port={where['port']} "
+               f"addr={where['address']:#x} length={lines}{extra}")
+
+    def vector_lines(values, bits=32):
+        return -(-values // c.lanes) * c.beat_lines(bits * c.lanes)
+
+    def elementwise(op, n, a, b=None, out=None, first="", last=""):
+        """An SFU operation over ``n`` values, in chunks the SFU holds."""
+        chunk = c.vector_max // g.row_codes * g.row_codes
+        for start in range(0, n, chunk):
+            size = min(chunk, n - start)
+            offset = start // c.lanes * vlines
+            fields = f"a={a + offset}" + (f" b={b + offset}" if b is not None else "")
+            tail = (first if start == 0 else "") + (last if start + size >= n else "")
+            w.emit(f"vector op={op} length={size} {fields} out={(out or a) + offset}{tail}")
+
+    def quant(n, src, dst, first="", last=""):
+        chunk = min(c.vector_max, c.max_blocks * ACT_GROUP) // g.row_codes * g.row_codes
+        act_lines = c.beat_lines(g.act_bits)
+        for start in range(0, n, chunk):
+            size = min(chunk, n - start)
+            tail = (first if start == 0 else "") + (last if start + size >= n else "")
+            w.emit(f"quant length={size} src={src + start // c.lanes * vlines} "
+                   f"dst={dst + start // g.row_codes * act_lines}{tail}")
+
+    def rmsnorm(norm_name, region):
+        values, frac = _norm(graph.tensors[norm_name])
+        del values
+        load("vec", V[region], places[norm_name], vector_lines(m.dim, 48), " release=vector")
+        w.emit(f"vector op=rmsnorm length={m.dim} frac={frac & 0xFF} eps={eps} a={V['x']} "
+               f"b={V[region]} out={V['h']} wait=load")
+        quant(m.dim, V["h"], A["a"], last=" release=matrix")
+
+    # the RoPE phases and the hidden state
+    load("vec", V["fr"], places[f"rope.{core}"], vector_lines(hd, 48))
+    source = places["input"] if core == 0 else places[f"handoff.{core}.in"]
+    load("vec", V["x"], source, vector_lines(m.dim))
+    key_lines = layout.key_group // c.line_bytes
+    value_lines = (ACT_GROUP // g.chain) * layout.beat // c.line_bytes
+    g_v = hd // g.lanes
+    for node in kernels:
+        i = node.layer
+        if node.op == "attention_block":
+            rmsnorm(f"blk.{i}.attn_norm.weight", "nw")
+            names = {k: f"blk.{i}.{k}.weight" for k in ("attn_q", "attn_k", "attn_v",
+                                                        "attn_output")}
+            w.linear(names["attn_q"], A["a"], V["q"], first_wait=["vector"])
+            w.linear(names["attn_k"], A["a"], V["k"], load_tile=False)
+            w.linear(names["attn_v"], A["a"], V["v"], load_tile=False,
+                     last_release=["vector"])
+            early, late = w.linear(names["attn_output"], A["a"], V["d"],
+                                   first_wait=["vector"], last_release=["vector"],
+                                   early=SLOTS)
+            for index, line in enumerate([V["q"] + h * hd_lines for h in range(heads)]
+                                         + [V["k"] + k * hd_lines for k in range(kv_heads)]):
+                w.emit(f"vector op=rope length={hd} position=r5 a={line} b={V['fr']} "
+                       f"out={line}" + (" wait=matrix" if index == 0 else ""))
+            cache = [{part: places[f"kv.{i}.{kv}.{part}"] for part in ("k", "v", "ks", "vs")}
+                     for kv in range(kv_heads)]
+            for kv in range(kv_heads):
+                base = cache[kv]
+                w.emit(f"token length={hd} src={V['k'] + kv * hd_lines} dst={A['aq']} "
+                       f"scale={V['ksw']} " + ("wait=store " if kv else "") + "release=store")
+                w.emit(f"store buffer=act line={A['aq']} port={base['k']['port']} "
+                       f"addr={base['k']['address']:#x}+r3 length=1 count2={g.chain} "
+                       f"stride2=2 count3={layout.key_steps} stride3={layout.beat} "
+                       f"wait=vector")
+                w.emit(f"store buffer=vec line={V['ksw']} port={base['ks']['port']} "
+                       f"addr={base['ks']['address']:#x}+r7 length=4 release=vector")
+                w.emit(f"token length={hd} src={V['v'] + kv * hd_lines} dst={A['aq']} "
+                       f"scale={V['vsw']} wait=store release=store")
+                w.emit(f"store buffer=act line={A['aq']} port={base['v']['port']} "
+                       f"addr={base['v']['address']:#x}+r4 length=2 count2={g.vpus} "
+                       f"stride2={2 * g.chain} count3={g_v} stride3={layout.value_group} "
+                       f"wait=vector")
+                w.emit(f"store buffer=vec line={V['vsw']} port={base['vs']['port']} "
+                       f"addr={base['vs']['address']:#x}+r7 length=4 "
+                       f"release={'vector,load' if kv == kv_heads - 1 else 'vector'}")
+            w.text += early
+            kw, vw = buffers.kw, buffers.vw
+            blocks_k = -(-hd // ACT_GROUP)
+            group = heads // kv_heads
+            for h in range(heads):
+                base = cache[h // group]
+                w.emit(f"token length={hd} src={V['q'] + h * hd_lines} dst={A['aq']} "
+                       f"scale={V['qs']} " + ("wait=store " if h == 0 else "")
+                       + "release=matrix")
+                w.emit(f"load buffer=wgt line={kw} port={base['k']['port']} "
+                       f"addr={base['k']['address']:#x} length={lengths.groups(key_lines)} "
+                       f"wait={'store' if h == 0 else 'vector'} release=matrix")
+                w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={blocks_k} "
+                       f"groups={lengths.groups()} act={A['aq']} wgt={kw} out={V['acc']} "
+                       f"wait=load,vector release=vector")
+                w.emit(f"load buffer=vec line={V['ks']} port={base['ks']['port']} "
+                       f"addr={base['ks']['address']:#x} length={lengths.groups()} "
+                       f"release=vector")
+                w.emit(f"rescale length={lengths.length()} x={V['acc']} y={V['ks']} "
+                       f"a={V['qs']} c_mult={attn_mult} c_exp={attn_exp & 0xFF} out={V['s']} "
+                       f"wait=matrix,load")
+                w.emit(f"vector op=softmax length={lengths.length()} valid=r1 a={V['s']} "
+                       f"out={V['p']}")
+                w.emit(f"load buffer=vec line={V['vs']} port={base['vs']['port']} "
+                       f"addr={base['vs']['address']:#x} length={lengths.groups()} "
+                       f"release=vector")
+                w.emit(f"token fold=1 length={lengths.length()} src={V['p']} sc={V['vs']} "
+                       f"dst={A['ah']} lo={A['al']} scale={V['ws']} wait=load release=matrix")
+                w.emit(f"load buffer=wgt line={vw} port={base['v']['port']} "
+                       f"addr={base['v']['address']:#x} length={lengths.blocks(value_lines)} "
+                       f"count2={g_v} stride2={layout.value_group} release=matrix")
+                w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
+                       f"groups={g_v} act={A['ah']} wgt={vw} out={V['oh']} wait=vector,load")
+                w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
+                       f"groups={g_v} act={A['al']} wgt={vw} out={V['ol']} release=vector")
+                w.emit(f"rescale output=1 length={hd} x={V['oh']} y={V['ol']} a={V['ws']} "
+                       f"out={V['out'] + h * hd_lines} wait=matrix"
+                       + (" release=load" if h < heads - 1 else ""))
+            quant(heads * hd, V["out"], A["a"], last=" release=matrix")
+            w.text += late
+            w.emit(f"vector op=add length={m.dim} a={V['d']} b={V['x']} out={V['x']} "
+                   f"wait=matrix")
+        elif node.op == "ffn_block":
+            rmsnorm(f"blk.{i}.ffn_norm.weight", "nf")
+            w.linear(f"blk.{i}.ffn_gate.weight", A["a"], V["g"], first_wait=["vector"])
+            w.linear(f"blk.{i}.ffn_up.weight", A["a"], V["u"], load_tile=False,
+                     last_release=["vector"])
+            elementwise("silu", m.ffn_dim, V["g"], first=" wait=matrix")
+            elementwise("mul", m.ffn_dim, V["g"], V["u"])
+            quant(m.ffn_dim, V["g"], A["a"], last=" release=matrix")
+            w.linear(f"blk.{i}.ffn_down.weight", A["a"], V["d"], first_wait=["vector"],
+                     last_release=["vector"])
+            final = node is kernels[-1] and not last
+            w.emit(f"vector op=add length={m.dim} a={V['d']} b={V['x']} out={V['x']} "
+                   f"wait=matrix" + (" release=store" if final else ""))
+        elif node.op == "head":
+            rmsnorm("output_norm.weight", "nw")
+            _head(w, ctx, V, A, places["logits"])
+    if not last:
+        out = places[f"handoff.{core}.out"]
+        w.emit(f"store buffer=vec line={V['x']} port={out['port']} addr={out['address']:#x} "
+               f"length={vector_lines(m.dim) * c.line_bytes} wait=vector")
+    w.emit("halt")
+    if w.tiles != planned:
+        raise CompileError(f"internal: {w.tiles} tiles emitted, {planned} planned")
+    return assemble("\n".join(w.text))
+
+
+def _head(w, ctx, V, A, logits):
+    """The LM head in chunks of row groups whose outputs fit the free VEC lines; each chunk's
+    logits are stored before the next chunk overwrites them."""
+    c = ctx.target.core
+    name = "output.weight"
+    plan = ctx.results["plans"][name]
+    chunk = ctx.results["head_chunk"]
+    out_lines = c.beat_lines(c.beat_bits["out"])
+    starts = sorted({first // chunk for first, _ in plan.tiles})
+    for number, block in enumerate(starts):
+        tiles = [i for i, (first, _) in enumerate(plan.tiles) if first // chunk == block]
+        groups = sum(plan.tiles[i][1] for i in tiles)
+        last = number == len(starts) - 1
+        w.linear(name, A["a"], V["logits"], first_wait=["vector" if number == 0 else "store"],
+                 last_release=["store"], load_tile=number == 0, tiles=tiles)
+        size = groups * out_lines * c.line_bytes
+        address = logits["address"] + block * chunk * out_lines * c.line_bytes
+        w.emit(f"store buffer=vec line={V['logits']} port={logits['port']} addr={address:#x} "
+               f"length={size} wait=matrix" + ("" if last else " release=matrix"))
+
+
+def build_images(graph, ctx, progress=None):
+    """The bytes of every HBM channel: ``{channel: uint8 array}`` (config-only: None, the
+    binary records random fills instead)."""
+    from ..isa.matrix import MatrixMode, WeightStreams
+    from ..isa.weights import GroupQuantized
+
+    target, m = ctx.target, graph.config
+    c = target.core
+    places, plans = ctx.results["places"], ctx.results["plans"]
+    sizes = ctx.results["channel_bytes"]
+    images = {ch: np.zeros(-(-size // 4096) * 4096, np.uint8) for ch, size in sizes.items()}
+
+    def put(where, data):
+        data = np.asarray(data, np.uint8).ravel()
+        if len(data) > where["bytes"]:
+            raise CompileError(f"internal: {len(data)} bytes for a {where['bytes']}-byte slot")
+        channel = target.channel(where["core"], where["port"])
+        images[channel][where["address"]:where["address"] + len(data)] = data
+
+    matrices = graph.matrices()
+    for number, tensor in enumerate(matrices):
+        if progress is not None:
+            progress(number, len(matrices))
+        weight, plan = tensor.data, plans[tensor.name]
+        lanes = c.geometry.lanes
+        for (first, count), lines, where in zip(plan.tiles, plan.lines,
+                                                places[tensor.name]["tiles"], strict=True):
+            rows = slice(first * lanes, min((first + count) * lanes, weight.shape[0]))
+            part = GroupQuantized(weight.codes[rows], weight.bits, weight.signed, weight.group,
+                                  weight.scales[rows],
+                                  None if weight.mins is None else weight.mins[rows],
+                                  None if weight.mask is None else weight.mask[rows])
+            streams = WeightStreams(c.geometry, MatrixMode.MV, part)
+            parts = []
+            for stream, count_lines in zip(("weights", "scales", "masks"), lines, strict=True):
+                beats = streams.data[stream]
+                per = c.beat_lines(beats.shape[1] * 8) * c.line_bytes
+                padded = np.zeros((len(beats), per), np.uint8)
+                padded[:, :beats.shape[1]] = beats
+                if len(beats) * per != count_lines * c.line_bytes:
+                    raise CompileError(f"internal: {tensor.name} tile at group {first}: "
+                                       f"{stream} has {len(beats)} beats, planned "
+                                       f"{count_lines} lines")
+                parts.append(padded.ravel())
+            put(where, np.concatenate(parts))
+    for tensor in graph.tensors.values():
+        if tensor.role == "norm":
+            values, _ = _norm(tensor)
+            put(places[tensor.name], vector_bytes(c, values, 48))
+    phases = np.repeat(rope_frequencies(m.head_dim, m.rope_theta), 2)
+    for core in range(target.cores):
+        put(places[f"rope.{core}"], vector_bytes(c, phases, 48))
+    embedding = graph.tensors["token_embd.weight"].data
+    terms = embedding.exact_terms()
+    pieces = places["embedding"]
+    row = pieces["row_bytes"]
+    for piece in pieces["pieces"]:
+        channel = images[target.channel(piece["core"], piece["port"])]
+        for start in range(0, piece["rows"], 4096):
+            tokens = np.arange(piece["first"] + start,
+                               piece["first"] + min(start + 4096, piece["rows"]))
+            rows = vector_bytes(c, embedding_rows(embedding, tokens, terms))
+            at = piece["address"] + start * row
+            channel[at:at + rows.size] = rows.ravel()
+    return images

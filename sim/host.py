@@ -1,0 +1,155 @@
+"""The host side of a compiled model: what a host does around each step, on any backend.
+
+:class:`Host` follows the binary's ``layout`` (see :mod:`flightgen.compiler.build`): it copies
+the token's embedding row to the input slot, sets the length registers, runs each core's
+program for the step's phase and bucket in core order, hands the hidden state from core to
+core, and reads the logits. The backend runs one program on one core: :class:`IsaBackend`
+is the ISA simulator (one :class:`~flightgen.isa.machine.Machine` per core); the RTL backend
+(Verilator) uses the same sequence.
+"""
+
+import numpy as np
+
+from ..compiler.binary import BinaryError
+from ..compiler.layout import KVLayout, decode_registers
+from ..compiler.target import Target
+from ..errors import FlightgenError
+from ..isa.machine import ErrorCode, Machine
+
+__all__ = ["Host", "IsaBackend", "StepError"]
+
+
+class StepError(FlightgenError):
+    """A core stopped with an error code while running a step."""
+
+
+class IsaBackend:
+    """Each core's HBM channels and an ISA simulator per core.
+
+    Parameters
+    ----------
+    binary : flightgen.compiler.binary.Binary
+    """
+
+    def __init__(self, binary):
+        self.target = Target.from_dict(binary.target)
+        c = self.target.core
+        self.channels = {}
+        for image in binary.images:
+            data = np.array(binary.image_bytes(image), dtype=np.uint8)  # a writable copy
+            self.channels[image.channel] = data
+        self.machines = []
+        for core in range(self.target.cores):
+            machine = Machine(c, hbm_bytes=c.line_bytes)
+            machine.hbm = [self.memory(core, port) for port in range(c.hbm_ports)]
+            self.machines.append(machine)
+        self._words = {}
+
+    def memory(self, core, port):
+        """The bytes of ``port`` of ``core`` (its channel)."""
+        channel = self.target.channel(core, port)
+        if channel not in self.channels:
+            self.channels[channel] = np.zeros(4096, np.uint8)
+        return self.channels[channel]
+
+    def run(self, core, program, registers):
+        """Run ``program`` (a :class:`~flightgen.compiler.binary.Program`) on ``core``;
+        return ``(error code, error pc, message, instructions)``."""
+        key = id(program)
+        if key not in self._words:
+            raw = np.frombuffer(program.words, np.uint8).reshape(-1, 32)
+            self._words[key] = [int.from_bytes(row.tobytes(), "little") for row in raw]
+        words = self._words[key]
+        result = self.machines[core].run(words, registers)
+        return result.error, result.error_pc, result.message, len(result.trace)
+
+
+class Host:
+    """Runs a compiled model step by step on a backend.
+
+    Parameters
+    ----------
+    binary : flightgen.compiler.binary.Binary
+    backend : IsaBackend or an object with the same ``memory`` and ``run``
+    """
+
+    def __init__(self, binary, backend=None):
+        self.binary = binary
+        self.backend = backend or IsaBackend(binary)
+        self.target = Target.from_dict(binary.target)
+        self.layout = binary.layout
+        self.kv = KVLayout(self.target.core, self.layout["head_dim"], self.layout["capacity"])
+        self.position = 0
+        self.instructions = 0
+
+    @property
+    def capacity(self):
+        return self.layout["capacity"]
+
+    def _copy(self, source, destination, size):
+        src = self.backend.memory(source["core"], source["port"])
+        dst = self.backend.memory(destination["core"], destination["port"])
+        dst[destination["address"]:destination["address"] + size] = \
+            src[source["address"]:source["address"] + size]
+
+    def _program(self, core, phase, length):
+        choices = self.layout["buckets"][phase]
+        bucket = 0 if choices == [0] else next((b for b in choices if b >= length), None)
+        if bucket is None:
+            raise BinaryError(f"no {phase} program holds a context of {length} tokens")
+        return self.binary.program(core, phase, bucket)
+
+    def step(self, token, phase):
+        """Run ``token`` at the next position; return the FX logits (int64) after a
+        ``decode`` step, None after a ``prefill`` step."""
+        if self.position >= self.capacity:
+            raise StepError(f"the KV cache holds {self.capacity} tokens")
+        embedding = self.layout["embedding"]
+        row = embedding["row_bytes"]
+        piece = next(p for p in embedding["pieces"]
+                     if p["first"] <= token < p["first"] + p["rows"])
+        self._copy({**piece, "address": piece["address"] + (token - piece["first"]) * row},
+                   self.layout["input"], row)
+        registers = decode_registers(self.kv, self.position)
+        for core in range(self.target.cores):
+            program = self._program(core, phase, self.position + 1)
+            error, pc, message, count = self.backend.run(core, program, registers)
+            self.instructions += count
+            if error != ErrorCode.NONE:
+                raise StepError(f"core {core} stopped with {ErrorCode(error).name} at pc {pc} "
+                                f"({program.phase}): {message}")
+            if core < self.target.cores - 1:
+                handoff = self.layout["handoffs"][core]
+                self._copy(handoff["from"], handoff["to"], handoff["bytes"])
+        self.position += 1
+        return self.logits() if phase == "decode" else None
+
+    def logits(self):
+        """The FX logits the last decode step stored."""
+        c = self.target.core
+        where = self.layout["logits"]
+        count = where["count"]
+        memory = self.backend.memory(where["core"], where["port"])
+        lines = -(-count // c.lanes) * c.beat_lines(32 * c.lanes)
+        raw = memory[where["address"]:where["address"] + lines * c.line_bytes]
+        per = c.beat_lines(32 * c.lanes) * c.line_bytes
+        values = raw.reshape(-1, per)[:, :4 * c.lanes].copy().view("<i4")
+        return values.ravel()[:count].astype(np.int64)
+
+    def prefill(self, tokens):
+        """Run a prompt; return the logits of its last token."""
+        if not len(tokens):
+            raise ValueError("the prompt is empty")
+        for token in tokens[:-1]:
+            self.step(int(token), "prefill")
+        return self.step(int(tokens[-1]), "decode")
+
+    def generate(self, tokens, max_tokens, stop=None):
+        """Greedy generation: yield ``(token, logits)`` per generated token."""
+        logits = self.prefill(tokens)
+        for _ in range(max_tokens):
+            token = int(np.argmax(logits))
+            yield token, logits
+            if token == stop or self.position >= self.capacity:
+                return
+            logits = self.step(token, "decode")
