@@ -53,8 +53,10 @@ def compile_model(target, config=None, *, model=None, model_config=None,
     programs = []
     for core in range(target.cores):
         for phase in PHASES:
-            for bucket in buckets(config.mode, phase, capacity):
-                say(f"codegen core {core} {phase}" + (f" bucket {bucket}" if bucket else ""))
+            choices = buckets(config.mode, phase, capacity)
+            say(f"codegen core {core} {phase}: " + (
+                "dynamic" if choices == [0] else f"{len(choices)} buckets"))
+            for bucket in choices:
                 words = step_program(graph, ctx, core, phase, bucket)
                 data = b"".join(int(w).to_bytes(32, "little") for w in words)
                 programs.append(Program(core, phase, bucket, data))
@@ -80,6 +82,8 @@ def compile_model(target, config=None, *, model=None, model_config=None,
         "handoffs": [{"from": places[f"handoff.{c}.out"], "to": places[f"handoff.{c + 1}.in"],
                       "bytes": row} for c in range(target.cores - 1)],
         "logits": {**places["logits"], "count": llama.vocab_size},
+        "caches": [[{part: places[f"kv.{layer}.{kv}.{part}"] for part in ("k", "v", "ks", "vs")}
+                    for kv in range(llama.n_kv_heads)] for layer in range(llama.n_layers)],
         "buckets": {phase: buckets(config.mode, phase, capacity) for phase in PHASES},
         "partition": graph.attrs["partition"],
         "channels": {str(k): v for k, v in sorted(sizes.items())},

@@ -342,10 +342,11 @@ def _head(w, ctx, V, A, logits):
         last = number == len(starts) - 1
         w.linear(name, A["a"], V["logits"], first_wait=["vector" if number == 0 else "store"],
                  last_release=["store"], load_tile=number == 0, tiles=tiles)
-        size = groups * out_lines * c.line_bytes
-        address = logits["address"] + block * chunk * out_lines * c.line_bytes
+        size = out_lines * c.line_bytes
+        address = logits["address"] + block * chunk * size
         w.emit(f"store buffer=vec line={V['logits']} port={logits['port']} addr={address:#x} "
-               f"length={size} wait=matrix" + ("" if last else " release=matrix"))
+               f"length={size} count2={groups} stride2={size} wait=matrix"
+               + ("" if last else " release=matrix"))
 
 
 def build_images(graph, ctx, progress=None):

@@ -53,26 +53,42 @@ class KVLayout:
         lanes = self.config.lanes
         return (token // lanes) * self.config.line_bytes + (token % lanes) * 4
 
-    def write_token(self, images, bases, token, k_codes, v_codes, k_word, v_word):
-        """Put one token's codes and scale words where the program's STOREs would."""
+    def addresses(self, token):
+        """Byte offsets of one token's data in each part: ``k`` (the padded key's codes),
+        ``v`` (the value's codes), ``ks`` and ``vs`` (the scale words' 4 bytes)."""
         g = self.config.geometry
-        port = 1
+        slots = np.arange(_pad(self.head_dim))
+        step, slot = divmod(slots, g.chain)
+        d = np.arange(self.head_dim)
+        group, within = divmod(d, g.lanes)
+        v, j = divmod(within, 2)
+        words = self.scale_offset(token) + np.arange(4)
+        return {"k": self.key_offset(token) + step * self.beat + 2 * slot,
+                "v": group * self.value_group + self.value_offset(token) + 2 * g.chain * v + j,
+                "ks": words, "vs": words}
+
+    def write_token(self, images, bases, token, k_codes, v_codes, k_word, v_word):
+        """Put one token's codes and scale words where the program's STOREs would (the
+        parts on port 1 at ``bases``)."""
         key = np.zeros(_pad(self.head_dim), np.int64)
         key[:len(k_codes)] = k_codes
-        for s in range(self.key_steps):
-            for i in range(g.chain):
-                images[port][bases["k"] + self.key_offset(token) + s * self.beat + 2 * i] = \
-                    key[s * g.chain + i] & 0xFF
-        for d, code in enumerate(v_codes):
-            group, within = divmod(d, g.lanes)
-            v, j = divmod(within, 2)
-            address = (bases["v"] + group * self.value_group + self.value_offset(token)
-                       + 2 * g.chain * v + j)
-            images[port][address] = int(code) & 0xFF
-        for name, word in (("ks", k_word), ("vs", v_word)):
-            address = bases[name] + self.scale_offset(token)
-            images[port][address:address + 4] = np.frombuffer(
-                int(word).to_bytes(4, "little"), np.uint8)
+        values = {"k": key, "v": np.asarray(v_codes),
+                  "ks": np.frombuffer(int(k_word).to_bytes(4, "little"), np.uint8),
+                  "vs": np.frombuffer(int(v_word).to_bytes(4, "little"), np.uint8)}
+        for part, offsets in self.addresses(token).items():
+            images[1][bases[part] + offsets] = np.asarray(values[part], np.int64) & 0xFF
+
+    def read_token(self, memories, token):
+        """One token's ``(k codes, v codes, k word, v word)`` from ``memories`` (part ->
+        ``(bytes array, base)``)."""
+        out = {}
+        for part, offsets in self.addresses(token).items():
+            memory, base = memories[part]
+            out[part] = memory[base + offsets]
+        return (out["k"][:self.head_dim].view(np.int8).astype(np.int64),
+                out["v"].view(np.int8).astype(np.int64),
+                int.from_bytes(out["ks"].tobytes(), "little"),
+                int.from_bytes(out["vs"].tobytes(), "little"))
 
 
 def _pad(head_dim):

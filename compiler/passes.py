@@ -453,7 +453,7 @@ class Tile:
         buffers = ctx.results["buffers"]
         slot_w, slot_m = buffers.tile_lines // SLOTS, core.meta_lines // SLOTS
         out_lines = core.beat_lines(core.beat_bits["out"])
-        chunk = buffers.logit_lines // out_lines
+        chunk = min(buffers.logit_lines // out_lines, 4095)  # a STORE's count2 limit
         plans = {}
         for tensor in graph.matrices():
             plan = TilePlan(core, tensor.attrs["spec"], tensor.shape, slot_w, slot_m,
@@ -472,6 +472,11 @@ class Channel:
 
     def __init__(self, index, size):
         self.index, self.size, self.used = index, size, 0
+        #: Bytes a decode step reads from or writes to this channel (weights, norms, caches).
+        self.traffic = 0
+
+    def fits(self, size, align):
+        return -(-self.used // align) * align + size <= self.size
 
     def take(self, size, align):
         start = -(-self.used // align) * align
@@ -483,10 +488,12 @@ class Channel:
 
 
 class Place:
-    """HBM addresses for everything a core reads or writes, each item on its core's
-    least-filled channel: weight tiles (weights, then scales and masks), norm weights, the
-    RoPE phase table, the KV caches, the embedding table and input slot (first core), the
-    hand-over slots of the sync points, the logits (last core)."""
+    """HBM addresses for everything a core reads or writes, each item on the channel of its
+    core that a decode step uses least so far (balanced traffic) and that has room: weight
+    tiles (weights, then scales and masks; consecutive tiles land on different channels),
+    norm weights, the RoPE phase table, the KV caches, the input slot, the hand-over slots of
+    the sync points, the logits; then the embedding table (one row read per step) in the
+    space left on the first core's channels."""
 
     name = "place"
 
@@ -499,7 +506,13 @@ class Place:
         line = c.line_bytes
 
         def place(core, size, align=line):
-            port = min(range(c.hbm_ports), key=lambda p: channels[core][p].used)
+            """On the channel of ``core`` with the least step traffic that has room."""
+            free = [p for p in range(c.hbm_ports) if channels[core][p].fits(size, align)]
+            if not free:
+                raise CompileError(f"the HBM channels of core {core} are full: {size} more "
+                                   f"bytes needed")
+            port = min(free, key=lambda p: channels[core][p].traffic)
+            channels[core][port].traffic += size
             return {"core": core, "port": port,
                     "address": channels[core][port].take(size, align), "bytes": size}
 
@@ -508,24 +521,6 @@ class Place:
         def vector_size(values, bits=32):
             return -(-values // c.lanes) * c.beat_lines(bits * c.lanes) * line
 
-        # the largest item first: the embedding table (FX rows), split over the first core's
-        # channels when one cannot hold it
-        row = vector_size(m.dim)
-        pieces, first = [], 0
-        for port in range(c.hbm_ports):
-            channel = channels[0][port]
-            rows = min(m.vocab_size - first, (channel.size - channel.used) // row)
-            if rows > 0:
-                pieces.append({"first": first, "rows": rows, "core": 0, "port": port,
-                               "address": channel.take(rows * row, 4096),
-                               "bytes": rows * row})
-                first += rows
-            if first == m.vocab_size:
-                break
-        if first < m.vocab_size:
-            raise CompileError(f"the embedding table ({m.vocab_size * row} bytes) does not "
-                               f"fit the first core's HBM channels")
-        places["embedding"] = {"row_bytes": row, "pieces": pieces}
         for core in range(target.cores):
             places[f"rope.{core}"] = place(core, vector_size(m.head_dim, 48), 4096)
         layout = buffers.layout
@@ -547,14 +542,36 @@ class Place:
                     for part, size in (("k", layout.key_bytes), ("v", layout.value_bytes),
                                        ("ks", layout.scale_bytes), ("vs", layout.scale_bytes)):
                         places[f"kv.{node.layer}.{kv}.{part}"] = place(core, size, 4096)
+        row = vector_size(m.dim)
         places["input"] = place(0, row, 4096)
         for sync in graph.attrs["sync_points"]:
             places[f"handoff.{sync['from_core']}.out"] = place(sync["from_core"], row, 4096)
             places[f"handoff.{sync['to_core']}.in"] = place(sync["to_core"], row, 4096)
         places["logits"] = place(target.cores - 1, vector_size(m.vocab_size), 4096)
+        # the embedding table (FX rows; one row is read per step) in the space left on the
+        # first core's channels, most free first, split when one cannot hold it
+        pieces, first = [], 0
+        for port in sorted(range(c.hbm_ports), key=lambda p: channels[0][p].used):
+            channel = channels[0][port]
+            rows = min(m.vocab_size - first,
+                       max(0, channel.size - -(-channel.used // 4096) * 4096) // row)
+            if rows > 0:
+                pieces.append({"first": first, "rows": rows, "core": 0, "port": port,
+                               "address": channel.take(rows * row, 4096),
+                               "bytes": rows * row})
+                first += rows
+            if first == m.vocab_size:
+                break
+        if first < m.vocab_size:
+            raise CompileError(f"the embedding table ({m.vocab_size * row} bytes) does not "
+                               f"fit the first core's HBM channels")
+        places["embedding"] = {"row_bytes": row, "pieces": pieces}
         ctx.results["places"] = places
         ctx.results["channel_bytes"] = {ch.index: ch.used for row_ in channels for ch in row_}
+        ctx.results["channel_traffic"] = {ch.index: ch.traffic for row_ in channels
+                                          for ch in row_}
         graph.attrs["channels"] = ctx.results["channel_bytes"]
+        graph.attrs["channel_traffic"] = ctx.results["channel_traffic"]
         for name, where in places.items():
             if name in graph.tensors:
                 graph.tensors[name].attrs["place"] = (

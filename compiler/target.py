@@ -97,7 +97,7 @@ TARGETS = {
     "sim-small": Target("sim-small", SIM_CORE, channel_bytes=1 << 24),
     "u280": Target("u280", CoreConfig(line_bits=512, chain=16, vpus=16, max_blocks=512,
                                       vector_max=4096, vec_lines=8192, act_lines=1024,
-                                      wgt_lines=16384, meta_lines=4096, hbm_ports=8),
+                                      wgt_lines=32768, meta_lines=4096, hbm_ports=8),
                    cores=3, channel_bytes=1 << 28),
 }
 

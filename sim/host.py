@@ -136,6 +136,23 @@ class Host:
         values = raw.reshape(-1, per)[:, :4 * c.lanes].copy().view("<i4")
         return values.ravel()[:count].astype(np.int64)
 
+    def cache(self, layer):
+        """The KV cache of ``layer`` as the steps so far stored it: ``(k_codes, k_words,
+        v_codes, v_words)``, codes ``(position, kv_heads, head_dim)``, scale words
+        ``(position, kv_heads)``."""
+        places = self.layout["caches"][layer]
+        rows = []
+        for token in range(self.position):
+            heads = []
+            for kv in places:
+                memories = {part: (self.backend.memory(p["core"], p["port"]), p["address"])
+                            for part, p in kv.items()}
+                heads.append(self.kv.read_token(memories, token))
+            rows.append(heads)
+        k, v = (np.array([[h[i] for h in r] for r in rows]) for i in (0, 1))
+        kw, vw = (np.array([[h[i] for h in r] for r in rows]) for i in (2, 3))
+        return k, kw, v, vw
+
     def prefill(self, tokens):
         """Run a prompt; return the logits of its last token."""
         if not len(tokens):

@@ -135,6 +135,10 @@ def build_parser():
                           help="Where to write the results as JSON (default eval.json).")
     evaluate.set_defaults(run=_eval)
 
+    from .compile import add_parser as add_compile
+
+    add_compile(verbs, _positive)
+
     inspect = verbs.add_parser(
         "inspect",
         help="Summarize a compiled model binary (.fgb) and verify its checksums.",
