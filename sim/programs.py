@@ -12,9 +12,11 @@ build real layers from random weights:
   over an INT8 KV cache (:class:`KVLayout`) and the FFN; the host's length registers come from
   :func:`decode_registers`.
 
-The compiler (not written yet) will produce programs of this shape. Their results are what
-the ISA simulator computes; ``tests/test_programs.py`` checks those against numpy, and the
-RTL benches compare the RTL with the ISA simulator.
+These are the RTL benches' workloads, sized for ``SIM_CORE`` and built from random weights;
+the compiler (:mod:`flightgen.compiler.codegen`) generates the same kernels for whole
+models. Their results are what the ISA simulator computes; ``tests/test_programs.py`` checks
+those against numpy, and the RTL benches compare the RTL with the ISA simulator. The cache
+layout and the registers are the compiler's (:mod:`flightgen.compiler.layout`).
 """
 
 import numpy as np

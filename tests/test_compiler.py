@@ -219,3 +219,13 @@ def test_smollm2_equals_reference_all_modes(smollm2, mode, cores):
                            model=smollm2)
     check_generation(binary, QuantLlama(smollm2),
                      smollm2.tokenizer.encode("Once upon a time, in a"), 8)
+
+
+def test_hf_checkpoint_equals_reference(tmp_path):
+    """A Hugging Face LLaMA checkpoint (float safetensors, rotate-half q/k rows) compiles and
+    runs like the reference of the same checkpoint."""
+    from model_files import write_hf
+
+    model = load_model(write_hf(tmp_path / "hf"))
+    binary = compile_model(SMALL, CompileConfig(weights="int8-g32-sym"), model=model)
+    check_generation(binary, QuantLlama(model, QuantConfig("int8")), PROMPT[:5], 3)
