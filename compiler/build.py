@@ -33,12 +33,14 @@ __all__ = ["compile_model", "CompileConfig"]
 
 
 def compile_model(target, config=None, *, model=None, model_config=None,
-                  progress=None, dump=None):
+                  progress=None, dump=None, verify=True):
     """Compile ``model`` (a ModelDescription) or, config-only, a bare ``model_config``
     (LlamaConfig: random HBM images) for ``target``; return a Binary.
 
     ``progress(message)`` is told each stage; ``dump`` is a folder for the IR after each
-    pass.
+    pass. ``verify`` proves that the programs order every conflicting access
+    (:func:`flightgen.isa.hazards.check_ordering`) at the first and last position they serve:
+    every dynamic program, and the first and last bucket of each phase.
     """
     config = CompileConfig() if config is None else config
     started = time.perf_counter()
@@ -61,6 +63,10 @@ def compile_model(target, config=None, *, model=None, model_config=None,
                 data = b"".join(int(w).to_bytes(32, "little") for w in words)
                 programs.append(Program(core, phase, bucket, data))
     timings["codegen"] = time.perf_counter() - started - timings["passes"]
+    if verify:
+        _verify(ctx, programs, llama, capacity, say)
+        timings["verify"] = time.perf_counter() - started - timings["passes"] - \
+            timings["codegen"]
     sizes = ctx.results["channel_bytes"]
     if model is not None:
         say("weight images")
@@ -103,6 +109,29 @@ def compile_model(target, config=None, *, model=None, model_config=None,
                     metadata=metadata)
     binary.graph = graph
     return binary
+
+
+def _verify(ctx, programs, llama, capacity, say):
+    from ..isa.hazards import check_ordering
+    from .layout import KVLayout, decode_registers
+    from .passes import CompileError
+
+    core = ctx.target.core
+    layout = KVLayout(core, llama.head_dim, capacity)
+    chosen = []
+    for key in sorted({(p.core, p.phase) for p in programs}):
+        group = [p for p in programs if (p.core, p.phase) == key]
+        chosen += group if len(group) <= 2 else [group[0], group[-1]]
+    say(f"verify the ordering of {len(chosen)} programs")
+    for program in chosen:
+        last = (program.bucket or capacity) - 1
+        first = 0 if not program.bucket else max(0, program.bucket - 16)
+        for position in (first, last):
+            hazards = check_ordering(core, program.words, decode_registers(layout, position))
+            if hazards:
+                raise CompileError(f"internal: core {program.core} {program.phase} program "
+                                   f"(bucket {program.bucket}) at position {position}: "
+                                   f"{hazards[0]}")
 
 
 def _pass_names():

@@ -22,6 +22,7 @@ layout and the registers are the compiler's (:mod:`flightgen.compiler.layout`).
 import numpy as np
 
 from ..compiler.layout import KVLayout, _pad, _word, decode_registers
+from ..compiler.passes import SLOTS
 from ..isa.assembly import assemble
 from ..isa.instructions import Buffer
 from ..isa.matrix import BITS_CODES, MatrixMode, MatrixOperation
@@ -108,9 +109,6 @@ def random_weight(rng, rows, k, bits=4, group=32, pattern=None, symmetric=False)
     return weight if pattern is None else prune(weight, *pattern)
 
 
-#: Weight tiles in flight: ``WGT`` and ``META`` are split into this many slots, so loads run
-#: up to this many tiles ahead of the matrix engine (double buffering is 2).
-SLOTS = 4
 
 
 def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_release="vector",
@@ -394,11 +392,19 @@ def decoder_layer(config, rng, *, dim=64, heads=4, kv_heads=2, head_dim=16, hidd
     mark = len(b.text)
     mv_layer(b, weights["attn_output"], A, D, first_wait="vector", last_release="vector")
     projection, b.text = b.text[mark:], b.text[:mark]
+    # the first tiles' loads go ahead of attention and release no token: the attention loads
+    # after them do (the in-order releaser implies theirs), so their matrix commands wait
+    # for no load token
     early, late, tiles_seen = [], [], 0
     for line in projection:
         if line.startswith("matrix"):
             tiles_seen += 1
-        (early if line.startswith("load") and tiles_seen < SLOTS else late).append(line)
+            if tiles_seen <= SLOTS:
+                line = line.replace(" wait=load,", " wait=").replace(" wait=load", "")
+        if line.startswith("load") and tiles_seen < SLOTS:
+            early.append(line.replace(" release=matrix", ""))
+        else:
+            late.append(line)
     # RoPE on every query and key head
     for index, line in enumerate([Q + h * hd_lines for h in range(heads)] +
                                  [K + kv * hd_lines for kv in range(kv_heads)]):
