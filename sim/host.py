@@ -52,6 +52,15 @@ class IsaBackend:
             self.channels[channel] = np.zeros(4096, np.uint8)
         return self.channels[channel]
 
+    def read(self, core, port, address, size):
+        """``size`` bytes of ``port`` of ``core`` from ``address`` (a copy)."""
+        return self.memory(core, port)[address:address + size].copy()
+
+    def write(self, core, port, address, data):
+        """Write bytes to ``port`` of ``core`` at ``address``."""
+        data = np.frombuffer(bytes(data), np.uint8)
+        self.memory(core, port)[address:address + len(data)] = data
+
     def run(self, core, program, registers):
         """Run ``program`` (a :class:`~flightgen.compiler.binary.Program`) on ``core``;
         return ``(error code, error pc, message, instructions)``."""
@@ -70,7 +79,7 @@ class Host:
     Parameters
     ----------
     binary : flightgen.compiler.binary.Binary
-    backend : IsaBackend or an object with the same ``memory`` and ``run``
+    backend : IsaBackend or an object with the same ``read``, ``write`` and ``run``
     """
 
     def __init__(self, binary, backend=None):
@@ -87,10 +96,9 @@ class Host:
         return self.layout["capacity"]
 
     def _copy(self, source, destination, size):
-        src = self.backend.memory(source["core"], source["port"])
-        dst = self.backend.memory(destination["core"], destination["port"])
-        dst[destination["address"]:destination["address"] + size] = \
-            src[source["address"]:source["address"] + size]
+        data = self.backend.read(source["core"], source["port"], source["address"], size)
+        self.backend.write(destination["core"], destination["port"], destination["address"],
+                           data.tobytes())
 
     def _program(self, core, phase, length):
         choices = self.layout["buckets"][phase]
@@ -129,9 +137,9 @@ class Host:
         c = self.target.core
         where = self.layout["logits"]
         count = where["count"]
-        memory = self.backend.memory(where["core"], where["port"])
         lines = -(-count // c.lanes) * c.beat_lines(32 * c.lanes)
-        raw = memory[where["address"]:where["address"] + lines * c.line_bytes]
+        raw = self.backend.read(where["core"], where["port"], where["address"],
+                                lines * c.line_bytes)
         per = c.beat_lines(32 * c.lanes) * c.line_bytes
         values = raw.reshape(-1, per)[:, :4 * c.lanes].copy().view("<i4")
         return values.ravel()[:count].astype(np.int64)
@@ -140,18 +148,17 @@ class Host:
         """The KV cache of ``layer`` as the steps so far stored it: ``(k_codes, k_words,
         v_codes, v_words)``, codes ``(position, kv_heads, head_dim)``, scale words
         ``(position, kv_heads)``."""
-        places = self.layout["caches"][layer]
-        rows = []
-        for token in range(self.position):
-            heads = []
-            for kv in places:
-                memories = {part: (self.backend.memory(p["core"], p["port"]), p["address"])
-                            for part, p in kv.items()}
-                heads.append(self.kv.read_token(memories, token))
-            rows.append(heads)
+        regions = [{part: (self._region(p), 0) for part, p in kv.items()}
+                   for kv in self.layout["caches"][layer]]
+        rows = [[self.kv.read_token(memories, token) for memories in regions]
+                for token in range(self.position)]
         k, v = (np.array([[h[i] for h in r] for r in rows]) for i in (0, 1))
         kw, vw = (np.array([[h[i] for h in r] for r in rows]) for i in (2, 3))
         return k, kw, v, vw
+
+    def _region(self, where):
+        return self.backend.read(where["core"], where["port"], where["address"],
+                                 where["bytes"])
 
     def prefill(self, tokens):
         """Run a prompt; return the logits of its last token."""

@@ -229,3 +229,19 @@ def test_hf_checkpoint_equals_reference(tmp_path):
     model = load_model(write_hf(tmp_path / "hf"))
     binary = compile_model(SMALL, CompileConfig(weights="int8-g32-sym"), model=model)
     check_generation(binary, QuantLlama(model, QuantConfig("int8")), PROMPT[:5], 3)
+
+
+@pytest.mark.slow
+def test_bench_compile_script(tmp_path):
+    """The storage and compile-time figures of the compiler (the Done-when of its issue):
+    LLaMA2-7B dynamic-mode instructions for every context up to 2048 within 50 MB, and a
+    config-only compile within 60 s on this machine's kind."""
+    from scripts_runner import run_script
+
+    out, result = run_script("bench_compile.py", [], tmp_path / "bench.json", timeout=1800)
+    rows = {(r["model"].split()[0], r["mode"]): r for r in result["results"]}
+    dynamic, bucket = rows[("LLaMA2-7B", "dynamic")], rows[("LLaMA2-7B", "bucket")]
+    assert dynamic["instruction_bytes"] <= 50e6 and dynamic["context"] == 2048
+    assert bucket["instruction_bytes"] > 10 * dynamic["instruction_bytes"]
+    assert bucket["programs"] == 3 * (16 + 128)
+    assert "FlightLLM" in out
