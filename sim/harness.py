@@ -409,4 +409,4 @@ class RtlBackend:
         self.runs += 1
         message = "" if run.error == ErrorCode.NONE else (
             f"the core's Verilog stopped with {run.error.name} at pc {run.error_pc}")
-        return run.error.value, run.error_pc, message, run.retired
+        return run.error, run.error_pc, message, run.retired

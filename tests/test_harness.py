@@ -1,0 +1,204 @@
+"""The core's Verilog in the C++ harness (`flightgen.sim.harness`): a compiled model run by the
+host on the RTL equals the ISA simulator, errors stop the core where the ISA simulator stops,
+and the hand-scheduled workloads take the cycles the cocotb bench measures."""
+
+import os
+
+import numpy as np
+import pytest
+from model_files import write_gguf
+
+from flightgen.compiler.build import compile_model
+from flightgen.compiler.frontends import load_model
+from flightgen.compiler.passes import CompileConfig
+from flightgen.compiler.target import TARGETS
+from flightgen.isa.assembly import assemble
+from flightgen.isa.instructions import Opcode, encode
+from flightgen.isa.machine import SIM_CORE, ErrorCode
+from flightgen.sim.harness import (
+    CoreHarness,
+    HarnessError,
+    HarnessTimeout,
+    RtlBackend,
+    build_harness,
+)
+from flightgen.sim.host import Host
+from flightgen.sim.programs import decoder_layer, ffn_block
+from flightgen.sim.stimulus import random_instruction
+from flightgen.sim.system import simulate
+
+pytestmark = pytest.mark.verilator
+
+SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
+SMALL = TARGETS["sim-small"]
+PROMPT = [5, 17, 200, 3]
+DECODE_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def executable():
+    return build_harness(SIM_CORE)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_model(write_gguf(tmp_path_factory.mktemp("tiny") / "m.gguf"))
+
+
+def _words(words):
+    return b"".join(int(w).to_bytes(32, "little") for w in words)
+
+
+def _run(executable, words, hbm, registers=(0,) * 7, **options):
+    """Run ``words`` on the harness with ``hbm``; return the run and the final memories."""
+    with CoreHarness(executable, SIM_CORE, **options) as harness:
+        for port, memory in enumerate(hbm):
+            harness.resize(port, len(memory))
+            harness.write(port, 0, memory)
+        harness.load_program(_words(words))
+        run = harness.run(registers)
+        return run, [harness.read(port, 0, len(memory)) for port, memory in enumerate(hbm)]
+
+
+def _check_generation(binary):
+    """Prefill and decode on the RTL next to the ISA simulator: equal logits at every decode
+    step and an equal KV cache."""
+    isa = Host(binary)
+    with RtlBackend(binary) as backend:
+        rtl = Host(binary, backend)
+        np.testing.assert_array_equal(rtl.prefill(PROMPT), isa.prefill(PROMPT))
+        cycles = [backend.cycles]
+        for _ in range(DECODE_STEPS):
+            token = int(np.argmax(isa.logits()))
+            np.testing.assert_array_equal(rtl.step(token, "decode"), isa.step(token, "decode"))
+            cycles.append(backend.cycles)
+        for layer in range(binary.model["n_layers"]):
+            for got, want in zip(rtl.cache(layer), isa.cache(layer), strict=True):
+                np.testing.assert_array_equal(got, want)
+        assert backend.runs == binary.target["cores"] * (len(PROMPT) + DECODE_STEPS)
+        print(f"{binary.target['cores']} core(s): cycles per decode step "
+              f"{np.diff(cycles).tolist()}")
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_tiny_model_on_the_rtl_equals_the_isa_simulator(tiny, executable, cores):
+    binary = compile_model(SMALL.with_cores(cores), CompileConfig(), model=tiny)
+    _check_generation(binary)
+
+
+def test_decode_workloads_take_the_cocotb_bench_cycles(executable):
+    """The workloads of scripts/bench_core.py (same seed, so the same weights) with a latency of
+    40 cycles and no stalls: every HBM byte equal to the ISA simulator, and the cycles, lines
+    read and read window the cocotb bench measures (docs/hardware.md): the harness's memories
+    keep the cocotb memory model's timing exactly."""
+    rng = np.random.default_rng(2026)
+    ffn, _ = ffn_block(SIM_CORE, rng, 256, 256, bits=8, hbm_bytes=1 << 19)
+    layer = decoder_layer(SIM_CORE, rng, dim=256, heads=4, kv_heads=2, head_dim=64, hidden=256,
+                          capacity=64, position=10, bits=8, hbm_bytes=1 << 20)
+    for builder, registers, cycles, lines, window in (
+            (ffn, (0,) * 7, 8_437, 7_808, 7_898),
+            (layer, layer.registers, 19_506, 15_568, 18_967)):
+        words = builder.words()
+        run, hbm = _run(executable, words, builder.hbm, registers, latency=40)
+        machine, expected = simulate(SIM_CORE, words, builder.hbm, registers)
+        assert (run.error, run.error_pc) == (ErrorCode.NONE, 0)
+        for got, want in zip(hbm, machine.hbm, strict=True):
+            np.testing.assert_array_equal(got, want)
+        beats, first, last = run.reads[0]
+        assert (run.cycles, beats, last - first + 1) == (cycles, lines, window)
+
+
+@pytest.mark.parametrize("position", [0, 21])
+def test_decoder_layer_under_stalls(executable, position):
+    """The decoder layer of tests/test_core_rtl.py under random latency and ready stalls:
+    every HBM byte (the KV cache included) equal to the ISA simulator."""
+    rng = np.random.default_rng(SEED + position)
+    builder = decoder_layer(SIM_CORE, rng, dim=64, heads=4, kv_heads=2, head_dim=16,
+                            hidden=128, capacity=64, position=position, hbm_bytes=1 << 18)
+    words = builder.words()
+    run, hbm = _run(executable, words, builder.hbm, builder.registers, latency=(1, 40),
+                    stall=0.3, seed=SEED + position)
+    machine, expected = simulate(SIM_CORE, words, builder.hbm, builder.registers)
+    assert (run.error, run.error_pc) == (expected.error, expected.error_pc) == (ErrorCode.NONE, 0)
+    for got, want in zip(hbm, machine.hbm, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def _random_programs(rng, count):
+    """Short random programs: raw random words, and legal-looking words with small fields
+    (as tests/test_core_rtl.py's fuzz), so that most stop with an error."""
+    small = {"length": 3, "count2": 2, "count3": 2, "groups": 3, "blocks": 2, "stride2": 6,
+             "stride3": 6, "addr": 14, "line": 9, "act": 8, "wgt": 9, "mask": 8, "scale": 8,
+             "out": 9, "a": 9, "b": 9, "src": 9, "dst": 8, "valid": 5, "position": 8}
+    for _ in range(count):
+        words = []
+        for _ in range(int(rng.integers(1, 6))):
+            if rng.random() < 0.3:
+                words.append(int.from_bytes(rng.bytes(32), "little"))
+                continue
+            opcode, values = random_instruction(
+                rng, lambda name, width: 1 if name.endswith("_mul") else small.get(name, 2))
+            if opcode == Opcode.SYS:
+                values["op"] = int(rng.random() < 0.5)
+            if opcode == Opcode.MATRIX:
+                values["keep"] = 0
+            if opcode in (Opcode.LOAD, Opcode.STORE) and rng.random() < 0.7:
+                for key in ("addr", "stride2", "stride3"):
+                    values[key] &= ~31
+            words.append(encode(opcode, values))
+        yield words
+
+
+def test_errors_stop_the_core_where_the_isa_simulator_stops(executable):
+    """Directed errors (an illegal opcode after a legal load, a load past the memory's end,
+    a store past it) and 60 random programs under stalls: the RTL reports the ISA simulator's
+    error code and pc every time, one harness process serving them all."""
+    rng = np.random.default_rng(SEED)
+    hbm = [rng.integers(0, 256, 1 << 13, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
+    directed = [
+        assemble("load buffer=vec line=0 port=0 addr=0 length=1") + [0],
+        assemble("load buffer=vec line=0 port=1 addr=0x1fe0 length=2"),
+        assemble("store buffer=vec line=0 port=0 addr=0x1ff0 length=32"),
+    ]
+    programs = directed + list(_random_programs(rng, 60))
+    seen = {}
+    with CoreHarness(executable, SIM_CORE, latency=(1, 8), stall=0.2, seed=SEED,
+                     timeout=400_000) as harness:
+        for port, memory in enumerate(hbm):
+            harness.resize(port, len(memory))
+            harness.write(port, 0, memory)
+        for index, words in enumerate(programs):
+            registers = tuple(int(v) for v in rng.integers(0, 4, 7))
+            harness.load_program(_words(words))
+            run = harness.run(registers)
+            machine, expected = simulate(SIM_CORE, words,
+                                         [harness.read(p, 0, 1 << 13) for p in range(2)],
+                                         registers)
+            seen[expected.error] = seen.get(expected.error, 0) + 1
+            assert (run.error, run.error_pc) == (expected.error, expected.error_pc), (
+                f"program {index}: RTL {run.error.name} at {run.error_pc}, ISA "
+                f"{expected.error.name} at {expected.error_pc} ({expected.message})")
+            if index < len(directed):
+                assert expected.error in (ErrorCode.ILLEGAL_OPCODE, ErrorCode.AXI)
+    assert len(seen) >= 5
+
+
+def test_harness_errors_are_flightgen_errors(executable):
+    """A timeout, a request outside a memory and a dead process each raise a one-line
+    :class:`HarnessError`; the harness keeps serving after the first two."""
+    deadlock = assemble("sync wait=load")  # a token nobody sends
+    with CoreHarness(executable, SIM_CORE, timeout=20) as harness:
+        harness.load_program(_words(assemble("halt")))  # fetching alone takes 40 cycles
+        with pytest.raises(HarnessTimeout, match=r"did not finish in 20 cycles"):
+            harness.run()
+        with pytest.raises(HarnessError, match=r"reach past port 0's memory of 0 bytes"):
+            harness.read(0, 0, 16)
+        harness.resize(0, 4096)
+        harness.write(0, 4, b"\x01\x02")
+        assert harness.read(0, 0, 8).tolist() == [0, 0, 0, 0, 1, 2, 0, 0]
+        harness.load_program(_words(deadlock))
+        run = harness.run(timeout=10_000)
+        assert (run.error, run.error_pc) == (ErrorCode.DEADLOCK, 0)
+        harness.process.kill()
+        with pytest.raises(HarnessError, match=r"the core harness exited with status -9"):
+            harness.read(0, 0, 8)
