@@ -303,6 +303,9 @@ class VectorUnit(wiring.Component):
         m.d.comb += [sfu.a.payload.eq(a_data), sfu.b.payload.eq(b_data)]
         # QUANT: a (then zero beats to a whole activation beat) -> quantizer -> packer
         padding = Signal(17)  # zero beats still to send after the vector
+        # a command's streams move only once START has reset the indices and the padding
+        # (until then they hold the previous command's values)
+        streaming = Signal()
         in_vector = Signal()
         m.d.comb += in_vector.eq(a_index < beats)
         # TOKEN: a (and b: the scale words) twice -> token quantizer -> packers (and scale)
@@ -325,7 +328,8 @@ class VectorUnit(wiring.Component):
                                  quantizer.i.payload.eq(a_data),
                                  a_reader.o.ready.eq(quantizer.i.ready)]
                 with m.Else():
-                    m.d.comb += [quantizer.i.valid.eq(padding != 0), quantizer.i.payload.eq(0)]
+                    m.d.comb += [quantizer.i.valid.eq((padding != 0) & streaming),
+                                 quantizer.i.payload.eq(0)]
                     with m.If(quantizer.i.valid & quantizer.i.ready):
                         m.d.sync += padding.eq(padding - 1)
                 wiring.connect(m, quantizer.o, packer.i)
@@ -337,7 +341,7 @@ class VectorUnit(wiring.Component):
                 with m.If(token.i.valid & token.i.ready):
                     m.d.comb += [a_reader.o.ready.eq(1), b_take.eq(fold)]
                 # codes to the packers (zero beats after the vector); the scale word to VEC
-                pad_now = (o_index == beats) & (padding != 0)  # after the vector's beats
+                pad_now = (o_index == beats) & (padding != 0) & streaming  # after the vector
                 tokens_out = token.o.valid | pad_now
                 codes = Mux(token.o.valid, token.o.payload.codes.as_value(), 0)
                 ready = packer.i.ready & (lo_packer.i.ready | ~fold)
@@ -434,6 +438,7 @@ class VectorUnit(wiring.Component):
                     cmds["a"].start(m, line=r.a, beats=1)
                     m.next = "SCALE"
             with m.State("PASS"):  # TOKEN: the second pass once the first has been read
+                m.d.comb += streaming.eq(1)
                 with m.If(~cmds["a"].pending & ~cmds["bv"].pending & readers_idle):
                     m.d.sync += reset_indices()
                     cmds["a"].start(m, line=t.src, beats=beats)
@@ -441,6 +446,7 @@ class VectorUnit(wiring.Component):
                         cmds["bv"].start(m, line=t.sc, beats=beats)
                     m.next = "RUN"
             with m.State("SCALE"):  # RESCALE: the scale word first
+                m.d.comb += streaming.eq(1)
                 with m.If(~latching):
                     m.d.sync += reset_indices()
                     cmds["rescaler"].start(m, mode=r.output, length=r.length,
@@ -451,6 +457,7 @@ class VectorUnit(wiring.Component):
                     cmds["vec"].start(m, line=r.out, beats=beats)
                     m.next = "RUN"
             with m.State("RUN"):
+                m.d.comb += streaming.eq(1)
                 with m.If(idle & ~sending_scale):
                     m.next = "ANSWER"
             with m.State("ANSWER"):

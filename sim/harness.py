@@ -2,8 +2,8 @@
 
 The cocotb benches (:mod:`flightgen.sim.system`) drive the core from Python every cycle, which
 is far too slow for a real model. Here the whole AXI world runs in C++
-(``sim/harness/core_harness.cpp``): one process per core holds each HBM port's memory and the
-program memory, answers the core's AXI4 masters with the rules of
+(``sim/benches/harness/core_harness.cpp``): one process per core holds each HBM port's memory
+and the program memory, answers the core's AXI4 masters with the rules of
 :class:`~flightgen.sim.axi_model.AxiMemoryModel` and the timing of the cocotb bench's
 :class:`~flightgen.sim.benches.axi.AxiMemory`, and starts runs through AXI4-Lite as a host
 does. Python only moves data and starts runs, over the process's stdin and stdout (the
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: The harness's C++ source (the protocol is documented in its header).
-SOURCE = Path(__file__).parent / "harness" / "core_harness.cpp"
+SOURCE = Path(__file__).parent / "benches" / "harness" / "core_harness.cpp"
 #: Cycles from an accepted read address to its first data beat, by default (as
 #: ``scripts/bench_core.py``).
 DEFAULT_LATENCY = 40
@@ -66,6 +66,9 @@ _HEADER = struct.Struct("<IQ")
 _RUN_RESULT = struct.Struct("<IIQIIQ")
 _PORT_RESULT = struct.Struct("<QQQQ")
 _MIN_MEMORY = 4096
+#: Executables this process has built or found, by harness source (the conversion to Verilog
+#: that keys the cache takes seconds).
+_BUILT = {}
 
 
 class HarnessError(FlightgenError):
@@ -118,6 +121,7 @@ def build_harness(config, log=print):
     Converts :class:`flightgen.hw.Core` to Verilog and compiles it with the harness through
     :func:`flightgen.sim.runner.build_harness` (cached under ``FLIGHTGEN_CACHE``, keyed by the
     Verilog, the harness source and the Verilator version, locked against parallel builds).
+    Within one process a configuration is converted once.
 
     Parameters
     ----------
@@ -135,7 +139,12 @@ def build_harness(config, log=print):
 
     toplevel = _toplevel(config)
     source = _prelude(config, toplevel) + SOURCE.read_text()
-    return runner.build_harness(Core(config), toplevel, source, log=log)
+    known = _BUILT.get(source)
+    if known is not None and known.is_file():  # this process built or found it already
+        return known
+    executable = runner.build_harness(Core(config), toplevel, source, log=log)
+    _BUILT[source] = executable
+    return executable
 
 
 @dataclass(frozen=True)
@@ -255,7 +264,7 @@ class CoreHarness:
     def _request(self, opcode, *parts):
         if not self._finalizer.alive:
             raise HarnessError("the core harness is closed")
-        size = sum(len(memoryview(part).cast("B")) for part in parts)
+        size = sum(memoryview(part).nbytes for part in parts)
         try:
             self.process.stdin.write(_HEADER.pack(opcode, size))
             for part in parts:

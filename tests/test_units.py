@@ -204,6 +204,29 @@ def test_quant_unit(length):
     _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, words)
 
 
+@pytest.mark.parametrize("first, second", [
+    ("vector op=mul length=96 a=20 b=60 out=20", "quant length=96 src=20 dst=9"),
+    ("vector op=add length=96 a=20 b=60 out=20", "quant length=64 src=20 dst=9"),
+    ("vector op=silu length=32 a=20 out=20", "token length=40 src=20 dst=9 scale=100"),
+    ("quant length=40 src=20 dst=9", "token fold=1 length=37 src=20 sc=60 dst=9 lo=30 "
+                                     "scale=100"),
+])
+def test_vector_unit_commands_back_to_back(first, second):
+    """A command must not take the previous command's leftover state (its element index and
+    padding count) for its own: a QUANT after a VECTOR whose length left zero beats to pad
+    once fed the quantizer an extra zero beat."""
+    rng = np.random.default_rng(SEED)
+    c = SIM_CORE
+    machine = Machine(c)
+    machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
+    machine.buffers[Buffer.ACT][:] = rng.integers(0, 256, machine.buffers[Buffer.ACT].shape)
+    machine.write_vector(20, rng.integers(-(1 << 20), 1 << 20, 128))
+    machine.write_vector(60, rng.integers(1 << 15, 1 << 16, 128)
+                         | ((rng.integers(-12, -4, 128) & 0xFF) << 16))
+    words = [assemble_line(first), assemble_line(second)]
+    _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, words)
+
+
 @pytest.mark.parametrize("fold, length", [(0, 16), (0, 5), (1, 6), (1, 37), (1, 70)])
 def test_token_unit(fold, length):
     """TOKEN: one scale for the vector; codes (or the 15-bit codes' halves) as activation

@@ -82,7 +82,9 @@ async def run_job(dut):
     result = {}
     for run in range(int(job["runs"])):
         program = job[f"program{run}"].astype(np.uint8)
-        program_memory.memory = program
+        # the fetch unit reads whole lines: a host's buffer is whole pages (zero-padded)
+        program_memory.memory = np.zeros(-(-len(program) // 4096) * 4096, np.uint8)
+        program_memory.memory[:len(program)] = program
         await host.write(regs.offset("length"), len(program) // 32)
         for index, value in enumerate(job[f"registers{run}"], 1):
             await host.write(regs.offset(f"r{index}"), int(value))

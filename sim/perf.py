@@ -1,0 +1,217 @@
+"""A cycle model of the core: when each instruction of a program retires, without the RTL.
+
+:func:`estimate` replays a program through the core's structure with times instead of data:
+
+* the fetch unit brings instruction words from the program port (one line per cycle after the
+  memory latency), the dispatcher takes one per cycle into its unit's queue (``queue_depth``
+  entries);
+* each unit starts its oldest instruction once the tokens it waits for are released and the
+  unit is free (``LOAD``: fewer than ``load_flight`` loads unreleased);
+* durations come from the blocks' own cycle formulas (``expected_cycles`` of the matrix
+  engine, the SFU, the quantizers, the rescaler, the store engine) plus each unit's
+  buffer-access overheads (:class:`Timing`);
+* loads share their port's R channel: each burst's beats follow its address by the memory
+  latency and wait for the channel, one beat per cycle.
+
+The overheads of :class:`Timing` were fitted against Verilator traces of the core (memory
+latency 40, no stalls); ``tests/test_perf.py`` holds the model within 3% of the RTL's cycles.
+"""
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from ..hw.memory import LoadEngine, StoreEngine
+from ..hw.mpe import MatrixEngine
+from ..hw.rescale import AttentionRescaler
+from ..hw.sfu import SpecialFunctionUnit
+from ..hw.token_quantizer import TokenQuantizer
+from ..isa.instructions import REGISTERS, Opcode, SysOp, Unit
+from ..isa.machine import _words, resolve
+from ..isa.matrix import MatrixStreams
+from ..isa.vector import VectorOp
+
+__all__ = ["Timing", "estimate", "Estimate"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Memory latency and the core's fixed overheads, in cycles."""
+
+    #: Cycles from a read address to its first data beat (the memory).
+    latency: int = 40
+    #: Program start to the first instruction word at the dispatcher, beyond the latency.
+    fetch: int = 15
+    #: A load's start to its first burst address.
+    load_issue: int = 3
+    #: A load's last beat to its release.
+    load_release: int = 2
+    #: Idle R cycles between two loads' data on a port.
+    load_gap: int = 1
+    #: Cycles a unit adds to its block's own count (buffer reads and writes around it):
+    #: MATRIX, VECTOR (SFU), QUANT (beats plus this), TOKEN, RESCALE, STORE.
+    matrix: int = 8
+    #: Extra cycles of a matrix command that loads a new activation tile.
+    matrix_load: int = 7
+    vector: int = 8
+    quant: int = 55
+    token_extra: int = 4
+    #: Extra cycles of a TOKEN with the fold (two code halves out).
+    token_fold: int = 21
+    rescale: int = 15
+    store: int = 4
+    #: A release to the waiting unit's start.
+    token: int = 1
+
+
+@dataclass
+class Estimate:
+    """``cycles`` of the run and ``trace``: ``(unit, pc, retire cycle)`` per instruction."""
+
+    cycles: int
+    trace: list
+
+
+class _Units:
+    """The blocks whose cycle formulas give the durations."""
+
+    def __init__(self, config):
+        self.config = config
+        g = config.geometry
+        self.mpe = MatrixEngine(g.chain, g.vpus)
+        self.sfu = SpecialFunctionUnit(config.lanes, config.vector_max)
+        self.token = TokenQuantizer(config.lanes)
+        self.rescale = AttentionRescaler(config.lanes)
+        self.load = LoadEngine(config.line_bits, config.hbm_ports)
+        self.store = StoreEngine(config.line_bits, config.hbm_ports, outstanding=32)
+
+
+def _duration(units, timing, instruction):
+    """Cycles of a non-LOAD instruction, from its start to its release."""
+    c, f = units.config, instruction.fields
+    op = instruction.opcode
+    if op == Opcode.MATRIX:
+        if not (f["blocks"] and f["groups"]):
+            return timing.matrix
+        s = MatrixStreams(c.geometry, f)
+        keep = {0: 16, 1: 8, 2: 4, 3: 2}[f["keep"]]
+        steps = f["groups"] * c.geometry.steps(f["blocks"], keep)
+        proxy = SimpleNamespace(beats={"act": [0] * s.act}, steps=steps, keep=keep,
+                                geometry=units.mpe.geometry)
+        return (units.mpe.expected_cycles(proxy) + timing.matrix
+                + (timing.matrix_load if f["load"] else 0))
+    if op == Opcode.VECTOR:
+        proxy = SimpleNamespace(op=VectorOp(f["op"]), length=f["length"])
+        return units.sfu.expected_cycles(proxy) + timing.vector
+    if op == Opcode.QUANT:
+        return -(-f["length"] // c.lanes) + timing.quant
+    if op == Opcode.TOKEN:
+        return (units.token.expected_cycles(f["length"]) + timing.token_extra
+                + (timing.token_fold if f["fold"] else 0))
+    if op == Opcode.RESCALE:
+        return units.rescale.expected_cycles(f["length"]) + timing.rescale
+    if op == Opcode.STORE:
+        return units.store.expected_cycles(f, timing.latency) + timing.store
+    return 1
+
+
+def estimate(config, program, registers=(0,) * (REGISTERS - 1), timing=None):
+    """Estimate the cycles of ``program`` on a core with ``config`` (a run that ends without an
+    error) with ``timing`` (default :class:`Timing`); returns an :class:`Estimate`."""
+    timing = Timing() if timing is None else timing
+    units = _Units(config)
+    words = _words(program)
+    instructions = []
+    for pc, word in enumerate(words):
+        instruction = resolve(config, word, registers, pc)
+        instructions.append(instruction)
+        if instruction.opcode == Opcode.SYS and instruction.fields["op"] == SysOp.HALT.value:
+            break
+    line_words = max(1, config.line_bits // 256)
+    # dispatch: one per cycle, after fetch; a unit's queue holds queue_depth instructions
+    per_unit = {u: [] for u in Unit}
+    orders = {}
+    for instruction in instructions:
+        orders[instruction.pc] = len(per_unit[instruction.unit])
+        per_unit[instruction.unit].append(instruction)
+    start, end = {}, {}
+    releases = {(s, d): [] for s in range(len(Unit)) for d in range(len(Unit))}
+    taken = {(s, d): 0 for s in range(len(Unit)) for d in range(len(Unit))}
+    r_free = [0] * config.hbm_ports
+    burst_ends = [[] for _ in range(config.hbm_ports)]  # last beat of each load burst
+    position = {u: 0 for u in Unit}
+    dispatched = {}
+    pc = 0
+    last_dispatch = timing.latency + timing.fetch - 1
+    trace = []
+    while True:
+        progress = False
+        # the dispatcher
+        while pc < len(instructions):
+            instruction = instructions[pc]
+            unit = instruction.unit
+            order = orders[pc]
+            t = max(last_dispatch + 1, timing.latency + timing.fetch + pc // line_words)
+            if unit != Unit.SYS and order >= config.queue_depth:
+                earlier = per_unit[unit][order - config.queue_depth]
+                if earlier.pc not in start:
+                    break
+                t = max(t, start[earlier.pc] + 1)
+            dispatched[pc] = t
+            last_dispatch = t
+            pc += 1
+            progress = True
+        for unit in Unit:
+            queue = per_unit[unit]
+            while position[unit] < len(queue):
+                instruction = queue[position[unit]]
+                if instruction.pc not in dispatched:
+                    break
+                waits = [s for s in range(len(Unit)) if instruction.wait >> s & 1]
+                if any(taken[(s, unit.value)] >= len(releases[(s, unit.value)]) for s in waits):
+                    break
+                t = dispatched[instruction.pc] + 1
+                for s in waits:
+                    t = max(t, releases[(s, unit.value)][taken[(s, unit.value)]] + timing.token)
+                    taken[(s, unit.value)] += 1
+                order = position[unit]
+                if order:
+                    previous = queue[order - 1]
+                    if unit == Unit.LOAD:
+                        t = max(t, start[previous.pc] + 1)
+                        if order >= config.load_flight:
+                            t = max(t, end[queue[order - config.load_flight].pc])
+                    else:
+                        t = max(t, end[previous.pc] + 1)
+                start[instruction.pc] = t
+                if instruction.opcode == Opcode.LOAD:
+                    f = instruction.fields
+                    finish = t
+                    address = t + timing.load_issue
+                    port = f["port"]
+                    r_free[port] += timing.load_gap
+                    for _, beats in units.load.bursts(f):
+                        done = burst_ends[port]
+                        if len(done) >= units.load.outstanding:  # a burst must complete first
+                            address = max(address, done[-units.load.outstanding] + 1)
+                        first = max(address + timing.latency, r_free[port])
+                        r_free[port] = first + beats
+                        finish = first + beats - 1
+                        done.append(finish)
+                        address += 1
+                    finish += timing.load_release
+                    if order:
+                        finish = max(finish, end[queue[order - 1].pc])  # in-order release
+                else:
+                    finish = t + _duration(units, timing, instruction)
+                end[instruction.pc] = finish
+                trace.append((unit.value, instruction.pc, finish))
+                for d in range(len(Unit)):
+                    if instruction.release >> d & 1:
+                        releases[(unit.value, d)].append(finish)
+                position[unit] += 1
+                progress = True
+        if not progress:
+            break
+    cycles = max(end.values()) if end else 0
+    return Estimate(cycles, sorted(trace, key=lambda e: e[2]))
+

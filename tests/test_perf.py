@@ -1,0 +1,77 @@
+"""The cycle model (flightgen.sim.perf) against the core's Verilog: total cycles within 3% on
+workloads of two core configurations (256- and 512-bit lines; dense INT8, INT4 and 8:16
+sparse INT4 weights; FFN chains, decoder layers with attention, a compiled model's decode
+step). Every RTL run is also compared with the ISA simulator, bit for bit."""
+
+import numpy as np
+import pytest
+from model_files import write_gguf
+
+from flightgen.compiler.build import compile_model
+from flightgen.compiler.frontends import load_model
+from flightgen.compiler.layout import KVLayout, decode_registers
+from flightgen.compiler.target import TARGETS
+from flightgen.isa.machine import SIM_CORE, CoreConfig
+from flightgen.sim.perf import estimate
+from flightgen.sim.programs import decoder_layer, ffn_chain
+
+pytestmark = pytest.mark.verilator
+
+WIDE = CoreConfig(line_bits=512)
+LATENCY = 40
+
+
+def _compiled_step(tmp_path):
+    """A decode step of a compiled tiny model at position 20: HBM images of its two channels
+    with the token's embedding row copied to the input slot, as the host does."""
+    model = load_model(write_gguf(tmp_path / "m.gguf"))
+    binary = compile_model(TARGETS["sim-small"], model=model)
+    images = [np.array(binary.image_bytes(image), np.uint8) for image in binary.images]
+    layout = binary.layout
+    piece = layout["embedding"]["pieces"][0]
+    row = layout["embedding"]["row_bytes"]
+    token = 42
+    source = piece["address"] + (token - piece["first"]) * row
+    target = layout["input"]
+    images[target["port"]][target["address"]:target["address"] + row] = \
+        images[piece["port"]][source:source + row]
+    size = max(len(i) for i in images)
+    hbm = [np.concatenate([i, np.zeros(size - len(i), np.uint8)]) for i in images]
+    kv = KVLayout(SIM_CORE, layout["head_dim"], layout["capacity"])
+    return binary.program(0, "decode").words, hbm, decode_registers(kv, 20)
+
+
+def _workloads(tmp_path):
+    rng = np.random.default_rng(2026)
+    b = ffn_chain(SIM_CORE, rng, 256, 256, bits=8, hbm_bytes=1 << 19)
+    yield "FFN, INT8", SIM_CORE, b.words(), b.hbm, (0,) * 7
+    b = ffn_chain(SIM_CORE, rng, 128, 256, layers=2, bits=4, hbm_bytes=1 << 19)
+    yield "2 FFN layers, INT4", SIM_CORE, b.words(), b.hbm, (0,) * 7
+    b = decoder_layer(SIM_CORE, rng, dim=256, heads=4, kv_heads=2, head_dim=64, hidden=256,
+                      capacity=64, position=10, bits=8, hbm_bytes=1 << 20)
+    yield "decoder layer, INT8", SIM_CORE, b.words(), b.hbm, b.registers
+    b = ffn_chain(WIDE, rng, 128, 256, layers=2, bits=4, pattern=(8, 16), hbm_bytes=1 << 19)
+    yield "512-bit, 2 FFN layers, 8:16 INT4", WIDE, b.words(), b.hbm, (0,) * 7
+    b = decoder_layer(WIDE, rng, dim=128, heads=4, kv_heads=2, head_dim=32, hidden=256,
+                      capacity=64, position=30, bits=4, hbm_bytes=1 << 20)
+    yield "512-bit, decoder layer, INT4", WIDE, b.words(), b.hbm, b.registers
+    words, hbm, registers = _compiled_step(tmp_path)
+    yield "compiled tiny model, decode step", SIM_CORE, words, hbm, registers
+
+
+def test_cycle_model_within_3_percent_of_the_rtl(tmp_path):
+    from flightgen.sim.system import compare, core_model, run_core, simulate
+
+    rows = []
+    for name, config, words, hbm, registers in _workloads(tmp_path):
+        model = core_model(config, log=lambda _: None)
+        runs, images = run_core(model, config, [words], hbm, [registers], stall=0.0,
+                                latency=(LATENCY, LATENCY), name="perf")
+        machine, expected = simulate(config, words, hbm, registers)
+        compare(runs[0], expected, images, machine)
+        predicted = estimate(config, words, registers).cycles
+        rows.append((name, runs[0].cycles, predicted))
+        print(f"{name:<36} RTL {runs[0].cycles:>6}  model {predicted:>6}  "
+              f"{100 * (predicted / runs[0].cycles - 1):+.2f}%")
+    for name, rtl, predicted in rows:
+        assert abs(predicted / rtl - 1) <= 0.03, (name, rtl, predicted)
