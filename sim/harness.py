@@ -29,7 +29,6 @@ import struct
 import subprocess
 import tempfile
 import weakref
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 from ..compiler.target import Target
 from ..errors import FlightgenError
 from ..isa.machine import ErrorCode
+from .system import core_name
 
 __all__ = [
     "DEFAULT_LATENCY",
@@ -77,14 +77,6 @@ class HarnessError(FlightgenError):
 
 class HarnessTimeout(HarnessError):
     """A run did not finish within its timeout (the core was reset)."""
-
-
-def _toplevel(config):
-    from ..isa.machine import SIM_CORE
-
-    if config == SIM_CORE:
-        return "core_sim"
-    return f"core_{zlib.crc32(str(sorted(config.to_dict().items())).encode()):08x}"
 
 
 def _prelude(config, toplevel):
@@ -137,7 +129,7 @@ def build_harness(config, log=print):
     from ..hw.core import Core
     from . import runner
 
-    toplevel = _toplevel(config)
+    toplevel = core_name(config)
     source = _prelude(config, toplevel) + SOURCE.read_text()
     known = _BUILT.get(source)
     if known is not None and known.is_file():  # this process built or found it already

@@ -18,22 +18,28 @@ import numpy as np
 from ..isa.instructions import Unit
 from ..isa.machine import ErrorCode, Machine
 
-__all__ = ["core_model", "run_core", "CoreRun", "compare", "simulate"]
+__all__ = ["core_name", "core_model", "run_core", "CoreRun", "compare", "simulate"]
 
 BENCH = "flightgen.sim.benches.core"
 
 
-def core_model(config, log=print):
-    """The Verilator model of a core with ``config`` (built on first use, then cached)."""
+def core_name(config):
+    """The top-level name of a core's Verilog for ``config`` (``core_sim`` for ``SIM_CORE``,
+    else a CRC of the configuration)."""
     import zlib
 
-    from ..hw.core import Core
     from ..isa.machine import SIM_CORE
-    from . import runner
 
     key = json.dumps(config.to_dict(), sort_keys=True).encode()
-    name = "core_sim" if config == SIM_CORE else f"core_{zlib.crc32(key):08x}"
-    return runner.build(Core(config), name, log=log)
+    return "core_sim" if config == SIM_CORE else f"core_{zlib.crc32(key):08x}"
+
+
+def core_model(config, log=print):
+    """The Verilator model of a core with ``config`` (built on first use, then cached)."""
+    from ..hw.core import Core
+    from . import runner
+
+    return runner.build(Core(config), core_name(config), log=log)
 
 
 @dataclass
