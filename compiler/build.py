@@ -107,7 +107,8 @@ def compile_model(target, config=None, *, model=None, model_config=None,
     binary = Binary(target=target.to_dict(), config=config.to_dict(), model=llama.to_dict(),
                     layout=layout, programs=programs, images=images, tokenizer=tokenizer,
                     metadata=metadata)
-    binary.graph = graph
+    # for tools and tests: the annotated IR and every HBM placement (not stored in the file)
+    binary.graph, binary.places = graph, places
     return binary
 
 

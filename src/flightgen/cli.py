@@ -136,8 +136,10 @@ def build_parser():
     evaluate.set_defaults(run=_eval)
 
     from .compile import add_parser as add_compile
+    from .simulate import add_parser as add_sim
 
     add_compile(verbs, _positive)
+    add_sim(verbs, _positive)
 
     inspect = verbs.add_parser(
         "inspect",
