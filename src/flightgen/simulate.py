@@ -10,8 +10,6 @@ step's programs wrote (KV-cache slots, the hand-over state, the logits); it stop
 import sys
 import time
 
-import numpy as np
-
 from .errors import FlightgenError
 
 __all__ = ["main", "add_parser", "store_ranges"]
@@ -84,6 +82,8 @@ class _Checked:
         self.isa.write(core, port, address, data)
 
     def run(self, core, program, registers):
+        import numpy as np
+
         result = self.rtl.run(core, program, registers)
         expected = self.isa.run(core, program, registers)
         if result[:2] != expected[:2]:
@@ -104,6 +104,8 @@ class _Checked:
 
 def main(args, out=None, err=None):
     """Run the ``sim`` verb; returns the exit status."""
+    import numpy as np
+
     from .compiler.binary import read_binary
     from .compiler.target import Target
     from .compiler.tokenizer import Tokenizer
