@@ -128,10 +128,6 @@ class _Writer:
         return None
 
 
-def _unit_list(units):
-    return f"{','.join(units)}"
-
-
 def vector_bytes(core, values, width=32):
     """FX (or ``width``-bit) vectors ``(rows, n)`` in line format: ``lanes`` values per beat,
     each beat padded to whole lines; returns uint8 ``(rows, bytes per row)``."""
@@ -176,23 +172,19 @@ def step_program(graph, ctx, core, phase, bucket):
     lengths = _Lengths(c, bucket)
     eps = eps_fixed(m.norm_eps)
     hd, heads, kv_heads = m.head_dim, m.n_heads, m.n_kv_heads
-    vlines = c.beat_lines(32 * c.lanes)
-    hd_lines = -(-hd // c.lanes) * vlines
+    hd_lines = c.vector_lines(hd)
     attn_mult, attn_exp = (int(v[0]) for v in rsqrt(np.array([hd])))
 
     def load(buffer, line, where, lines, extra=""):
         w.emit(f"load buffer={buffer} line={line} port={where['port']} "
                f"addr={where['address']:#x} length={lines}{extra}")
 
-    def vector_lines(values, bits=32):
-        return -(-values // c.lanes) * c.beat_lines(bits * c.lanes)
-
     def elementwise(op, n, a, b=None, out=None, first="", last=""):
         """An SFU operation over ``n`` values, in chunks the SFU holds."""
         chunk = c.vector_max // g.row_codes * g.row_codes
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
-            offset = start // c.lanes * vlines
+            offset = c.vector_lines(start)
             fields = f"a={a + offset}" + (f" b={b + offset}" if b is not None else "")
             tail = (first if start == 0 else "") + (last if start + size >= n else "")
             w.emit(f"vector op={op} length={size} {fields} out={(out or a) + offset}{tail}")
@@ -203,21 +195,20 @@ def step_program(graph, ctx, core, phase, bucket):
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
             tail = (first if start == 0 else "") + (last if start + size >= n else "")
-            w.emit(f"quant length={size} src={src + start // c.lanes * vlines} "
+            w.emit(f"quant length={size} src={src + c.vector_lines(start)} "
                    f"dst={dst + start // g.row_codes * act_lines}{tail}")
 
     def rmsnorm(norm_name, region):
-        values, frac = _norm(graph.tensors[norm_name])
-        del values
-        load("vec", V[region], places[norm_name], vector_lines(m.dim, 48), " release=vector")
+        _, frac = _norm(graph.tensors[norm_name])
+        load("vec", V[region], places[norm_name], c.vector_lines(m.dim, 48), " release=vector")
         w.emit(f"vector op=rmsnorm length={m.dim} frac={frac & 0xFF} eps={eps} a={V['x']} "
                f"b={V[region]} out={V['h']} wait=load")
         quant(m.dim, V["h"], A["a"], last=" release=matrix")
 
     # the RoPE phases and the hidden state
-    load("vec", V["fr"], places[f"rope.{core}"], vector_lines(hd, 48))
+    load("vec", V["fr"], places[f"rope.{core}"], c.vector_lines(hd, 48))
     source = places["input"] if core == 0 else places[f"handoff.{core}.in"]
-    load("vec", V["x"], source, vector_lines(m.dim))
+    load("vec", V["x"], source, c.vector_lines(m.dim))
     key_lines = layout.key_group // c.line_bytes
     value_lines = (ACT_GROUP // g.chain) * layout.beat // c.line_bytes
     g_v = hd // g.lanes
@@ -320,7 +311,7 @@ def step_program(graph, ctx, core, phase, bucket):
     if not last:
         out = places[f"handoff.{core}.out"]
         w.emit(f"store buffer=vec line={V['x']} port={out['port']} addr={out['address']:#x} "
-               f"length={vector_lines(m.dim) * c.line_bytes} wait=vector")
+               f"length={c.vector_lines(m.dim) * c.line_bytes} wait=vector")
     w.emit("halt")
     if w.tiles != planned:
         raise CompileError(f"internal: {w.tiles} tiles emitted, {planned} planned")

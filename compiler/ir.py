@@ -98,7 +98,7 @@ class Graph:
     attrs: dict = field(default_factory=dict)
 
     def matrices(self):
-        """The tensors of role ``matrix`` and ``embedding`` used as a linear layer."""
+        """The tensors of role ``matrix`` (every linear layer's weight, the LM head too)."""
         return [t for t in self.tensors.values() if t.role == "matrix"]
 
     def dump(self):

@@ -110,6 +110,3 @@ def decode_registers(layout, position):
 def scale_word(mult, exp):
     """A 32-bit scale word: ``mult`` in bits 0-15, ``exp`` (signed) in bits 16-23."""
     return (int(mult) & 0xFFFF) | ((int(exp) & 0xFF) << 16)
-
-
-_word = scale_word

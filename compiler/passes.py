@@ -29,12 +29,12 @@ from ..errors import FlightgenError
 from ..isa.matrix import KEEP_CODES, MatrixMode, MatrixStreams, padded_shape
 from ..isa.numerics import ACT_GROUP
 from ..isa.sparse import hardware_keep, prune
-from ..isa.weights import GroupQuantized
-from .ir import LINEARS
+from .ir import Node
 from .layout import KVLayout
 from .quantize import QuantConfig, parse_format, quantize_tensor
 
-__all__ = ["CompileConfig", "CompileError", "Context", "PIPELINE", "run_pipeline", "SLOTS"]
+__all__ = ["CompileConfig", "CompileError", "Context", "PIPELINE", "run_pipeline", "SLOTS",
+           "TilePlan", "Buffers", "matrix_bytes"]
 
 #: Weight tiles in flight: ``WGT`` and ``META`` are split into this many slots, so loads run
 #: up to this many tiles ahead of the matrix engine.
@@ -204,7 +204,6 @@ class Fuse:
             if found != ops:
                 raise CompileError(f"cannot fuse {kernel} at {nodes[i].name}: expected "
                                    f"{' '.join(ops)}, found {' '.join(found)}")
-            from .ir import Node
             layer = part[0].layer
             weights = [name for n in part for name in n.inputs if name in graph.tensors]
             out.append(Node(f"blk.{layer}.{kernel}" if layer is not None else kernel, kernel,
@@ -298,7 +297,7 @@ class Buffers:
         used = {"vec": 0, "act": 0}
 
         def vec(name, values, bits=32):
-            lines = -(-values // c.lanes) * c.beat_lines(bits * c.lanes)
+            lines = c.vector_lines(values, bits)
             self.vec[name] = used["vec"]
             used["vec"] += lines
 
@@ -423,13 +422,17 @@ class TilePlan:
                     s.scales * core.beat_lines(bits["scales"]),
                     s.masks * core.beat_lines(bits["masks"]))
 
+        def fits(groups):
+            w, s, k = lines(groups)
+            return w <= slot_w and s + k <= slot_m
+
         w1, s1, m1 = lines(1)
-        if w1 > slot_w or s1 + m1 > slot_m:
+        if not fits(1):
             raise CompileError(f"one row group of a {n} x {k} matrix needs {w1} WGT and "
                                f"{s1 + m1} META lines; a tile slot has {slot_w} and {slot_m}")
+        # as many groups as the single-group sizes allow, fewer if whole beats round over
         per_tile = max(1, min(slot_w // w1, slot_m // (s1 + m1)))
-        while per_tile > 1 and any(a > b for a, b in zip(lines(per_tile)[:1] + (
-                sum(lines(per_tile)[1:]),), (slot_w, slot_m), strict=True)):
+        while not fits(per_tile):
             per_tile -= 1
         self.tiles, self.lines = [], []
         chunk = chunk_groups or self.groups
@@ -519,7 +522,7 @@ class Place:
         places = {}
 
         def vector_size(values, bits=32):
-            return -(-values // c.lanes) * c.beat_lines(bits * c.lanes) * line
+            return c.vector_lines(values, bits) * line
 
         for core in range(target.cores):
             places[f"rope.{core}"] = place(core, vector_size(m.head_dim, 48), 4096)
@@ -597,9 +600,3 @@ def run_pipeline(graph, ctx, dump=None):
             write_atomic(folder / f"{index:02d}-{step.name}.json", graph.dumps())
     return graph
 
-
-def tensor_is_weight(tensor):
-    return isinstance(tensor.data, GroupQuantized)
-
-
-__all__ += ["LINEARS", "TilePlan", "Buffers", "matrix_bytes"]

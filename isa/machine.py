@@ -191,6 +191,11 @@ class CoreConfig:
         """Lines one beat of ``bits`` bits occupies."""
         return -(-bits // self.line_bits)
 
+    def vector_lines(self, length, bits=32):
+        """Lines a vector of ``length`` ``bits``-bit elements occupies (``lanes`` per beat,
+        each beat on whole lines)."""
+        return -(-length // self.lanes) * self.beat_lines(bits * self.lanes)
+
     @property
     def beat_bits(self):
         """Beat widths of the streams kept in buffers, by name."""

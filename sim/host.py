@@ -137,7 +137,7 @@ class Host:
         c = self.target.core
         where = self.layout["logits"]
         count = where["count"]
-        lines = -(-count // c.lanes) * c.beat_lines(32 * c.lanes)
+        lines = c.vector_lines(count)
         raw = self.backend.read(where["core"], where["port"], where["address"],
                                 lines * c.line_bytes)
         per = c.beat_lines(32 * c.lanes) * c.line_bytes

@@ -21,7 +21,7 @@ layout and the registers are the compiler's (:mod:`flightgen.compiler.layout`).
 
 import numpy as np
 
-from ..compiler.layout import KVLayout, _pad, _word, decode_registers
+from ..compiler.layout import KVLayout, _pad, decode_registers, scale_word
 from ..compiler.passes import SLOTS
 from ..isa.assembly import assemble
 from ..isa.instructions import Buffer
@@ -98,7 +98,7 @@ class ProgramBuilder:
         return first
 
     def vector_lines(self, length, bits=32):
-        return -(-length // self.config.lanes) * self.config.beat_lines(bits * self.config.lanes)
+        return self.config.vector_lines(length, bits)
 
 
 def random_weight(rng, rows, k, bits=4, group=32, pattern=None, symmetric=False):
@@ -341,8 +341,8 @@ def decoder_layer(config, rng, *, dim=64, heads=4, kv_heads=2, head_dim=16, hidd
                          rng.integers(-12, -6, (kv_heads, capacity)))}
     for kv in range(kv_heads):
         for token in range(position):
-            k_word = _word(cache["k_scale"][0][kv, token], cache["k_scale"][1][kv, token])
-            v_word = _word(cache["v_scale"][0][kv, token], cache["v_scale"][1][kv, token])
+            k_word = scale_word(cache["k_scale"][0][kv, token], cache["k_scale"][1][kv, token])
+            v_word = scale_word(cache["v_scale"][0][kv, token], cache["v_scale"][1][kv, token])
             layout.write_token(b.hbm, bases[kv], token, cache["k"][kv, token],
                                cache["v"][kv, token], k_word, v_word)
 

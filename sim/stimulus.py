@@ -9,7 +9,7 @@ import numpy as np
 from ..isa.numerics import ACC_BITS, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
 
 __all__ = ["requant_beats", "matrix_operation", "vector_operation", "vector_edge_cases",
-           "random_instruction", "quantizer_groups", "WEIGHT_FORMATS"]
+           "random_instruction", "random_programs", "quantizer_groups", "WEIGHT_FORMATS"]
 
 _ACC_MIN, _ACC_MAX = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1
 _MULT_MAX = 2**REQUANT_MULT_BITS - 1
@@ -218,3 +218,42 @@ def random_instruction(rng, limit, tokens=0.3, opcode=None):
     for key in ("wait", "release"):
         values[key] = int(rng.integers(0, 32)) if rng.random() < tokens else 0
     return opcode, values
+
+
+#: Field limits (log2) of :func:`random_programs`: small enough that legal programs finish
+#: quickly and touch few lines.
+_SMALL_FIELDS = {"length": 3, "count2": 2, "count3": 2, "groups": 3, "blocks": 2, "stride2": 6,
+                 "stride3": 6, "addr": 14, "line": 9, "act": 8, "wgt": 9, "mask": 8, "scale": 8,
+                 "out": 9, "a": 9, "b": 9, "src": 9, "dst": 8, "valid": 5, "position": 8}
+
+
+def random_programs(rng, count):
+    """``count`` random programs of 1 to 5 words (lists of ints): raw random words, and
+    legal-looking ones with small fields and random tokens; matrix commands are dense (so
+    that no error depends on the buffers' contents); half the programs end with ``HALT``.
+    Most stop with an error: fuzz for the dispatcher's checks and the error path."""
+    from ..isa.instructions import Opcode, encode
+
+    def limit(name, width):
+        return 1 if name.endswith("_mul") else _SMALL_FIELDS.get(name, 2)
+
+    programs = []
+    for _ in range(count):
+        words = []
+        for _ in range(int(rng.integers(1, 6))):
+            if rng.random() < 0.3:
+                words.append(int.from_bytes(rng.bytes(32), "little"))
+                continue
+            opcode, values = random_instruction(rng, limit)
+            if opcode == Opcode.SYS:
+                values["op"] = int(rng.random() < 0.5)
+            if opcode == Opcode.MATRIX:
+                values["keep"] = 0
+            if opcode in (Opcode.LOAD, Opcode.STORE) and rng.random() < 0.7:
+                for key in ("addr", "stride2", "stride3"):
+                    values[key] &= ~31
+            words.append(encode(opcode, values))
+        if rng.random() < 0.5:
+            words.append(encode(Opcode.SYS, {"op": 1}))
+        programs.append(words)
+    return programs

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from flightgen.isa.assembly import assemble
-from flightgen.isa.instructions import Opcode, encode
 from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode
 from flightgen.sim.programs import decoder_layer, ffn_block, ffn_chain
-from flightgen.sim.stimulus import random_instruction
+from flightgen.sim.stimulus import random_programs
 from flightgen.sim.system import compare, core_model, run_core, simulate
 
 pytestmark = pytest.mark.verilator
@@ -156,41 +155,12 @@ def test_decode_layer_traffic_is_weights_and_kv_cache(model):
     assert run.written[1] == 2 * (padded + b.head_dim + 2 * 4)
 
 
-def _fuzz_words(rng, count):
-    """Random programs of 1 to 5 words: raw random words, and legal-looking ones with small
-    fields (so that the legal ones finish quickly) and random tokens."""
-    small = {"length": 3, "count2": 2, "count3": 2, "groups": 3, "blocks": 2, "stride2": 6,
-             "stride3": 6, "addr": 14, "line": 9, "act": 8, "wgt": 9, "mask": 8, "scale": 8,
-             "out": 9, "a": 9, "b": 9, "src": 9, "dst": 8, "valid": 5, "position": 8}
-    programs = []
-    for _ in range(count):
-        words = []
-        for _ in range(int(rng.integers(1, 6))):
-            if rng.random() < 0.3:
-                words.append(int.from_bytes(rng.bytes(32), "little"))
-                continue
-            opcode, values = random_instruction(
-                rng, lambda name, width: 1 if name.endswith("_mul") else small.get(name, 2))
-            if opcode == Opcode.SYS:
-                values["op"] = int(rng.random() < 0.5)
-            if opcode == Opcode.MATRIX:
-                values["keep"] = 0  # dense: no error may depend on buffer contents
-            if opcode in (Opcode.LOAD, Opcode.STORE) and rng.random() < 0.7:
-                for key in ("addr", "stride2", "stride3"):
-                    values[key] &= ~31
-            words.append(encode(opcode, values))
-        if rng.random() < 0.5:
-            words.append(encode(Opcode.SYS, {"op": 1}))
-        programs.append(words)
-    return programs
-
-
 def test_random_words_stop_the_core_with_the_isa_error(model):
     """Fuzz: random programs; after each, the core reports done with the error code and pc
     the ISA simulator gives (never a hang: the bench times out otherwise). Matrix commands are
     dense, so that no error depends on data left in the buffers by earlier runs."""
     rng = np.random.default_rng(SEED)
-    programs = _fuzz_words(rng, 150)
+    programs = random_programs(rng, 150)
     registers = [tuple(int(v) for v in rng.integers(0, 4, 7)) for _ in programs]
     hbm = [rng.integers(0, 256, 1 << 13, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
     runs, _ = run_core(model, SIM_CORE, programs, hbm, registers, stall=0.2, latency=(1, 8),

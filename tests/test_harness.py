@@ -13,7 +13,6 @@ from flightgen.compiler.frontends import load_model
 from flightgen.compiler.passes import CompileConfig
 from flightgen.compiler.target import TARGETS
 from flightgen.isa.assembly import assemble
-from flightgen.isa.instructions import Opcode, encode
 from flightgen.isa.machine import SIM_CORE, ErrorCode
 from flightgen.sim.harness import (
     CoreHarness,
@@ -24,7 +23,7 @@ from flightgen.sim.harness import (
 )
 from flightgen.sim.host import Host
 from flightgen.sim.programs import decoder_layer, ffn_block
-from flightgen.sim.stimulus import random_instruction
+from flightgen.sim.stimulus import random_programs
 from flightgen.sim.system import simulate
 
 pytestmark = pytest.mark.verilator
@@ -126,31 +125,6 @@ def test_decoder_layer_under_stalls(executable, position):
         np.testing.assert_array_equal(got, want)
 
 
-def _random_programs(rng, count):
-    """Short random programs: raw random words, and legal-looking words with small fields
-    (as tests/test_core_rtl.py's fuzz), so that most stop with an error."""
-    small = {"length": 3, "count2": 2, "count3": 2, "groups": 3, "blocks": 2, "stride2": 6,
-             "stride3": 6, "addr": 14, "line": 9, "act": 8, "wgt": 9, "mask": 8, "scale": 8,
-             "out": 9, "a": 9, "b": 9, "src": 9, "dst": 8, "valid": 5, "position": 8}
-    for _ in range(count):
-        words = []
-        for _ in range(int(rng.integers(1, 6))):
-            if rng.random() < 0.3:
-                words.append(int.from_bytes(rng.bytes(32), "little"))
-                continue
-            opcode, values = random_instruction(
-                rng, lambda name, width: 1 if name.endswith("_mul") else small.get(name, 2))
-            if opcode == Opcode.SYS:
-                values["op"] = int(rng.random() < 0.5)
-            if opcode == Opcode.MATRIX:
-                values["keep"] = 0
-            if opcode in (Opcode.LOAD, Opcode.STORE) and rng.random() < 0.7:
-                for key in ("addr", "stride2", "stride3"):
-                    values[key] &= ~31
-            words.append(encode(opcode, values))
-        yield words
-
-
 def test_errors_stop_the_core_where_the_isa_simulator_stops(executable):
     """Directed errors (an illegal opcode after a legal load, a load past the memory's end,
     a store past it) and 60 random programs under stalls: the RTL reports the ISA simulator's
@@ -162,7 +136,7 @@ def test_errors_stop_the_core_where_the_isa_simulator_stops(executable):
         assemble("load buffer=vec line=0 port=1 addr=0x1fe0 length=2"),
         assemble("store buffer=vec line=0 port=0 addr=0x1ff0 length=32"),
     ]
-    programs = directed + list(_random_programs(rng, 60))
+    programs = directed + random_programs(rng, 60)
     seen = {}
     with CoreHarness(executable, SIM_CORE, latency=(1, 8), stall=0.2, seed=SEED,
                      timeout=400_000) as harness:
