@@ -27,7 +27,16 @@ Contract
 * Buffer contents survive between runs (no reset touches them); tokens, queues, the error and
   the matrix engine's tile do not.
 * ``retire``: each unit's retired instructions (``valid`` for one cycle with the ``pc``), in
-  the unit's order, for benches comparing per-instruction order with the ISA simulator.
+  the unit's order, for benches comparing per-instruction order with the ISA simulator. A
+  unit's last buffer write for an instruction happens in or before the cycle it retires.
+* ``dispatched``: ``valid`` for one cycle with the ``pc`` of each instruction the dispatcher
+  passes to a unit's queue or takes itself (a ``SYS``), in program order.
+* ``buffer_writes``: each buffer's write port as the buffer sees it (``en``, ``line``,
+  ``data``; indexed by :class:`~flightgen.isa.instructions.Buffer`), so a bench can mirror
+  the buffers and check what each instruction wrote (the C++ harness's ``--check``).
+
+These three are outputs for simulation only; the Vitis top leaves them unconnected and
+synthesis removes them.
 """
 
 from amaranth import Cat, Module, Mux, Signal
@@ -39,14 +48,14 @@ from amaranth.lib.wiring import In, Out
 from ..isa.instructions import FORMATS, REGISTERS, WORD_BITS, Buffer, Opcode, SysOp, Unit
 from ..isa.machine import ErrorCode
 from .axi import BURST_INCR, RESP_OKAY, axi4_lite_signature, axi4_signature, beats_to_boundary
-from .beats import WriteArbiter
+from .beats import LINE_ADDR_BITS, WriteArbiter
 from .buffers import BankedBuffer
 from .control import ControlSlave, RegisterMap
 from .dispatch import UNITS, Decoder, TokenMatrix, decoded_layout
 from .memory import LoadEngine, StoreEngine
 from .units import MatrixUnit, VectorUnit
 
-__all__ = ["Core", "Fetch", "register_map", "STATUS"]
+__all__ = ["Core", "Fetch", "register_map", "STATUS", "buffer_write_signature"]
 
 ADDR_BITS = 64
 #: Store bursts awaiting their write response (a KV-cache token is one short burst per row).
@@ -62,6 +71,11 @@ def register_map(config):
     the length registers ``r1``..``r7``, then :data:`STATUS`."""
     return RegisterMap(("program",) + tuple(f"hbm{p}" for p in range(config.hbm_ports)),
                        ("length",) + tuple(f"r{i}" for i in range(1, REGISTERS)), STATUS)
+
+
+def buffer_write_signature(line_bits):
+    """One buffer's write port as the core's ``buffer_writes`` output shows it."""
+    return wiring.Signature({"en": Out(1), "line": Out(LINE_ADDR_BITS), "data": Out(line_bits)})
 
 
 fetch_layout = data.StructLayout({"word": WORD_BITS, "pc": 32, "end": 1, "bad": 1})
@@ -183,6 +197,8 @@ class Core(wiring.Component):
     hbm : Out(axi4_signature(64, line_bits)).array(hbm_ports)  (``m_axi_hbm{p}``)
     irq : Out(1)  (the Vitis ``interrupt``)
     retire : Out(ArrayLayout(StructLayout({"valid": 1, "pc": 32}), 5))  (per unit)
+    dispatched : Out(StructLayout({"valid": 1, "pc": 32}))
+    buffer_writes : Out(buffer_write_signature(line_bits)).array(4)  (per buffer)
     """
 
     def __init__(self, config):
@@ -194,6 +210,8 @@ class Core(wiring.Component):
             "hbm": Out(axi4_signature(ADDR_BITS, config.line_bits)).array(config.hbm_ports),
             "irq": Out(1),
             "retire": Out(data.ArrayLayout(data.StructLayout({"valid": 1, "pc": 32}), _N)),
+            "dispatched": Out(data.StructLayout({"valid": 1, "pc": 32})),
+            "buffer_writes": Out(buffer_write_signature(config.line_bits)).array(len(Buffer)),
         })
 
     def elaborate(self, platform):
@@ -282,6 +300,9 @@ class Core(wiring.Component):
             m.submodules[f"arbiter_{b.name.lower()}"] = arbiter
             m.d.comb += [buf.write[0].en.eq(arbiter.en), buf.write[0].addr.eq(arbiter.addr),
                          buf.write[0].data.eq(arbiter.data)]
+            monitor = self.buffer_writes[b.value]
+            m.d.comb += [monitor.en.eq(arbiter.en), monitor.line.eq(arbiter.addr),
+                         monitor.data.eq(arbiter.data)]
             for k, name in enumerate(writers[b]):
                 write_inputs[b, name] = getattr(arbiter, f"i{k}")
             for p, name in enumerate(readers[b]):
@@ -433,6 +454,7 @@ class Core(wiring.Component):
                         with disp.If(sys_can_take):
                             disp.d.comb += [decoder.o.ready.eq(1),
                                          tokens.take[Unit.SYS.value].eq(dh.wait),
+                                         self.dispatched.valid.eq(1),
                                          self.retire[Unit.SYS.value].valid.eq(1),
                                          self.retire[Unit.SYS.value].pc.eq(d.pc)]
                             disp.d.sync += [sys_left.eq(dh.release),
@@ -443,7 +465,8 @@ class Core(wiring.Component):
                         for u in UNITS:
                             with disp.If(d.unit == u):
                                 disp.d.comb += [queues[u].w_en.eq(1), queues[u].w_data.eq(d),
-                                             decoder.o.ready.eq(queues[u].w_rdy)]
+                                             decoder.o.ready.eq(queues[u].w_rdy),
+                                             self.dispatched.valid.eq(queues[u].w_rdy)]
             with disp.State("RELEASE"):
                 disp.d.comb += tokens.give[Unit.SYS.value].eq(sys_giveable)
                 disp.d.sync += sys_left.eq(sys_left & ~sys_giveable)
@@ -452,6 +475,7 @@ class Core(wiring.Component):
                 with disp.Else():
                     disp.next = "RUN"
                     disp.d.comb += halt.eq(sys_op == SysOp.HALT.value)
+        m.d.comb += self.dispatched.pc.eq(d.pc)
         m.d.comb += in_order.eq(decoder.i.ready & ~decoder.o.valid & dispatch.ongoing("RUN") &
                                 ~halt)
         events.append((dispatch_error, d.pc, d.error.as_value()))

@@ -72,7 +72,7 @@ from .numerics import ACT_GROUP, quantize_per_group, quantize_per_token
 from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
 __all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
-           "Machine", "RunResult", "TraceEntry"]
+           "Machine", "RunResult", "TraceEntry", "HBM_SPAN", "written_spans"]
 
 _LINE_BITS = (256, 512)
 
@@ -364,8 +364,8 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
 
 @dataclass(frozen=True)
 class TraceEntry:
-    """One executed instruction: ``pc``, its unit, and a CRC-32 of every buffer line or HBM
-    byte range it wrote (in order), so two executions compare instruction by instruction."""
+    """One executed instruction: ``pc``, its unit, and the CRC-32 of what it wrote
+    (:meth:`Machine.written_crc`), so two executions compare instruction by instruction."""
 
     pc: int
     unit: Unit
@@ -454,62 +454,71 @@ class Machine:
     # -- execution ---------------------------------------------------------------------------
 
     def execute(self, instruction):
-        """Execute one resolved instruction; return ``(error, crc)``."""
-        op, f = instruction.opcode, instruction.fields
+        """Execute one resolved instruction; return ``(error, crc)`` with the
+        :meth:`written_crc` of what it wrote."""
+        error = self._execute(instruction)
+        return error, self.written_crc(instruction)
+
+    def written_crc(self, instruction):
+        """CRC-32 of what ``instruction`` wrote, as it now stands: the bytes of every span of
+        :func:`written_spans`, in order (0 for an instruction that writes nothing, or a
+        ``STORE`` past its port's memory, which writes nothing). The RTL harness computes
+        the same at each retirement (``flightgen.sim.harness``), so two executions compare
+        instruction by instruction."""
         crc = 0
+        for kind, start, size in written_spans(instruction):
+            if kind >= HBM_SPAN:
+                memory = self.hbm[kind - HBM_SPAN]
+                if start + size > len(memory):
+                    return 0
+                crc = zlib.crc32(memory[start:start + size], crc)
+            else:
+                crc = zlib.crc32(self.buffers[Buffer(kind)][start:start + size], crc)
+        return crc
+
+    def _execute(self, instruction):
+        op, f = instruction.opcode, instruction.fields
         if op == Opcode.LOAD:
             return self._load(f)
         if op == Opcode.STORE:
             return self._store(f)
         if op == Opcode.MATRIX:
-            if not (f["blocks"] and f["groups"]):
-                return ErrorCode.NONE, crc
-            return self._matrix(f)
-        if op == Opcode.VECTOR:
-            if not f["length"]:
-                return ErrorCode.NONE, crc
-            return ErrorCode.NONE, self._vector(f)
-        if op in (Opcode.QUANT, Opcode.TOKEN, Opcode.RESCALE):
-            if not f["length"]:
-                return ErrorCode.NONE, crc
-            run = {Opcode.QUANT: self._quant, Opcode.TOKEN: self._token,
-                   Opcode.RESCALE: self._rescale}[op]
-            return ErrorCode.NONE, run(f)
-        return ErrorCode.NONE, crc
-
-    def _addresses(self, f):
-        """Start byte of every row of a LOAD/STORE pattern, in order."""
-        i3, i2 = np.meshgrid(np.arange(f["count3"]), np.arange(f["count2"]), indexing="ij")
-        return (f["addr"] + i3 * f["stride3"] + i2 * f["stride2"]).ravel().astype(np.int64)
+            return self._matrix(f) if f["blocks"] and f["groups"] else ErrorCode.NONE
+        if f.get("length"):
+            run = {Opcode.VECTOR: self._vector, Opcode.QUANT: self._quant,
+                   Opcode.TOKEN: self._token, Opcode.RESCALE: self._rescale}.get(op)
+            if run is not None:
+                run(f)
+        return ErrorCode.NONE
 
     def _load(self, f):
         c = self.config
         row = f["length"] * c.line_bytes
         memory = self.hbm[f["port"]]
-        starts = self._addresses(f)
+        starts = _row_addresses(f)
         if row == 0:
-            return ErrorCode.NONE, 0
+            return ErrorCode.NONE
         if int(starts.max()) + row > len(memory):
-            return ErrorCode.AXI, 0
+            return ErrorCode.AXI
         data = memory[starts[:, None] + np.arange(row)[None, :]].reshape(-1, c.line_bytes)
         buffer = self.buffers[Buffer(f["buffer"])]
         buffer[f["line"]:f["line"] + len(data)] = data
-        return ErrorCode.NONE, zlib.crc32(data.tobytes())
+        return ErrorCode.NONE
 
     def _store(self, f):
         c = self.config
         memory = self.hbm[f["port"]]
-        starts = self._addresses(f)
+        starts = _row_addresses(f)
         row = f["length"]
         if row == 0:
-            return ErrorCode.NONE, 0
+            return ErrorCode.NONE
         if int(starts.max()) + row > len(memory):
-            return ErrorCode.AXI, 0
+            return ErrorCode.AXI
         total = row * len(starts)
         lines = -(-total // c.line_bytes)
         source = self.buffers[Buffer(f["buffer"])][f["line"]:f["line"] + lines].ravel()[:total]
         memory[(starts[:, None] + np.arange(row)[None, :]).ravel()] = source
-        return ErrorCode.NONE, zlib.crc32(source.tobytes())
+        return ErrorCode.NONE
 
     def _matrix(self, f):
         c, g = self.config, self.config.geometry
@@ -524,9 +533,8 @@ class Machine:
         masks = self.read_beats(Buffer.META, f["mask"], s.masks, bits["masks"])
         scales = self.read_beats(Buffer.META, f["scale"], s.scales, bits["scales"])
         out, bad = matrix_isa.execute(g, f, act, weights, masks, scales)
-        data = _pack(out.ravel(), 32)
-        self.write_beats(Buffer.VEC, f["out"], data, bits["out"])
-        return (ErrorCode.BAD_MASK if bad else ErrorCode.NONE), zlib.crc32(data)
+        self.write_beats(Buffer.VEC, f["out"], _pack(out.ravel(), 32), bits["out"])
+        return ErrorCode.BAD_MASK if bad else ErrorCode.NONE
 
     def _vector(self, f):
         op, n = VectorOp(f["op"]), f["length"]
@@ -558,7 +566,6 @@ class Machine:
             phases = value[0::2] & 0xFFFFFFFF
             out = special.rope(a[None], [f["position"]], phases)[0]
         self.write_vector(f["out"], out)
-        return zlib.crc32(_pack(np.asarray(out, np.int64), 32))
 
     def _quant(self, f):
         g = self.config.geometry
@@ -567,11 +574,11 @@ class Machine:
         values = np.zeros(beats * g.row_codes, np.int64)
         values[:n] = self.read_vector(f["src"], n)
         codes, (mult, exp) = quantize_per_group(values)
-        return self._write_act(f["dst"], codes, mult, exp)
+        self._write_act(f["dst"], codes, mult, exp)
 
     def _write_act(self, line, codes, mult, exp):
         """Write codes (a whole number of activation beats) and their block scales to
-        ``ACT`` from ``line``; return the CRC of the bytes."""
+        ``ACT`` from ``line``."""
         g = self.config.geometry
         beats = len(codes) // g.row_codes
         per_beat = g.row_codes // ACT_GROUP
@@ -582,7 +589,6 @@ class Machine:
             scales = (mult[blocks] & 0xFFFF) | ((exp[blocks] & 0xFF) << 16)
             data += chunk + _pack(scales, 24)
         self.write_beats(Buffer.ACT, line, bytes(data), g.act_bits)
-        return zlib.crc32(bytes(data))
 
     def _token(self, f):
         g = self.config.geometry
@@ -598,15 +604,12 @@ class Machine:
             halves = (codes,)
         padded = -(-n // g.row_codes) * g.row_codes
         zeros = np.zeros(padded // ACT_GROUP, np.int64)
-        crc = 0
         for line, half in zip((f["dst"], f["lo"])[:len(halves)], halves, strict=True):
             codes = np.zeros(padded, np.int64)
             codes[:n] = half
-            crc = zlib.crc32(self._write_act(line, codes, zeros, zeros).to_bytes(4, "little"),
-                             crc)
+            self._write_act(line, codes, zeros, zeros)
         word = (int(mult) & 0xFFFF) | ((int(exp) & 0xFF) << 16)
         self.write_vector(f["scale"], [word])
-        return zlib.crc32(word.to_bytes(4, "little"), crc)
 
     def _rescale(self, f):
         n = f["length"]
@@ -618,7 +621,6 @@ class Machine:
         else:
             out = attention.output(attention.combine(x, y), a)
         self.write_vector(f["out"], out)
-        return zlib.crc32(_pack(np.asarray(out, np.int64), 32))
 
     # -- the dispatcher, queues and tokens ---------------------------------------------------
 
@@ -739,6 +741,31 @@ class Machine:
         if errors:
             result.error_pc, result.error, result.message = min(errors, key=lambda e: e[0])
         return result
+
+
+#: The kind of a :func:`written_spans` span on HBM port ``p`` is ``HBM_SPAN + p``; a buffer's
+#: is its :class:`~flightgen.isa.instructions.Buffer` value.
+HBM_SPAN = 16
+
+
+def written_spans(instruction):
+    """What a resolved instruction writes, in order: ``(kind, start, size)`` spans, each a
+    buffer (``kind`` its :class:`Buffer` value; ``size`` whole lines from line ``start``) or
+    HBM port ``kind - HBM_SPAN`` (``size`` bytes from byte ``start``: every row of a
+    ``STORE``'s pattern). The one definition of an instruction's result that
+    :meth:`Machine.written_crc` and the RTL harness's ``--check`` share."""
+    if instruction.opcode == Opcode.STORE:
+        f = instruction.fields
+        if not f["length"]:
+            return []
+        return [(HBM_SPAN + f["port"], int(a), f["length"]) for a in _row_addresses(f)]
+    return [(Buffer(b).value, line, lines) for b, line, lines in instruction.writes]
+
+
+def _row_addresses(f):
+    """Start byte of every row of a LOAD/STORE pattern, in order."""
+    i3, i2 = np.meshgrid(np.arange(f["count3"]), np.arange(f["count2"]), indexing="ij")
+    return (f["addr"] + i3 * f["stride3"] + i2 * f["stride2"]).ravel().astype(np.int64)
 
 
 def _with_release(instruction, release):

@@ -13,9 +13,19 @@ protocol is in the C++ file's header).
   :class:`~flightgen.isa.machine.CoreConfig`, once per design (cached by
   :func:`flightgen.sim.runner.build_harness`).
 * :class:`CoreHarness` is one process: ``resize``, ``write``, ``read``, ``load_program``,
-  ``run``.
+  ``check``, ``trace``, ``run``.
 * :class:`RtlBackend` is the RTL backend of :class:`flightgen.sim.host.Host`: one
   :class:`CoreHarness` per core of a compiled binary.
+
+Checking instruction by instruction: the harness mirrors the core's buffers from their write
+ports, and with a table of what each pc writes (:func:`write_table`, from
+:func:`flightgen.isa.machine.written_spans`) it reports at every retirement the CRC-32 of
+those buffer lines or HBM bytes, which is what the ISA simulator's trace holds for the same
+instruction (:meth:`Machine.written_crc <flightgen.isa.machine.Machine.written_crc>`).
+:func:`first_difference` compares the two.
+
+Waveforms: a harness built with ``trace=True`` writes an FST file (GTKWave, Surfer) for a
+window of pcs of one run (:meth:`CoreHarness.trace`).
 
 Usage::
 
@@ -36,7 +46,8 @@ import numpy as np
 
 from ..compiler.target import Target
 from ..errors import FlightgenError
-from ..isa.machine import ErrorCode
+from ..isa.instructions import Buffer, Opcode, SysOp, Unit
+from ..isa.machine import HBM_SPAN, ErrorCode, IllegalInstruction, _words, resolve, written_spans
 from .system import core_name
 
 __all__ = [
@@ -48,6 +59,8 @@ __all__ = [
     "CoreHarness",
     "RtlBackend",
     "build_harness",
+    "first_difference",
+    "write_table",
 ]
 
 #: The harness's C++ source (the protocol is documented in its header).
@@ -61,10 +74,14 @@ DEFAULT_TIMEOUT = 50_000_000
 #: write`.
 PROGRAM_PORT = -1
 
-_QUIT, _RESIZE, _WRITE, _READ, _PROGRAM, _RUN = range(6)
+_QUIT, _RESIZE, _WRITE, _READ, _PROGRAM, _RUN, _CHECK, _TRACE = range(8)
 _HEADER = struct.Struct("<IQ")
 _RUN_RESULT = struct.Struct("<IIQIIQ")
 _PORT_RESULT = struct.Struct("<QQQQ")
+#: One retirement record of a checked run, and one span of a CHECK table.
+RETIREMENT = np.dtype([("unit", "<u4"), ("pc", "<u4"), ("cycle", "<u8"), ("crc", "<u4"),
+                       ("pad", "<u4")])
+_SPAN = np.dtype([("pc", "<u4"), ("kind", "<u4"), ("start", "<u8"), ("size", "<u8")])
 _MIN_MEMORY = 4096
 #: Executables this process has built or found, by harness source (the conversion to Verilog
 #: that keys the cache takes seconds).
@@ -94,6 +111,8 @@ def _prelude(config, toplevel):
         "FG_FOR_EACH_HBM_PORT(X)": " ".join(f"X({p})" for p in ports),
         "FG_REG_CONTROL": CONTROL, "FG_REG_GIE": GIE, "FG_REG_IER": IER, "FG_REG_ISR": ISR,
         "FG_AP_START": AP_START, "FG_AP_DONE": AP_DONE,
+        "FG_BUFFERS": len(Buffer), "FG_UNITS": len(Unit), "FG_KIND_HBM": HBM_SPAN,
+        "FG_FOR_EACH_BUFFER(X)": " ".join(f"X({b.value}, {config.lines(b)})" for b in Buffer),
         **{f"FG_REG_{name.upper()}": regs.offset(name)
            for name in ("program", "length", "r1", "error", "error_pc", "cycles", "retired")},
     }
@@ -107,8 +126,9 @@ def _prelude(config, toplevel):
     return "\n".join(lines) + "\n"
 
 
-def build_harness(config, log=print):
-    """Build the harness executable for a core with ``config``, once per design.
+def build_harness(config, *, trace=False, log=print):
+    """Build the harness executable for a core with ``config``, once per design (and per
+    ``trace``: a build that can write waveforms is separate and slower).
 
     Converts :class:`flightgen.hw.Core` to Verilog and compiles it with the harness through
     :func:`flightgen.sim.runner.build_harness` (cached under ``FLIGHTGEN_CACHE``, keyed by the
@@ -131,12 +151,49 @@ def build_harness(config, log=print):
 
     toplevel = core_name(config)
     source = _prelude(config, toplevel) + SOURCE.read_text()
-    known = _BUILT.get(source)
+    known = _BUILT.get((source, trace))
     if known is not None and known.is_file():  # this process built or found it already
         return known
-    executable = runner.build_harness(Core(config), toplevel, source, log=log)
-    _BUILT[source] = executable
+    executable = runner.build_harness(Core(config), toplevel, source, trace=trace, log=log)
+    _BUILT[source, trace] = executable
     return executable
+
+
+def write_table(config, program, registers):
+    """What each instruction of ``program`` (bytes or words) writes with ``registers``: a
+    structured array of ``(pc, kind, start, size)`` spans (:func:`~flightgen.isa.machine.
+    written_spans`), to the first word that does not resolve or the first ``HALT``."""
+    rows = []
+    for pc, word in enumerate(_words(program)):
+        try:
+            instruction = resolve(config, word, registers, pc)
+        except IllegalInstruction:
+            break
+        rows += [(pc, *span) for span in written_spans(instruction)]
+        if instruction.opcode == Opcode.SYS and instruction.fields["op"] == SysOp.HALT.value:
+            break
+    return np.array(rows, dtype=_SPAN)
+
+
+def first_difference(retirements, trace):
+    """The first retirement (in the order the RTL retired them) whose CRC differs from the
+    ISA simulator's trace entry for the same pc, or that the ISA simulator did not execute;
+    else a pc the ISA simulator executed and the RTL did not retire. Returns ``None`` when
+    they agree, else ``(pc, unit, cycle or None, rtl crc or None, isa crc or None)``."""
+    expected = {entry.pc: entry for entry in trace}
+    seen = set()
+    for record in retirements:
+        pc = int(record["pc"])
+        seen.add(pc)
+        entry = expected.get(pc)
+        if entry is None or entry.crc != int(record["crc"]):
+            return (pc, Unit(int(record["unit"])), int(record["cycle"]), int(record["crc"]),
+                    None if entry is None else entry.crc)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        entry = expected[missing[0]]
+        return entry.pc, entry.unit, None, None, entry.crc
+    return None
 
 
 @dataclass(frozen=True)
@@ -158,6 +215,9 @@ class HarnessRun:
         :class:`flightgen.sim.system.CoreRun`).
     written : list of int
         Per port: bytes written (enabled by the strobes).
+    retirements : numpy structured array of :data:`RETIREMENT`
+        With a :meth:`CoreHarness.check` table: every retirement in order (unit, pc, cycle
+        from ``ap_start``, CRC-32 of what the pc wrote); else empty.
     """
 
     error: ErrorCode
@@ -167,6 +227,7 @@ class HarnessRun:
     harness_cycles: int
     reads: list = field(default_factory=list)
     written: list = field(default_factory=list)
+    retirements: np.ndarray = field(default_factory=lambda: np.zeros(0, RETIREMENT))
 
     def read_bandwidth(self, port):
         """R beats per cycle on ``port`` from its first read address to its last beat."""
@@ -231,6 +292,7 @@ class CoreHarness:
             raise HarnessError(f"cannot start the core harness {executable}: {error}") from None
         self._finalizer = weakref.finalize(self, _stop, self.process, self._log)
         self._program = None
+        self._limit = None  # the timeout of the run under way
 
     def close(self):
         """End the process."""
@@ -253,7 +315,7 @@ class CoreHarness:
         last = f": {lines[-1]}" if lines else ""
         return HarnessError(f"the core harness exited with status {status}{last}")
 
-    def _request(self, opcode, *parts):
+    def _send(self, opcode, *parts):
         if not self._finalizer.alive:
             raise HarnessError("the core harness is closed")
         size = sum(memoryview(part).nbytes for part in parts)
@@ -262,6 +324,11 @@ class CoreHarness:
             for part in parts:
                 self.process.stdin.write(part)
             self.process.stdin.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._died() from None
+
+    def _receive(self):
+        try:
             header = self.process.stdout.read(_HEADER.size)
         except (BrokenPipeError, ConnectionResetError):
             raise self._died() from None
@@ -274,6 +341,10 @@ class CoreHarness:
         if status:
             raise HarnessError(f"core harness: {payload.decode(errors='replace')}")
         return payload
+
+    def _request(self, opcode, *parts):
+        self._send(opcode, *parts)
+        return self._receive()
 
     def resize(self, port, size):
         """Make the memory of ``port`` (``-1``: the program) ``size`` zero bytes."""
@@ -294,6 +365,18 @@ class CoreHarness:
         """Load a program (bytes, 32 per instruction) into the program memory."""
         self._request(_PROGRAM, bytes(words))
 
+    def check(self, table):
+        """Check the runs that follow with ``table`` (from :func:`write_table`; ``None`` or
+        empty: stop checking): each run then reports its retirements with CRCs."""
+        table = np.zeros(0, _SPAN) if table is None else np.asarray(table, _SPAN)
+        self._request(_CHECK, table.tobytes())
+
+    def trace(self, first, last, path):
+        """Write an FST waveform of the next run to ``path``, from the cycle the first
+        instruction with a pc in ``[first, last]`` is dispatched until the last of them
+        retires (or the run ends). Needs a harness built with ``trace=True``."""
+        self._request(_TRACE, struct.pack("<II", first, last), str(path).encode())
+
     def run(self, registers=(0,) * 7, timeout=None):
         """Run the loaded program with the length registers ``r1``..``r7``.
 
@@ -308,22 +391,42 @@ class CoreHarness:
         HarnessError
             If the core broke an AXI rule or the process died.
         """
+        self.start(registers, timeout)
+        return self.finish()
+
+    def start(self, registers=(0,) * 7, timeout=None):
+        """Start a run as :meth:`run` does and return at once; :meth:`finish` waits for it
+        (the process simulates while the caller works)."""
         registers = [int(r) & 0xFFFFFFFF for r in registers]
         if len(registers) != 7:
             raise ValueError(f"expected 7 length registers, not {len(registers)}")
-        limit = self.timeout if timeout is None else timeout
-        payload = self._request(_RUN, struct.pack("<7IQ", *registers, limit))
+        if self._limit is not None:
+            raise HarnessError("a run is already under way")
+        self._limit = self.timeout if timeout is None else timeout
+        self._send(_RUN, struct.pack("<7IQ", *registers, self._limit))
+
+    def finish(self):
+        """Wait for the run :meth:`start` began; returns a :class:`HarnessRun` (raises as
+        :meth:`run`)."""
+        limit, self._limit = self._limit, None
+        if limit is None:
+            raise HarnessError("no run is under way")
+        payload = self._receive()
         error, pc, cycles, retired, timed_out, harness_cycles = _RUN_RESULT.unpack_from(payload)
         if timed_out:
             raise HarnessTimeout(f"the core did not finish in {limit} cycles (it had retired "
                                  f"{retired} instructions; it was reset)")
         reads, written = [], []
-        for port in range(self.config.hbm_ports):
-            beats, first, last, bytes_written = _PORT_RESULT.unpack_from(
-                payload, _RUN_RESULT.size + port * _PORT_RESULT.size)
+        at = _RUN_RESULT.size
+        for _ in range(self.config.hbm_ports):
+            beats, first, last, bytes_written = _PORT_RESULT.unpack_from(payload, at)
+            at += _PORT_RESULT.size
             reads.append((beats, first, last))
             written.append(bytes_written)
-        return HarnessRun(ErrorCode(error), pc, cycles, retired, harness_cycles, reads, written)
+        (count,) = struct.unpack_from("<Q", payload, at)
+        retirements = np.frombuffer(payload, RETIREMENT, count, at + 8).copy()
+        return HarnessRun(ErrorCode(error), pc, cycles, retired, harness_cycles, reads, written,
+                          retirements)
 
 
 class RtlBackend:
@@ -337,6 +440,11 @@ class RtlBackend:
         a memory is as large as its image, at least 4096 bytes.
     latency, stall, seed, timeout
         As :class:`CoreHarness`.
+    check : bool
+        Report every retirement with the CRC of what it wrote (``last_run.retirements``), to
+        compare with the ISA simulator's trace (:func:`first_difference`).
+    trace : bool
+        Use the harness build that can write waveforms (:meth:`trace_next`).
     log : callable
         Receives a line when the harness is built or reused.
 
@@ -345,6 +453,8 @@ class RtlBackend:
     target : flightgen.compiler.target.Target
     last_run : HarnessRun or None
         The last run's status and traffic.
+    bytes_moved : int
+        HBM bytes read (R beats) and written by every run so far.
     last_cycles : int
         The last run's cycles.
     cycles : int
@@ -355,10 +465,11 @@ class RtlBackend:
     """
 
     def __init__(self, binary, *, latency=DEFAULT_LATENCY, stall=0.0, seed=1,
-                 timeout=DEFAULT_TIMEOUT, log=print):
+                 timeout=DEFAULT_TIMEOUT, check=False, trace=False, log=print):
         self.target = Target.from_dict(binary.target)
         c = self.target.core
-        executable = build_harness(c, log=log)
+        self.checking = check
+        executable = build_harness(c, trace=trace, log=log)
         images = {image.channel: image for image in binary.images}
         self.harnesses = []
         try:
@@ -375,8 +486,10 @@ class RtlBackend:
             self.close()
             raise
         self._loaded = [None] * self.target.cores
+        self._tables = {}
+        self._checked = [None] * self.target.cores
         self.last_run = None
-        self.last_cycles = self.cycles = self.runs = 0
+        self.last_cycles = self.cycles = self.runs = self.bytes_moved = 0
 
     def close(self):
         """End every harness process."""
@@ -393,6 +506,11 @@ class RtlBackend:
         """``size`` bytes of ``port`` of ``core`` from ``address`` (a copy)."""
         return self.harnesses[core].read(port, address, size)
 
+    def trace_next(self, core, first, last, path):
+        """Write a waveform of the next run on ``core`` for the pcs ``[first, last]`` to
+        ``path`` (see :meth:`CoreHarness.trace`)."""
+        self.harnesses[core].trace(first, last, path)
+
     def write(self, core, port, address, data):
         """Write bytes to ``port`` of ``core`` at ``address``."""
         self.harnesses[core].write(port, address, data)
@@ -400,14 +518,32 @@ class RtlBackend:
     def run(self, core, program, registers):
         """Run ``program`` (a :class:`~flightgen.compiler.binary.Program`) on ``core``;
         return ``(error code, error pc, message, instructions retired)``."""
+        self.start(core, program, registers)
+        return self.finish(core)
+
+    def start(self, core, program, registers):
+        """Start :meth:`run` on ``core`` and return at once; :meth:`finish` waits for it."""
         harness = self.harnesses[core]
         if self._loaded[core] is not program:
             harness.load_program(program.words)
             self._loaded[core] = program
-        run = harness.run(registers)
+        if self.checking:
+            key = (id(program), tuple(int(r) for r in registers))
+            if key not in self._tables:
+                self._tables[key] = write_table(self.target.core, program.words, registers)
+            if self._checked[core] != key:
+                harness.check(self._tables[key])
+                self._checked[core] = key
+        harness.start(registers)
+
+    def finish(self, core):
+        """Wait for the run started on ``core``; return what :meth:`run` returns."""
+        run = self.harnesses[core].finish()
         self.last_run, self.last_cycles = run, run.cycles
         self.cycles += run.cycles
         self.runs += 1
+        self.bytes_moved += (sum(beats for beats, _, _ in run.reads) * self.target.core.line_bytes
+                             + sum(run.written))
         message = "" if run.error == ErrorCode.NONE else (
             f"the core's Verilog stopped with {run.error.name} at pc {run.error_pc}")
         return run.error, run.error_pc, message, run.retired

@@ -44,6 +44,8 @@ class IsaBackend:
             machine.hbm = [self.memory(core, port) for port in range(c.hbm_ports)]
             self.machines.append(machine)
         self._words = {}
+        #: The last run's :class:`~flightgen.isa.machine.RunResult` (its trace included).
+        self.last_result = None
 
     def memory(self, core, port):
         """The bytes of ``port`` of ``core`` (its channel)."""
@@ -70,6 +72,7 @@ class IsaBackend:
             self._words[key] = [int.from_bytes(row.tobytes(), "little") for row in raw]
         words = self._words[key]
         result = self.machines[core].run(words, registers)
+        self.last_result = result
         return result.error, result.error_pc, result.message, len(result.trace)
 
 

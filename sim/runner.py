@@ -224,12 +224,15 @@ def _prune(folder, keep):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_harness(component, toplevel, harness, *, log=print):
+def build_harness(component, toplevel, harness, *, trace=False, log=print):
     """Compile ``component`` with a C++ ``main`` (no cocotb) into an executable, once per design.
 
     For exhaustive checks that need millions of cycles: ``harness`` is C++ source that drives
-    the Verilated model ``V<toplevel>`` directly. Cached like :func:`build`, keyed by the
-    Verilog, the harness and the Verilator version. Returns the executable's path.
+    the Verilated model ``V<toplevel>`` directly. With ``trace`` the model can write FST
+    waveforms (Verilator ``--trace-fst``; the harness sees ``FG_TRACE`` defined); that build
+    is slower to compile and to run, so it is a separate executable. Cached like
+    :func:`build`, keyed by the Verilog, the harness, ``trace`` and the Verilator version.
+    Returns the executable's path.
     """
     from amaranth.back import verilog  # deferred: conversion loads Yosys
 
@@ -237,9 +240,9 @@ def build_harness(component, toplevel, harness, *, log=print):
     text = verilog.convert(component, name=toplevel, emit_src=False)
     key = hashlib.sha256(json.dumps({
         "verilog": text, "harness": harness, "waivers": VERILATOR_WAIVERS,
-        "verilator": [verilator.version, str(verilator.executable)],
+        "verilator": [verilator.version, str(verilator.executable)], "trace": trace,
     }, sort_keys=True).encode()).hexdigest()[:16]
-    build_dir = cache_dir() / "harness" / f"{toplevel}-{key}"
+    build_dir = cache_dir() / "harness" / f"{toplevel}{'-trace' if trace else ''}-{key}"
     executable = build_dir / "harness"
     with _locked(build_dir.with_name(build_dir.name + ".lock")):
         if (build_dir / "complete").is_file():
@@ -252,6 +255,7 @@ def build_harness(component, toplevel, harness, *, log=print):
         env = {**os.environ, **verilator_env(verilator)}
         command = [str(verilator.executable), "--cc", "--exe", "--build", "-j", "2", "-O3",
                    "-CFLAGS", "-O2", *VERILATOR_WAIVERS, "--top-module", toplevel,
+                   *(["--trace-fst", "-CFLAGS", "-DFG_TRACE"] if trace else []),
                    "-Mdir", str(build_dir / "obj"), "-o", str(executable),
                    str(build_dir / "harness.cpp"), str(build_dir / f"{toplevel}.v")]
         started = time.monotonic()

@@ -136,10 +136,12 @@ def build_parser():
     evaluate.set_defaults(run=_eval)
 
     from .compile import add_parser as add_compile
+    from .demo import add_parser as add_demo
     from .simulate import add_parser as add_sim
 
     add_compile(verbs, _positive)
     add_sim(verbs, _positive)
+    add_demo(verbs, _positive)
 
     inspect = verbs.add_parser(
         "inspect",

@@ -2,17 +2,23 @@
 
 The host sequence is :class:`flightgen.sim.host.Host`'s, on the RTL (the core's Verilog in the
 C++ harness of :mod:`flightgen.sim.harness`) or on the ISA simulator. ``--check`` runs the ISA
-simulator alongside the RTL and, after every step, compares every byte each ``STORE`` of the
-step's programs wrote (KV-cache slots, the hand-over state, the logits); it stops at the first
-``STORE`` whose bytes differ, naming it.
+simulator alongside the RTL and compares, for every run of every step, what each instruction
+wrote: the harness reports the CRC-32 of each retired instruction's buffer lines or HBM bytes
+(:func:`flightgen.isa.machine.written_spans`), the ISA simulator's trace holds the same, and
+the first retirement that differs stops the generation, naming the instruction.
+``--trace-from/--trace-to`` write an FST waveform of a window of one run's instructions.
+
+:func:`generate` is the routine both ``sim`` and ``demo`` (:mod:`flightgen.demo`) use.
 """
 
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import FlightgenError
 
-__all__ = ["main", "add_parser", "store_ranges"]
+__all__ = ["main", "add_parser", "generate", "Generated", "TraceWindow"]
 
 
 def add_parser(verbs, positive):
@@ -35,40 +41,78 @@ def add_parser(verbs, positive):
                    help="'rtl' (default): the core's Verilog under Verilator; 'isa': the ISA "
                         "simulator.")
     p.add_argument("--check", action="store_true",
-                   help="Run the ISA simulator alongside the RTL and stop at the first STORE "
-                        "whose bytes differ from it.")
+                   help="Run the ISA simulator alongside the RTL and stop at the first "
+                        "instruction whose result (the buffer lines or HBM bytes it wrote) "
+                        "differs from it.")
     p.add_argument("--latency", type=positive, default=40,
                    help="Simulated memory read latency in cycles (default 40).")
+    add_trace_arguments(p)
     p.set_defaults(run=main)
     return p
 
 
-def store_ranges(config, program, registers):
-    """``(pc, port, first byte, bytes)`` of every row each ``STORE`` of ``program`` writes
-    with ``registers`` (a program that resolves; others stop at the first illegal word)."""
-    from .isa.instructions import Opcode, SysOp
-    from .isa.machine import IllegalInstruction, _words, resolve
+def add_trace_arguments(p):
+    """The waveform options of ``sim``."""
+    g = p.add_argument_group(
+        "waveform", "Write an FST waveform (GTKWave, Surfer) of a window of instructions of "
+                    "one run: from the cycle the first is dispatched until the last retires. "
+                    "Uses a separate Verilator build with tracing (built once, cached).")
+    g.add_argument("--trace-from", type=_pc, metavar="PC",
+                   help="First pc of the window (`flightgen disasm` lists the pcs).")
+    g.add_argument("--trace-to", type=_pc, metavar="PC",
+                   help="Last pc of the window (default: --trace-from + 100).")
+    g.add_argument("--trace-step", type=_pc, default=1, metavar="N",
+                   help="Which step to trace, counted from 1 as the progress lines count "
+                        "positions (default 1, the first prompt token).")
+    g.add_argument("--trace-core", type=_pc, default=0, metavar="CORE",
+                   help="Which core's run of that step (default 0).")
+    g.add_argument("--trace-file", default="trace.fst", metavar="PATH",
+                   help="Where to write the waveform (default trace.fst).")
 
-    out = []
-    for pc, word in enumerate(_words(program)):
-        try:
-            instruction = resolve(config, word, registers, pc)
-        except IllegalInstruction:
-            break
-        f = instruction.fields
-        if instruction.opcode == Opcode.STORE and f["length"]:
-            for i3 in range(f["count3"]):
-                for i2 in range(f["count2"]):
-                    out.append((pc, f["port"],
-                                f["addr"] + i3 * f["stride3"] + i2 * f["stride2"], f["length"]))
-        if instruction.opcode == Opcode.SYS and f["op"] == SysOp.HALT.value:
-            break
-    return out
+
+def _pc(text):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value < 0:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, not {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TraceWindow:
+    """A waveform request: pcs ``[first, last]`` of ``core``'s run at step ``step`` (1-based)."""
+
+    step: int
+    core: int
+    first: int
+    last: int
+    path: Path
+
+    @classmethod
+    def from_args(cls, args):
+        """The window the command line asks for, or None."""
+        if args.trace_from is None:
+            if args.trace_to is not None:
+                raise FlightgenError("--trace-to needs --trace-from")
+            return None
+        last = args.trace_from + 100 if args.trace_to is None else args.trace_to
+        if last < args.trace_from:
+            raise FlightgenError(f"--trace-to {last} is before --trace-from {args.trace_from}")
+        if args.trace_step < 1:
+            raise FlightgenError("--trace-step counts from 1")
+        path = Path(args.trace_file)
+        if not path.parent.is_dir():
+            raise FlightgenError(f"{path.parent}: no such folder (for --trace-file)")
+        return cls(args.trace_step, args.trace_core, args.trace_from, last, path)
 
 
 class _Checked:
-    """A backend that runs the RTL and the ISA simulator side by side and compares what every
-    STORE wrote after each run."""
+    """A backend that runs the RTL and the ISA simulator side by side and, after each run,
+    compares what every instruction wrote."""
 
     def __init__(self, rtl, isa, config):
         self.rtl, self.isa, self.config = rtl, isa, config
@@ -82,35 +126,194 @@ class _Checked:
         self.isa.write(core, port, address, data)
 
     def run(self, core, program, registers):
-        import numpy as np
+        from .isa.assembly import disassemble_word
+        from .sim.harness import first_difference
 
-        result = self.rtl.run(core, program, registers)
+        self.rtl.start(core, program, registers)  # the RTL runs in its process meanwhile
         expected = self.isa.run(core, program, registers)
+        result = self.rtl.finish(core)
+        where = f"--check: {self.step}: core {core} {program.phase} program"
         if result[:2] != expected[:2]:
-            raise FlightgenError(f"--check: {self.step}: core {core} stopped with error "
-                                 f"{int(result[0])} at pc {result[1]}, the ISA simulator with "
-                                 f"{int(expected[0])} at pc {expected[1]}")
-        for pc, port, address, size in store_ranges(self.config, program.words, registers):
-            got = self.rtl.read(core, port, address, size)
-            want = self.isa.read(core, port, address, size)
-            if not np.array_equal(got, want):
-                first = int(np.nonzero(got != want)[0][0])
-                raise FlightgenError(
-                    f"--check: {self.step}: core {core} {program.phase} program, STORE at pc "
-                    f"{pc} wrote different bytes than the ISA simulator (port {port}, byte "
-                    f"{address + first:#x}: RTL {got[first]}, ISA {want[first]})")
+            raise FlightgenError(f"{where}: the RTL stopped with error {int(result[0])} at pc "
+                                 f"{result[1]}, the ISA simulator with {int(expected[0])} at pc "
+                                 f"{expected[1]}")
+        difference = first_difference(self.rtl.last_run.retirements,
+                                      self.isa.last_result.trace)
+        if difference is not None:
+            pc, unit, cycle, got, want = difference
+            word = int.from_bytes(program.words[32 * pc:32 * pc + 32], "little")
+            text = f"pc {pc} ({unit.name} unit: {disassemble_word(word)})"
+            if got is None:
+                raise FlightgenError(f"{where}: {text} ran on the ISA simulator but never "
+                                     f"retired on the RTL")
+            if want is None:
+                raise FlightgenError(f"{where}: {text} retired on the RTL at cycle {cycle} "
+                                     f"but the ISA simulator never ran it")
+            raise FlightgenError(f"{where}: {text}, retired at cycle {cycle}, wrote different "
+                                 f"data than the ISA simulator (CRC-32 {got:#010x} on the RTL, "
+                                 f"{want:#010x} on the ISA simulator)")
         return result
 
 
-def main(args, out=None, err=None):
-    """Run the ``sim`` verb; returns the exit status."""
+@dataclass
+class Generated:
+    """What :func:`generate` did.
+
+    Members
+    -------
+    prompt, tokens : list of int
+        The prompt's ids and the generated ids.
+    text : str
+        The generated text (without the prompt).
+    steps : list of (str, int, int, float)
+        Per step: phase, cycles, HBM bytes moved (RTL only; 0 on the ISA simulator), wall
+        seconds.
+    seconds : float
+        Wall time of the whole generation, the build included.
+    """
+
+    prompt: list
+    tokens: list = field(default_factory=list)
+    text: str = ""
+    steps: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def decode_steps(self):
+        """The steps that ran the decode programs (each produced a token; the prompt's last
+        token is the first): ``(cycles, bytes)`` each."""
+        return [(c, b) for phase, c, b, _ in self.steps if phase == "decode"]
+
+
+def generate(binary, prompt, max_tokens, *, backend="rtl", check=False, latency=40,
+             trace=None, out=None, say=None):
+    """Prefill ``prompt`` (text) and decode greedily up to ``max_tokens`` tokens with the host
+    sequence on ``backend`` ('rtl' or 'isa'), printing the prompt and each piece of text to
+    ``out`` as it is generated and progress lines to ``say``. Returns a :class:`Generated`.
+
+    Raises
+    ------
+    FlightgenError
+        For a bad request, an error stop of the core, or (``check``) the first instruction
+        whose result differs from the ISA simulator's.
+    """
     import numpy as np
 
-    from .compiler.binary import read_binary
     from .compiler.target import Target
     from .compiler.tokenizer import Tokenizer
     from .sim.generate import TextStream
     from .sim.host import Host, IsaBackend
+
+    out = out or sys.stdout
+    say = say or (lambda message: None)
+    started = time.perf_counter()
+    if binary.tokenizer is None:
+        raise FlightgenError("the binary carries no tokenizer")
+    tokenizer = Tokenizer.from_string(binary.tokenizer, **binary.metadata.get("tokenizer", {}))
+    ids = [int(t) for t in tokenizer.encode(prompt)]
+    if not ids:
+        raise FlightgenError("the prompt is empty after tokenization")
+    capacity = binary.layout["capacity"]
+    if len(ids) + max_tokens > capacity:
+        raise FlightgenError(f"prompt ({len(ids)} tokens) plus --max-tokens {max_tokens} "
+                             f"exceeds the binary's KV cache of {capacity}")
+    if check and backend != "rtl":
+        raise FlightgenError("--check compares the RTL with the ISA simulator: use it with "
+                             "--backend rtl")
+    if trace is not None and backend != "rtl":
+        raise FlightgenError("waveforms come from the RTL: use --trace-from with --backend rtl")
+    target = Target.from_dict(binary.target)
+    if trace is not None and trace.core >= target.cores:
+        raise FlightgenError(f"--trace-core {trace.core}: the binary has {target.cores} "
+                             f"core(s)")
+    if trace is not None:
+        from .sim.toolchain import fst_problem
+
+        problem = fst_problem()
+        if problem:
+            raise FlightgenError(f"cannot write FST waveforms: {problem}")
+    rtl = None
+    if backend == "rtl":
+        from .sim.harness import RtlBackend
+
+        say(f"building the Verilator model of {target.name}"
+            + (" with waveform tracing" if trace else "") + " (cached after the first build)")
+        rtl = RtlBackend(binary, latency=latency, check=check, trace=trace is not None,
+                         log=say)
+        isa = IsaBackend(binary) if check else None
+        runner = _Checked(rtl, isa, target.core) if check else rtl
+    else:
+        runner = IsaBackend(binary)
+    result = Generated(ids)
+    try:
+        host = Host(binary, runner)
+        stream = TextStream(tokenizer)
+        total = len(ids) + max_tokens
+
+        def step(token, phase, label):
+            number = host.position + 1
+            if check:
+                runner.step = f"step {number} ({label})"
+            if trace is not None and trace.step == number:
+                rtl.trace_next(trace.core, trace.first, trace.last, trace.path)
+            before = (rtl.cycles, rtl.bytes_moved) if rtl is not None else (0, 0)
+            t = time.perf_counter()
+            logits = host.step(token, phase)
+            seconds = time.perf_counter() - t
+            cycles, moved = ((rtl.cycles - before[0], rtl.bytes_moved - before[1])
+                             if rtl is not None else (0, 0))
+            result.steps.append((phase, cycles, moved, seconds))
+            say(f"{label} {number}/{total}: "
+                + (f"{cycles:,} cycles, {moved / 1e6:.1f} MB, " if rtl is not None else "")
+                + f"{seconds:.1f} s")
+            if trace is not None and trace.step == number:
+                say(f"waveform of core {trace.core}, pcs {trace.first}..{trace.last}: "
+                    f"{trace.path}" if trace.path.is_file() else
+                    f"no waveform: core {trace.core} dispatched none of pcs {trace.first}.."
+                    f"{trace.last} in step {number}")
+            return logits
+
+        say(f"prompt: {len(ids)} tokens on {backend}" + (" with --check" if check else ""))
+        for token in ids[:-1]:
+            step(token, "prefill", "prefill")
+        logits = step(ids[-1], "decode", "prefill")
+        print(prompt, end="", file=out, flush=True)
+        pieces = []
+        while True:
+            token = int(np.argmax(logits))
+            result.tokens.append(token)
+            piece = stream.push(token)
+            pieces.append(piece)
+            print(piece, end="", file=out, flush=True)
+            if token == tokenizer.eos_id or len(result.tokens) >= max_tokens:
+                break
+            logits = step(token, "decode", "decode")
+        print(file=out, flush=True)
+        result.text = "".join(pieces)
+    finally:
+        if rtl is not None:
+            rtl.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def summary(result, target):
+    """One line: tokens, wall time and, from the RTL, cycles and bytes per decode step and the
+    projected tokens/s at the target's clock."""
+    line = f"{len(result.tokens)} tokens generated in {result.seconds:.1f} s"
+    decode = result.decode_steps()
+    if decode and decode[0][0]:
+        cycles = sum(c for c, _ in decode) / len(decode)
+        moved = sum(b for _, b in decode) / len(decode)
+        line += (f"; {cycles:,.0f} cycles and {moved / 1e6:.1f} MB of HBM traffic per decode "
+                 f"step, projected {target.clock_mhz * 1e6 / cycles:.1f} tokens/s at "
+                 f"{target.clock_mhz:.0f} MHz")
+    return line
+
+
+def main(args, out=None, err=None):
+    """Run the ``sim`` verb; returns the exit status."""
+    from .compiler.binary import read_binary
+    from .compiler.target import Target
 
     out, err = out or sys.stdout, err or sys.stderr
     started = time.perf_counter()
@@ -118,73 +321,9 @@ def main(args, out=None, err=None):
     def say(message):
         print(f"[{time.perf_counter() - started:7.1f} s] {message}", file=err, flush=True)
 
+    trace = TraceWindow.from_args(args)
     binary = read_binary(args.binary)
-    if binary.tokenizer is None:
-        raise FlightgenError(f"{args.binary}: the binary carries no tokenizer")
-    tokenizer = Tokenizer.from_string(binary.tokenizer, **binary.metadata.get("tokenizer", {}))
-    prompt = tokenizer.encode(args.prompt)
-    if not prompt:
-        raise FlightgenError("the prompt is empty after tokenization")
-    capacity = binary.layout["capacity"]
-    if len(prompt) + args.max_tokens > capacity:
-        raise FlightgenError(f"prompt ({len(prompt)} tokens) plus --max-tokens "
-                             f"{args.max_tokens} exceeds the binary's KV cache of {capacity}")
-    if args.check and args.backend != "rtl":
-        raise FlightgenError("--check compares the RTL with the ISA simulator: use it with "
-                             "--backend rtl")
-    target = Target.from_dict(binary.target)
-    rtl = None
-    if args.backend == "rtl":
-        from .sim.harness import RtlBackend
-
-        say(f"building the Verilator model of {target.name} (cached after the first build)")
-        rtl = RtlBackend(binary, latency=args.latency, log=say)
-        backend = _Checked(rtl, IsaBackend(binary), target.core) if args.check else rtl
-    else:
-        backend = IsaBackend(binary)
-    try:
-        host = Host(binary, backend)
-        stream = TextStream(tokenizer)
-        cycles, steps = [], []
-
-        def step(token, phase, label):
-            if isinstance(backend, _Checked):
-                backend.step = f"step {host.position} ({label})"
-            before = rtl.cycles if rtl is not None else 0
-            t = time.perf_counter()
-            logits = host.step(token, phase)
-            used = (rtl.cycles - before) if rtl is not None else 0
-            cycles.append(used)
-            steps.append((phase, used, time.perf_counter() - t))
-            say(f"{label} {host.position}/{len(prompt) + args.max_tokens}: "
-                + (f"{used:,} cycles, " if rtl is not None else "")
-                + f"{time.perf_counter() - t:.1f} s")
-            return logits
-
-        say(f"prompt: {len(prompt)} tokens on {args.backend}"
-            + (" with --check" if args.check else ""))
-        for token in prompt[:-1]:
-            step(int(token), "prefill", "prefill")
-        logits = step(int(prompt[-1]), "decode", "prefill")
-        print(args.prompt, end="", file=out, flush=True)
-        generated = []
-        while True:
-            token = int(np.argmax(logits))
-            generated.append(token)
-            print(stream.push(token), end="", file=out, flush=True)
-            if token == tokenizer.eos_id or len(generated) >= args.max_tokens:
-                break
-            logits = step(token, "decode", "decode")
-        print(file=out, flush=True)
-    finally:
-        if rtl is not None:
-            rtl.close()
-    decode = [c for phase, c, _ in steps if phase == "decode"]
-    summary = f"{len(generated)} tokens generated in {time.perf_counter() - started:.1f} s"
-    if rtl is not None and decode:
-        per_token = sum(decode) / len(decode)
-        summary += (f"; {per_token:,.0f} cycles per decode step, projected "
-                    f"{target.clock_mhz * 1e6 / per_token:.1f} tokens/s at "
-                    f"{target.clock_mhz:.0f} MHz")
-    print(summary, file=err)
+    result = generate(binary, args.prompt, args.max_tokens, backend=args.backend,
+                      check=args.check, latency=args.latency, trace=trace, out=out, say=say)
+    print(summary(result, Target.from_dict(binary.target)), file=err)
     return 0

@@ -42,7 +42,21 @@
 //             -> u32 error, u32 error_pc, u64 cycles, u32 retired, u32 timed_out,
 //                u64 harness cycles (from ap_start to the end of the status reads),
 //                then per HBM port: u64 R beats, u64 first AR cycle, u64 last R cycle,
-//                u64 bytes written (the cycles of the port's model, as the cocotb bench's)
+//                u64 bytes written (the cycles of the port's model, as the cocotb bench's),
+//                then u64 n and n retirement records (checking only, else n = 0):
+//                u32 unit, u32 pc, u64 cycle (from ap_start), u32 crc, u32 0
+//   6 CHECK   records u32 pc, u32 kind, u64 start, u64 size  -> ()
+//             What each pc of the loaded program writes, for the runs that follow (an empty
+//             table turns checking off): kind < 16 is buffer `kind` (flightgen Buffer), lines
+//             [start, start + size); kind 16 + p is HBM port p, bytes [start, start + size).
+//             At each retirement the harness takes the CRC-32 (zlib's) of those lines of its
+//             mirror of the buffers, or of those bytes, in the table's order: what
+//             flightgen.isa.machine.Machine.written_crc computes for the same instruction.
+//   7 TRACE   u32 from, u32 to, bytes path  -> ()
+//             The next RUN writes an FST waveform to `path` for the window of pcs [from, to]:
+//             from the cycle the first of them is dispatched to the cycle the last of them
+//             retires (or the run ends), plus 4 cycles. Needs a harness built with tracing
+//             (FG_TRACE); otherwise a bad request.
 //
 // Port -1 is the program memory. RUN does what a host does through AXI4-Lite: writes the
 // program and HBM pointers, `length` (the words of the last PROGRAM) and r1..r7, sets
@@ -51,6 +65,12 @@
 // ap_done), clears ISR, then reads error, error_pc, cycles (two words) and retired. A run that
 // exceeds its timeout reports timed_out = 1 with the status as it then stands, and the core
 // is reset (its memories and buffers are kept).
+//
+// The buffer mirror: every cycle the harness copies each buffer's write port (the core's
+// `buffer_writes` outputs) into a byte array per buffer, so it holds exactly what the core's
+// buffers hold (both start as zeros). A unit's last write for an instruction happens in or
+// before the cycle it retires (the core's contract), so the mirror at a retirement shows
+// what that instruction wrote.
 
 #include <unistd.h>
 
@@ -59,6 +79,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -67,6 +88,9 @@
 
 #include "verilated.h"
 #include FG_TOP_HEADER
+#ifdef FG_TRACE
+#include "verilated_fst_c.h"
+#endif
 
 namespace {
 
@@ -80,7 +104,13 @@ constexpr int WORD_BYTES = 32;
 // Cycles an AXI4-Lite access may wait for the slave before the harness gives up.
 constexpr int LITE_PATIENCE = 1000;
 
-enum Opcode : uint32_t { QUIT = 0, RESIZE = 1, WRITE = 2, READ = 3, PROGRAM = 4, RUN = 5 };
+enum Opcode : uint32_t {
+    QUIT = 0, RESIZE = 1, WRITE = 2, READ = 3, PROGRAM = 4, RUN = 5, CHECK = 6, TRACE = 7
+};
+// The kind of a CHECK span that names HBM port 0 (buffers are 0 .. FG_BUFFERS - 1).
+constexpr uint32_t KIND_HBM = FG_KIND_HBM;
+// Cycles dumped after a waveform window closes.
+constexpr uint64_t TRACE_TAIL = 4;
 enum Status : uint32_t { OK = 0, BAD_REQUEST = 1, VIOLATION = 2 };
 
 struct Failure {
@@ -107,6 +137,46 @@ struct Random {
         return z ^ (z >> 31);
     }
     double uniform() { return (next() >> 11) * (1.0 / 9007199254740992.0); }
+};
+
+// CRC-32 with zlib's polynomial (reflected 0xEDB88320): crc32(data, crc) as Python's
+// zlib.crc32, so chained calls equal one call over the concatenation.
+class Crc32 {
+  public:
+    Crc32() {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table_[i] = c;
+        }
+    }
+    uint32_t operator()(const uint8_t* data, uint64_t size, uint32_t crc) const {
+        crc = ~crc;
+        for (uint64_t i = 0; i < size; i++) crc = table_[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+        return ~crc;
+    }
+
+  private:
+    uint32_t table_[256];
+};
+
+// Bits [lo, lo + n) (n <= 32) of a little-endian array of 32-bit words.
+uint32_t bits(const uint32_t* words, unsigned lo, unsigned n) {
+    uint64_t pair = words[lo / 32];
+    if (lo % 32 + n > 32) pair |= uint64_t(words[lo / 32 + 1]) << 32;
+    return uint32_t(pair >> (lo % 32)) & uint32_t((uint64_t(1) << n) - 1);
+}
+
+// What one pc writes (see CHECK).
+struct Span {
+    uint32_t kind;
+    uint64_t start, size;
+};
+
+struct Retirement {
+    uint32_t unit, pc;
+    uint64_t cycle;
+    uint32_t crc;
 };
 
 struct Settings {
@@ -159,6 +229,13 @@ struct Port {
     } while (0)
 #define FG_BIND(port, prefix) FG_BIND_(port, prefix)
 #define FG_HBM(p) hbm___05F##p
+
+// One buffer's write port among the core's `buffer_writes` outputs.
+struct WritePort {
+    const CData* en;
+    const SData* line;
+    const void* data;
+};
 
 struct Burst {
     uint64_t addr;  // relative to byte 0 of the memory, aligned to the beat
@@ -341,7 +418,11 @@ struct RunResult {
 class Harness {
   public:
     explicit Harness(const Settings& settings)
-        : settings_(settings), random_{settings.seed}, top(new FG_TOP{&context_}) {
+        : settings_(settings), random_{settings.seed} {
+#ifdef FG_TRACE
+        context_.traceEverOn(true);
+#endif
+        top.reset(new FG_TOP{&context_});
         Port port;
         FG_BIND(port, program);
         program_ = std::make_unique<Memory>("program", port, PROGRAM_BASE, settings_, random_);
@@ -351,13 +432,23 @@ class Harness {
                                             random_));
         FG_FOR_EACH_HBM_PORT(FG_ADD_PORT)
 #undef FG_ADD_PORT
+#define FG_ADD_BUFFER(b, lines)                                                                \
+    mirror_[b].assign(uint64_t(lines) * FG_LINE_BYTES, 0);                                     \
+    writes_[b] = {&top->buffer_writes___05F##b##___05Fen,                                     \
+                  &top->buffer_writes___05F##b##___05Fline,                                   \
+                  &top->buffer_writes___05F##b##___05Fdata};
+        FG_FOR_EACH_BUFFER(FG_ADD_BUFFER)
+#undef FG_ADD_BUFFER
         top->clk = 0;
         top->control___05Fawvalid = top->control___05Fwvalid = top->control___05Fbready = 0;
         top->control___05Farvalid = top->control___05Frready = 0;
         reset();
     }
 
-    ~Harness() { top->final(); }
+    ~Harness() {
+        close_trace();
+        top->final();
+    }
 
     Memory& memory(int32_t port) {
         if (port == -1) return *program_;
@@ -379,11 +470,61 @@ class Harness {
 
     RunResult run(const uint32_t registers[7], uint64_t timeout) {
         try {
-            return run_(registers, timeout ? timeout : settings_.timeout);
+            RunResult result = run_(registers, timeout ? timeout : settings_.timeout);
+            close_trace();
+            return result;
         } catch (const Failure&) {
+            close_trace();
             reset();
             throw;
         }
+    }
+
+    // Replace the table of what each pc writes (empty: stop checking).
+    void set_check(const std::vector<uint8_t>& payload) {
+        constexpr size_t RECORD = 24;
+        if (payload.size() % RECORD) fail(BAD_REQUEST, "a CHECK table is whole 24-byte records");
+        spans_.clear();
+        for (size_t at = 0; at < payload.size(); at += RECORD) {
+            uint32_t pc, kind;
+            Span span;
+            std::memcpy(&pc, &payload[at], 4);
+            std::memcpy(&kind, &payload[at + 4], 4);
+            std::memcpy(&span.start, &payload[at + 8], 8);
+            std::memcpy(&span.size, &payload[at + 16], 8);
+            span.kind = kind;
+            const std::vector<uint8_t>* target = nullptr;
+            uint64_t unit = 1;
+            if (kind < FG_BUFFERS) {
+                target = &mirror_[kind];
+                unit = FG_LINE_BYTES;
+            } else if (kind >= KIND_HBM && kind - KIND_HBM < hbm_.size()) {
+                target = &hbm_[kind - KIND_HBM]->bytes;
+            } else {
+                fail(BAD_REQUEST, "CHECK: pc %u: no buffer or port of kind %u", pc, kind);
+            }
+            if (span.start > target->size() / unit || span.size > target->size() / unit - span.start)
+                fail(BAD_REQUEST, "CHECK: pc %u: span %llu+%llu of kind %u is out of range", pc,
+                     (unsigned long long)span.start, (unsigned long long)span.size, kind);
+            if (pc >= spans_.size()) spans_.resize(pc + 1);
+            spans_[pc].push_back(span);
+        }
+        checking_ = !payload.empty();
+    }
+
+    bool checking() const { return checking_; }
+    const std::vector<Retirement>& retirements() const { return retirements_; }
+
+    // Write a waveform of the window [from, to] of pcs during the next run.
+    void set_trace(uint32_t from, uint32_t to, const std::string& path) {
+#ifdef FG_TRACE
+        if (from > to) fail(BAD_REQUEST, "TRACE: from %u is after to %u", from, to);
+        trace_ = {true, from, to, path};
+#else
+        (void)from, (void)to, (void)path;
+        fail(BAD_REQUEST, "this harness was built without waveform support (build it with "
+                          "trace=True)");
+#endif
     }
 
   private:
@@ -395,6 +536,126 @@ class Harness {
     std::vector<std::unique_ptr<Memory>> hbm_;
     uint64_t words_ = 0;
     uint64_t cycle_ = 0;
+    uint64_t run_start_ = 0;
+    Crc32 crc32_;
+    std::vector<uint8_t> mirror_[FG_BUFFERS];
+    WritePort writes_[FG_BUFFERS];
+    std::vector<std::vector<Span>> spans_;
+    bool checking_ = false;
+    std::vector<Retirement> retirements_;
+    // this cycle's buffer writes and retirements, sampled before its rising edge
+    struct LineWrite {
+        int buffer;
+        uint32_t line;
+        uint8_t data[FG_LINE_BYTES];
+    } pending_writes_[FG_BUFFERS];
+    int pending_count_ = 0;
+    uint32_t retiring_[FG_UNITS];
+    bool retiring_valid_[FG_UNITS] = {};
+    bool dispatching_ = false;
+    uint32_t dispatched_pc_ = 0;
+    // the waveform window
+    struct TraceRequest {
+        bool armed = false;
+        uint32_t from = 0, to = 0;
+        std::string path;
+    } trace_;
+#ifdef FG_TRACE
+    std::unique_ptr<VerilatedFstC> fst_;
+    uint64_t trace_left_ = 0, trace_tail_ = 0;
+    bool tracing_ = false;
+#endif
+
+    void close_trace() {
+#ifdef FG_TRACE
+        if (fst_) {
+            fst_->close();
+            fst_.reset();
+        }
+        tracing_ = false;
+#endif
+        trace_.armed = false;
+    }
+
+    void dump(uint64_t time) {
+#ifdef FG_TRACE
+        if (tracing_) fst_->dump(time);
+#else
+        (void)time;
+#endif
+    }
+
+    // Sample what the core shows this cycle (evaluated, before the edge).
+    void observe() {
+        pending_count_ = 0;
+        for (int b = 0; b < FG_BUFFERS; b++) {
+            if (!*writes_[b].en) continue;
+            LineWrite& w = pending_writes_[pending_count_++];
+            w.buffer = b;
+            w.line = *writes_[b].line;
+            std::memcpy(w.data, writes_[b].data, FG_LINE_BYTES);
+        }
+        const auto* retire = reinterpret_cast<const uint32_t*>(&top->retire);
+        for (int u = 0; u < FG_UNITS; u++) {
+            retiring_valid_[u] = bits(retire, 33 * u, 1);
+            if (retiring_valid_[u]) retiring_[u] = bits(retire, 33 * u + 1, 32);
+        }
+        dispatching_ = top->dispatched & 1;
+        dispatched_pc_ = uint32_t(top->dispatched >> 1);
+    }
+
+    // After the edge: the writes land in the mirror, then the retirements are checked.
+    void commit() {
+        for (int i = 0; i < pending_count_; i++) {
+            const LineWrite& w = pending_writes_[i];
+            std::vector<uint8_t>& mirror = mirror_[w.buffer];
+            uint64_t at = uint64_t(w.line) * FG_LINE_BYTES;
+            if (at + FG_LINE_BYTES <= mirror.size())
+                std::memcpy(&mirror[at], w.data, FG_LINE_BYTES);
+        }
+#ifdef FG_TRACE
+        if (trace_.armed && !tracing_ && dispatching_ && dispatched_pc_ >= trace_.from &&
+            dispatched_pc_ <= trace_.to) {
+            start_trace();
+        }
+#endif
+        for (int u = 0; u < FG_UNITS; u++) {
+            if (!retiring_valid_[u]) continue;
+            uint32_t pc = retiring_[u];
+#ifdef FG_TRACE
+            if (tracing_ && trace_left_ && pc >= trace_.from && pc <= trace_.to) trace_left_--;
+#endif
+            if (!checking_) continue;
+            uint32_t crc = 0;
+            if (pc < spans_.size()) {
+                for (const Span& span : spans_[pc]) {
+                    if (span.kind < FG_BUFFERS)
+                        crc = crc32_(&mirror_[span.kind][span.start * FG_LINE_BYTES],
+                                     span.size * FG_LINE_BYTES, crc);
+                    else
+                        crc = crc32_(&hbm_[span.kind - KIND_HBM]->bytes[span.start], span.size,
+                                     crc);
+                }
+            }
+            retirements_.push_back({uint32_t(u), pc, cycle_ - run_start_, crc});
+        }
+#ifdef FG_TRACE
+        if (tracing_ && trace_left_ == 0 && trace_tail_++ >= TRACE_TAIL) close_trace();
+#endif
+    }
+
+#ifdef FG_TRACE
+    void start_trace() {
+        fst_ = std::make_unique<VerilatedFstC>();
+        top->trace(fst_.get(), 99);
+        fst_->open(trace_.path.c_str());
+        if (!fst_->isOpen()) fail(BAD_REQUEST, "TRACE: cannot open %s", trace_.path.c_str());
+        tracing_ = true;
+        uint32_t last = std::min<uint64_t>(trace_.to, words_ ? words_ - 1 : 0);
+        trace_left_ = last >= trace_.from ? last - trace_.from + 1 : 0;
+        trace_tail_ = 0;
+    }
+#endif
 
     // One clock cycle in two halves, so that the AXI4-Lite master can look at the settled
     // outputs between them: settle() drives the memories' inputs for this cycle, evaluates and
@@ -404,14 +665,18 @@ class Harness {
         for (auto& memory : hbm_) memory->after_edge();
         top->clk = 0;
         top->eval();
+        dump(10 * cycle_);
         program_->sample();
         for (auto& memory : hbm_) memory->sample();
+        observe();
     }
 
     void edge() {
         top->clk = 1;
         top->eval();
+        dump(10 * cycle_ + 5);
         cycle_++;
+        commit();
     }
 
     void tick() {
@@ -494,8 +759,10 @@ class Harness {
         lite_write(FG_REG_LENGTH, uint32_t(words_));
         for (int i = 0; i < 7; i++) lite_write(FG_REG_R1 + 4 * i, registers[i]);
         for (auto& memory : hbm_) memory->clear_counters();
+        retirements_.clear();
         lite_write(FG_REG_CONTROL, FG_AP_START);
         uint64_t start = cycle_;
+        run_start_ = start;
         RunResult result{};
         while (!top->irq) {
             if (cycle_ - start >= timeout) {
@@ -640,6 +907,23 @@ bool serve(Harness& harness) {
                     put(out, m.last_r);
                     put(out, m.bytes_written);
                 }
+                put(out, uint64_t(harness.retirements().size()));
+                for (const Retirement& r : harness.retirements()) {
+                    put(out, r.unit);
+                    put(out, r.pc);
+                    put(out, r.cycle);
+                    put(out, r.crc);
+                    put(out, uint32_t(0));
+                }
+                break;
+            }
+            case CHECK:
+                harness.set_check(payload);
+                break;
+            case TRACE: {
+                auto from = take<uint32_t>(payload, at);
+                auto to = take<uint32_t>(payload, at);
+                harness.set_trace(from, to, std::string(payload.begin() + at, payload.end()));
                 break;
             }
             default:
