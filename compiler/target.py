@@ -13,8 +13,11 @@ Presets (:data:`TARGETS`):
   model with a 1,536-wide FFN and a 512-token KV cache.
 * ``sim-small``: :data:`~flightgen.isa.machine.SIM_CORE`, the configuration of the core's RTL
   benches (toy models only).
-* ``u280``: provisional full-size configuration, one core per SLR of the Alveo U280, 512-bit
-  lines toward 8 pseudo-channels per core. Its resource fit and clock are not verified yet.
+* ``u280``, ``u55c``, ``u50``: the full-size configuration on an Alveo board
+  (:mod:`flightgen.boards.alveo`): one core per SLR, 512-bit lines, each core with
+  ``Board.ports_per_core`` HBM ports (10 on the U280: 30 pseudo-channels), the board's
+  pseudo-channel size and kernel clock. What ``flightgen hw --board`` generates. Its clock is
+  not verified (no Vivado here).
 """
 
 import dataclasses
@@ -22,10 +25,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..boards.alveo import BOARDS
 from ..errors import FlightgenError
 from ..isa.machine import SIM_CORE, CoreConfig
 
-__all__ = ["Target", "TARGETS", "load_target", "TargetError"]
+__all__ = ["Target", "TARGETS", "load_target", "TargetError", "board_target", "BOARD_CORE"]
 
 
 class TargetError(FlightgenError):
@@ -92,13 +96,22 @@ class Target:
 SIM_LLM_CORE = CoreConfig(vector_max=2048, vec_lines=4096, act_lines=256, wgt_lines=4096,
                           meta_lines=2048)
 
+#: The core of a board's full-size configuration (its HBM ports come from the board).
+BOARD_CORE = CoreConfig(line_bits=512, chain=16, vpus=16, max_blocks=512, vector_max=4096,
+                        vec_lines=8192, act_lines=1024, wgt_lines=32768, meta_lines=4096)
+
+
+def board_target(board):
+    """The full-size :class:`Target` of an Alveo :class:`~flightgen.boards.alveo.Board`."""
+    return Target(board.name, dataclasses.replace(BOARD_CORE, hbm_ports=board.ports_per_core),
+                  cores=len(board.slrs), channel_bytes=board.hbm.channel_bytes,
+                  clock_mhz=board.kernel_mhz)
+
+
 TARGETS = {
     "sim": Target("sim", SIM_LLM_CORE, channel_bytes=1 << 28),
     "sim-small": Target("sim-small", SIM_CORE, channel_bytes=1 << 24),
-    "u280": Target("u280", CoreConfig(line_bits=512, chain=16, vpus=16, max_blocks=512,
-                                      vector_max=4096, vec_lines=8192, act_lines=1024,
-                                      wgt_lines=32768, meta_lines=4096, hbm_ports=8),
-                   cores=3, channel_bytes=1 << 28),
+    **{name: board_target(board) for name, board in BOARDS.items()},
 }
 
 

@@ -123,7 +123,8 @@ class BlockQuantizer(wiring.Component):
 
         # -- collect: beats into the current slot, the peak of |v| --------------------------
         in_slot = Signal(range(slots))
-        in_beat = Signal(range(beats))
+        # at least one bit: a zero-width counter (one beat per group) becomes a [-1:0] wire
+        in_beat = Signal(range(max(beats, 2)))
         in_flight = Signal(range(slots + 1))  # groups collected or collecting, not yet emitted
         peak = Signal(unsigned(_FX_BITS + 1))
         take = self.i.valid & self.i.ready
@@ -241,7 +242,7 @@ class BlockQuantizer(wiring.Component):
         m.d.comb += [results.w_data.eq(result), results.w_en.eq(valid4)]
         scalars = data.View(result.shape(), results.r_data)
         out_slot = Signal(range(slots))
-        out_beat = Signal(range(beats))
+        out_beat = Signal(range(max(beats, 2)))
         advance = ~self.o.valid | self.o.ready
         issue = advance & results.r_rdy
         last_beat = out_beat == beats - 1

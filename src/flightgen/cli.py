@@ -137,11 +137,15 @@ def build_parser():
 
     from .compile import add_parser as add_compile
     from .demo import add_parser as add_demo
+    from .hardware import add_parser as add_hw
+    from .perf import add_parser as add_perf
     from .simulate import add_parser as add_sim
 
     add_compile(verbs, _positive)
     add_sim(verbs, _positive)
     add_demo(verbs, _positive)
+    add_hw(verbs, _positive)
+    add_perf(verbs, _positive)
 
     inspect = verbs.add_parser(
         "inspect",

@@ -187,8 +187,10 @@ class Generated:
 def generate(binary, prompt, max_tokens, *, backend="rtl", check=False, latency=40,
              trace=None, out=None, say=None):
     """Prefill ``prompt`` (text) and decode greedily up to ``max_tokens`` tokens with the host
-    sequence on ``backend`` ('rtl' or 'isa'), printing the prompt and each piece of text to
-    ``out`` as it is generated and progress lines to ``say``. Returns a :class:`Generated`.
+    sequence on ``backend`` ('rtl', 'isa', or a backend object with ``read``, ``write`` and
+    ``run``, such as the board's :class:`flightgen.boards.xrt.XrtBackend`), printing the
+    prompt and each piece of text to ``out`` as it is generated and progress lines to
+    ``say``. Returns a :class:`Generated`.
 
     Raises
     ------
@@ -216,6 +218,8 @@ def generate(binary, prompt, max_tokens, *, backend="rtl", check=False, latency=
     if len(ids) + max_tokens > capacity:
         raise FlightgenError(f"prompt ({len(ids)} tokens) plus --max-tokens {max_tokens} "
                              f"exceeds the binary's KV cache of {capacity}")
+    if not isinstance(backend, str):
+        runner, backend = backend, "board"
     if check and backend != "rtl":
         raise FlightgenError("--check compares the RTL with the ISA simulator: use it with "
                              "--backend rtl")
@@ -241,7 +245,7 @@ def generate(binary, prompt, max_tokens, *, backend="rtl", check=False, latency=
                          log=say)
         isa = IsaBackend(binary) if check else None
         runner = _Checked(rtl, isa, target.core) if check else rtl
-    else:
+    elif backend == "isa":
         runner = IsaBackend(binary)
     result = Generated(ids)
     try:

@@ -1,0 +1,135 @@
+"""Projected decode speed of a model on a board: the cycle model over compiled programs.
+
+:func:`project` compiles a model (config-only: the instructions are exact, the weights random)
+for a board's full-size configuration, runs the cycle model (:func:`flightgen.sim.perf.
+estimate`, held within 3% of the RTL by ``tests/test_perf.py``) over every core's decode
+program at a context length, and adds it up:
+
+* **decode step**: the cores run one after the other (a layer pipeline, one sequence), so a
+  token takes the sum of the cores' cycles; tokens/s = clock / that;
+* **HBM bytes per token**: what the decode programs' ``LOAD`` and ``STORE`` patterns move;
+* **HBM roofline**: the connected pseudo-channels' bandwidth times :data:`HBM_EFFICIENCY`,
+  divided by the bytes per token: the speed no schedule of these programs can beat;
+* **prefill**: a prompt of ``prompt`` tokens is ``prompt - 1`` prefill steps and a decode
+  step (prefill is token-serial: the MM mode is not scheduled yet);
+* **utilisation**: HBM bytes per cycle against what the connected channels can move, and
+  dense-equivalent MACs per cycle against every core's MAC array.
+
+The model's per-instruction costs come from the hardware's structure (the blocks'
+``expected_cycles``) and Verilator-fitted overheads; HBM is modelled as each port delivering
+one beat per cycle after its latency, which a 512-bit port at 225 MHz (14.4 GB/s) asks of a
+14.375 GB/s pseudo-channel: :data:`HBM_EFFICIENCY` is the documented assumption of how much of
+that the HBM controller sustains for long sequential bursts.
+"""
+
+from dataclasses import asdict, dataclass
+
+from ..compiler.build import compile_model, instruction_bytes
+from ..compiler.layout import KVLayout, decode_registers
+from ..compiler.passes import CompileConfig
+from ..isa.instructions import Opcode, SysOp
+from ..isa.machine import _words, resolve
+from .perf import estimate
+
+__all__ = ["HBM_EFFICIENCY", "Projection", "project", "macs_per_token"]
+
+#: Fraction of a pseudo-channel's theoretical bandwidth sustained by long sequential reads
+#: (an assumption, not a measurement: no board here).
+HBM_EFFICIENCY = 0.9
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What :func:`project` found; every figure per decode step (one token)."""
+
+    model: str
+    board: str
+    weights: str
+    sparsity: str
+    context: int
+    cores: int
+    clock_mhz: float
+    core_cycles: list
+    cycles: int
+    tokens_per_s: float
+    hbm_bytes: int
+    hbm_gbps: float
+    roofline_tokens_per_s: float
+    hbm_utilisation: float
+    macs: int
+    dsp_utilisation: float
+    prefill_tokens: int
+    prefill_ms: float
+    instruction_mb: float
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def macs_per_token(model, context):
+    """Multiply-accumulates of one decode step at ``context`` tokens (dense weights): every
+    projection, the FFN, the LM head, and attention over the context."""
+    head_dim = model.dim // model.n_heads
+    kv = model.n_kv_heads * head_dim
+    per_layer = model.dim * (2 * model.dim + 2 * kv) + 3 * model.dim * model.ffn_dim
+    attention = 2 * model.n_heads * head_dim * context
+    return model.n_layers * (per_layer + attention) + model.vocab_size * model.dim
+
+
+def _traffic(config, program, registers):
+    """HBM bytes the ``LOAD``s and ``STORE``s of ``program`` move."""
+    total = 0
+    for pc, word in enumerate(_words(program)):
+        instruction = resolve(config, word, registers, pc)
+        f = instruction.fields
+        if instruction.opcode == Opcode.LOAD:
+            total += f["length"] * config.line_bytes * f["count2"] * f["count3"]
+        elif instruction.opcode == Opcode.STORE:
+            total += f["length"] * f["count2"] * f["count3"]
+        elif instruction.opcode == Opcode.SYS and f["op"] == SysOp.HALT.value:
+            break
+    return total
+
+
+def project(name, model, board, target, config=None, context=512, prompt=128, progress=None):
+    """Project decode of ``model`` (a LlamaConfig called ``name``) on ``board`` with
+    ``target`` (its full-size configuration) compiled with ``config`` (a CompileConfig);
+    returns a :class:`Projection`."""
+    say = progress or (lambda message: None)
+    config = CompileConfig() if config is None else config
+    say(f"compiling {name} (config-only) for {target.name}")
+    binary = compile_model(target, config, model_config=model, verify=False)
+    capacity = binary.layout["capacity"]
+    if context > capacity:
+        from ..errors import FlightgenError
+
+        raise FlightgenError(f"context {context} is beyond the KV cache of {capacity} tokens "
+                             f"this configuration holds for {name}")
+    kv = KVLayout(target.core, binary.layout["head_dim"], capacity)
+    decode_regs = decode_registers(kv, context - 1)
+    core_cycles, traffic, prefill_cycles = [], 0, 0
+    for core in range(target.cores):
+        program = binary.program(core, "decode").words
+        say(f"cycle model: core {core} decode program at position {context - 1}")
+        core_cycles.append(estimate(target.core, program, decode_regs).cycles)
+        traffic += _traffic(target.core, program, decode_regs)
+        prefill_cycles += estimate(target.core, binary.program(core, "prefill").words,
+                                   decode_registers(kv, prompt // 2)).cycles
+    cycles = sum(core_cycles)
+    hz = target.clock_mhz * 1e6
+    ports = target.cores * target.core.hbm_ports
+    hbm_gbps = ports * board.hbm.channel_gbps * HBM_EFFICIENCY
+    macs = macs_per_token(model, context)  # dense-equivalent: pruned zeros count as work
+    return Projection(
+        model=name, board=board.name, weights=config.weights, sparsity=config.sparsity or "dense",
+        context=context, cores=target.cores, clock_mhz=target.clock_mhz,
+        core_cycles=core_cycles, cycles=cycles, tokens_per_s=hz / cycles,
+        hbm_bytes=traffic, hbm_gbps=hbm_gbps,
+        roofline_tokens_per_s=hbm_gbps * 1e9 / traffic,
+        hbm_utilisation=traffic / cycles / (ports * target.core.line_bytes),
+        macs=macs,
+        dsp_utilisation=macs / (cycles * target.cores * target.core.geometry.macs),
+        prefill_tokens=prompt,
+        prefill_ms=((prompt - 1) * prefill_cycles + cycles) / hz * 1e3,
+        instruction_mb=instruction_bytes(binary) / 1e6,
+    )

@@ -1,0 +1,207 @@
+"""Board descriptions and the Vitis/XRT packaging (``flightgen hw``): the board facts add up,
+the kernel's ports, kernel.xml and link.cfg follow the register map and the board, the kernel's
+Verilog passes Verilator -Wall with the documented waivers, and the XRT host runs the host
+sequence (against a stand-in pyxrt whose compute units are the ISA simulator) to the ISA
+simulator's tokens."""
+
+import io
+import xml.etree.ElementTree as ET
+
+import fake_pyxrt
+import pytest
+from model_files import write_gguf
+
+from flightgen.boards.alveo import BOARDS, U50, U55C, U280, Resources, get_board
+from flightgen.boards.vitis import KERNEL_NAME, VitisKernel, channel_map, kernel_xml, link_cfg
+from flightgen.boards.xrt import XrtBackend
+from flightgen.boards.xrt import main as host_main
+from flightgen.cli import main
+from flightgen.compiler.binary import write_binary
+from flightgen.compiler.build import compile_model
+from flightgen.compiler.frontends import load_model
+from flightgen.compiler.target import TARGETS, board_target
+from flightgen.errors import FlightgenError
+from flightgen.hardware import lint
+from flightgen.hw.core import register_map
+from flightgen.isa.machine import SIM_CORE
+from flightgen.simulate import generate
+
+
+def _sum(board):
+    total = Resources()
+    for s in board.slrs:
+        total = Resources(*(getattr(total, f) + getattr(s.resources, f) for f in Resources.FIELDS))
+    return total
+
+
+@pytest.mark.parametrize("board, totals", [
+    # device totals (AutoBridge DeviceU280 / the data sheets): the SLR table must add up
+    (U280, Resources(1_303_680, 2_607_360, 9_024, 2_016, 960)),
+    (U55C, Resources(1_303_680, 2_607_360, 9_024, 2_016, 960)),
+    (U50, Resources(872_000, 1_744_000, 5_952, 1_344, 640)),
+])
+def test_board_slrs_add_up_to_the_device(board, totals):
+    assert _sum(board) == totals == board.total
+    assert [s.index for s in board.slrs] == list(range(len(board.slrs)))
+    assert board.slrs[0].hbm  # the HBM stacks attach to SLR0
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_full_size_configuration_uses_at_least_28_pseudo_channels(name):
+    board = get_board(name)
+    target = TARGETS[name]
+    assert target == board_target(board)
+    assert target.cores == len(board.slrs)
+    used = target.cores * target.core.hbm_ports
+    assert 28 <= used <= board.hbm.channels
+    assert target.channel_bytes == board.hbm.channel_bytes
+    # a 512-bit port at the kernel clock moves at least one pseudo-channel's bandwidth
+    assert target.core.line_bytes * board.kernel_mhz * 1e6 >= board.hbm.channel_gbps * 1e9 * 0.99
+    # the user's share of an SLR is its capacity less the shell's column
+    assert board.user(1).dsp == board.slrs[1].resources.dsp - int(board.slrs[1].resources.dsp / 8)
+
+
+def test_unknown_board():
+    with pytest.raises(FlightgenError, match="unknown board 'u999': expected one of u280"):
+        get_board("u999")
+
+
+def test_kernel_xml_follows_the_register_map():
+    config = TARGETS["u280"].core
+    registers = register_map(config)
+    root = ET.fromstring(kernel_xml(config, registers))
+    kernel = root.find("kernel")
+    assert kernel.get("name") == KERNEL_NAME and kernel.get("hwControlProtocol") == "ap_ctrl_hs"
+    ports = {p.get("name"): p for p in kernel.iter("port")}
+    assert set(ports) == {"s_axi_control", "m_axi_program",
+                          *(f"m_axi_hbm{p}" for p in range(10))}
+    assert all(ports[f"m_axi_hbm{p}"].get("dataWidth") == "512" for p in range(10))
+    args = sorted(kernel.iter("arg"), key=lambda a: int(a.get("id")))
+    expected = [r for r in registers.registers if r.kind in ("pointer", "scalar")]
+    assert [a.get("name") for a in args] == [r.name for r in expected]
+    assert [int(a.get("offset"), 16) for a in args] == [r.offset for r in expected]
+    assert [a.get("addressQualifier") for a in args] == \
+        ["1" if r.kind == "pointer" else "0" for r in expected]
+    assert args[1].get("port") == "m_axi_hbm0"
+
+
+def test_link_cfg_gives_every_core_its_own_pseudo_channels_and_slr():
+    lines = link_cfg(U280, 3, 10).splitlines()
+    assert f"nk={KERNEL_NAME}:3:{KERNEL_NAME}_0.{KERNEL_NAME}_1.{KERNEL_NAME}_2" in lines
+    hbm = [line for line in lines if ".m_axi_hbm" in line]
+    assert len(hbm) == 30
+    channels = [int(line.split("HBM[")[1].rstrip("]")) for line in hbm]
+    assert sorted(channels) == list(range(30))
+    assert [line for line in lines if line.startswith("slr=")] == [
+        f"slr={KERNEL_NAME}_{c}:SLR{c}" for c in range(3)]
+    with pytest.raises(FlightgenError, match="need 33 pseudo-channels"):
+        channel_map(U280, 3, 11)
+
+
+@pytest.mark.verilator
+def test_kernel_verilog_has_vitis_ports_and_passes_lint(tmp_path):
+    from amaranth.back import verilog
+
+    kernel = VitisKernel(SIM_CORE)
+    text = verilog.convert(kernel, name=KERNEL_NAME, emit_src=False)
+    path = tmp_path / f"{KERNEL_NAME}.v"
+    path.write_text(text)
+    header = text[text.index(f"module {KERNEL_NAME}("):]
+    header = header[:header.index(");")]
+    names = {n.strip() for n in header[header.index("(") + 1:].replace("\n", "").split(",")}
+    assert {"ap_clk", "ap_rst_n", "interrupt", "s_axi_control_AWVALID", "s_axi_control_RDATA",
+            "m_axi_program_ARADDR", "m_axi_hbm1_WSTRB", "m_axi_hbm0_RREADY"} <= names
+    assert not any("__" in n for n in names)  # flat: no nested Amaranth names
+    assert not any(n.startswith(("retire", "dispatched", "buffer_writes")) for n in names)
+    ok, warnings = lint(path, KERNEL_NAME, tmp_path)
+    assert ok and warnings == [], warnings
+    assert "waived: WIDTHEXPAND" in (tmp_path / "lint.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def two_cores(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("xrt")
+    target = TARGETS["sim-small"].with_cores(2)
+    binary = compile_model(target, model=load_model(write_gguf(folder / "m.gguf")))
+    write_binary(folder / "tiny.fgb", binary)
+    (folder / "kernel.xml").write_text(kernel_xml(SIM_CORE, register_map(SIM_CORE)))
+    fake_pyxrt.device.config = SIM_CORE
+    return binary, folder
+
+
+def test_xrt_host_runs_the_host_sequence(two_cores):
+    binary, folder = two_cores
+    fake_pyxrt.kernel.runs.clear()
+    backend = XrtBackend(binary, folder / "kernel.xml", pyxrt=fake_pyxrt)
+    got = generate(binary, "hello world", 3, backend=backend, out=io.StringIO())
+    want = generate(binary, "hello world", 3, backend="isa", out=io.StringIO())
+    assert got.tokens == want.tokens and len(got.tokens) == 3
+    names = [name for name, _ in fake_pyxrt.kernel.runs]
+    assert names[:2] == [f"{KERNEL_NAME}:{{{KERNEL_NAME}_0}}", f"{KERNEL_NAME}:{{{KERNEL_NAME}_1}}"]
+    assert len(names) == 2 * len(got.steps)
+
+
+def test_xrt_host_script(two_cores, capsys):
+    _, folder = two_cores
+    argv = [str(folder / "kernel.xml"), str(folder / "tiny.fgb"), "--prompt", "hi",
+            "--max-tokens", "2"]
+    assert host_main(argv, pyxrt=fake_pyxrt) == 0
+    assert "2 tokens in" in capsys.readouterr().err
+
+
+def test_hw_verb_refuses_bad_requests(tmp_path, capsys):
+    assert main(["hw", "--board", "u280", "-o", str(tmp_path / "none" / "out")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["hw", "--board", "u999", "-o", str(tmp_path / "out")])
+
+
+@pytest.mark.slow
+@pytest.mark.verilator
+def test_hw_u280_package(tmp_path, capsys):
+    """The whole package for the U280, without the Yosys estimate (the Verilog conversion of
+    the full-size core takes about 6 minutes)."""
+    out = tmp_path / "u280"
+    assert main(["hw", "--board", "u280", "-o", str(out), "--no-estimate"]) == 0
+    for name in ("flightgen_core.v", "kernel.xml", "package_kernel.tcl", "link.cfg", "Makefile",
+                 "host.py", "target.json", "board.json", "lint.log"):
+        assert (out / name).is_file(), name
+    assert "package_xo" in (out / "package_kernel.tcl").read_text()
+    assert "v++ -t hw" in (out / "Makefile").read_text()
+    assert "lint clean" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_perf_projection_of_smollm2_on_the_u280(tmp_path, capsys):
+    """`flightgen perf` writes the figures and the roofline plot; the decode programs move at
+    least every weight once per token and the speed stays under the HBM roofline."""
+    import json
+
+    png, figures = tmp_path / "roofline.png", tmp_path / "perf.json"
+    assert main(["perf", "--model", "smollm2-135m", "--board", "u280", "--context", "256",
+                 "--png", str(png), "--json", str(figures)]) == 0
+    p = json.loads(figures.read_text())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert p["cycles"] == sum(p["core_cycles"]) and len(p["core_cycles"]) == 3
+    weights = 30 * (576 * (576 * 2 + 192 * 2) + 3 * 576 * 1536) + 49152 * 576  # parameters
+    assert p["hbm_bytes"] >= weights * 4 / 8  # at least the 4-bit codes of every matrix
+    assert 0 < p["tokens_per_s"] <= p["roofline_tokens_per_s"]
+    assert p["tokens_per_s"] == pytest.approx(225e6 / p["cycles"])
+    assert "tokens/s at 225 MHz" in capsys.readouterr().out
+
+
+def test_bench_decode_script(tmp_path):
+    """The decode benchmark runs and reports the LLaMA2-7B W4 projection, the rows the
+    compiler refuses with their reason, and OPT-6.7B's roofline (about 15 s)."""
+    from scripts_runner import run_script
+
+    out, result = run_script("bench_decode.py", ["--context", "256"], tmp_path / "decode.json")
+    rows = {(r["model"], r["config"]): r for r in result["rows"]}
+    w4 = rows["LLaMA2-7B", "W4 dense"]
+    assert 0 < w4["tokens_per_s"] < w4["roofline_tokens_per_s"]
+    assert w4["cycles"] == sum(w4["core_cycles"])
+    assert result["flightllm_tokens_per_s"] == 55.0
+    for row in result["rows"]:
+        assert row["tokens_per_s"] or row["note"].startswith("not compiled: ")
+    assert rows["OPT-6.7B", "W4 (weights only)"]["roofline_tokens_per_s"] > 0
+    assert "FlightLLM reports 55 tok/s" in out
