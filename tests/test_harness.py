@@ -203,3 +203,16 @@ def test_smollm2_decode_step_on_the_rtl(smollm2):
         print(f"SmolLM2-135M: {backend.last_cycles} cycles for the decode step, "
               f"{backend.cycles} for both steps in {seconds:.1f} s: "
               f"{backend.cycles / seconds:,.0f} cycles/s")
+
+
+def test_a_finished_build_is_found_without_converting_again(executable, monkeypatch):
+    """A new process (here: an emptied in-process table) finds the harness through the source
+    index: no conversion to Verilog, no build."""
+    from flightgen.sim import harness, runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted or built again")
+
+    monkeypatch.setattr(harness, "_BUILT", {})
+    monkeypatch.setattr(runner, "build_harness", refuse)
+    assert build_harness(SIM_CORE) == executable
