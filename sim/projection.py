@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from ..compiler.build import compile_model, instruction_bytes
 from ..compiler.layout import KVLayout, decode_registers
 from ..compiler.passes import CompileConfig
-from ..isa.instructions import Opcode, SysOp
-from ..isa.machine import _words, resolve
+from ..isa.instructions import Opcode
+from ..isa.machine import resolve_program
 from .perf import estimate
 
 __all__ = ["HBM_EFFICIENCY", "Projection", "project", "macs_per_token"]
@@ -79,15 +79,12 @@ def macs_per_token(model, context):
 def _traffic(config, program, registers):
     """HBM bytes the ``LOAD``s and ``STORE``s of ``program`` move."""
     total = 0
-    for pc, word in enumerate(_words(program)):
-        instruction = resolve(config, word, registers, pc)
+    for instruction in resolve_program(config, program, registers):
         f = instruction.fields
         if instruction.opcode == Opcode.LOAD:
             total += f["length"] * config.line_bytes * f["count2"] * f["count3"]
         elif instruction.opcode == Opcode.STORE:
             total += f["length"] * f["count2"] * f["count3"]
-        elif instruction.opcode == Opcode.SYS and f["op"] == SysOp.HALT.value:
-            break
     return total
 
 

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from .errors import FlightgenError
+from .progress import progress
 
 __all__ = ["main", "add_parser", "MODEL_CONFIGS"]
 
@@ -115,9 +116,7 @@ def main(args, out=None, err=None):
 
     out, err = out or sys.stdout, err or sys.stderr
     started = time.perf_counter()
-
-    def say(message):
-        print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=err, flush=True)
+    say = progress(err)
 
     target = load_target(args.hw, args.cores)
     config = CompileConfig(weights=args.weights, precision=_precision(args.precision),

