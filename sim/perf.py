@@ -10,8 +10,9 @@
 * durations come from the blocks' own cycle formulas (``expected_cycles`` of the matrix
   engine, the SFU, the quantizers, the rescaler, the store engine) plus each unit's
   buffer-access overheads (:class:`Timing`);
-* loads share their port's R channel: each burst's beats follow its address by the memory
-  latency and wait for the channel, one beat per cycle.
+* loads share one R path, whatever their ports (the load engine receives the lines of its
+  oldest command only): each burst's beats follow its address by the memory latency and wait
+  for that path, one line per cycle for the whole core.
 
 The overheads of :class:`Timing` were fitted against Verilator traces of the core (memory
 latency 40, no stalls); ``tests/test_perf.py`` holds the model within 3% of the RTL's cycles.
@@ -130,8 +131,10 @@ def estimate(config, program, registers=(0,) * (REGISTERS - 1), timing=None):
     start, end = {}, {}
     releases = {(s, d): [] for s in range(len(Unit)) for d in range(len(Unit))}
     taken = {(s, d): 0 for s in range(len(Unit)) for d in range(len(Unit))}
-    r_free = [0] * config.hbm_ports
-    burst_ends = [[] for _ in range(config.hbm_ports)]  # last beat of each load burst
+    # the load engine receives the lines of its oldest command only, whatever the port: one R
+    # path and one count of bursts in flight for all ports
+    r_free = 0
+    burst_ends = []  # last beat of each load burst
     position = {u: 0 for u in Unit}
     dispatched = {}
     pc = 0
@@ -181,16 +184,14 @@ def estimate(config, program, registers=(0,) * (REGISTERS - 1), timing=None):
                     f = instruction.fields
                     finish = t
                     address = t + timing.load_issue
-                    port = f["port"]
-                    r_free[port] += timing.load_gap
+                    r_free += timing.load_gap
                     for _, beats in units.load.bursts(f):
-                        done = burst_ends[port]
-                        if len(done) >= units.load.outstanding:  # a burst must complete first
-                            address = max(address, done[-units.load.outstanding] + 1)
-                        first = max(address + timing.latency, r_free[port])
-                        r_free[port] = first + beats
+                        if len(burst_ends) >= units.load.outstanding:  # one must complete first
+                            address = max(address, burst_ends[-units.load.outstanding] + 1)
+                        first = max(address + timing.latency, r_free)
+                        r_free = first + beats
                         finish = first + beats - 1
-                        done.append(finish)
+                        burst_ends.append(finish)
                         address += 1
                     finish += timing.load_release
                     if order:

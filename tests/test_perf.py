@@ -1,7 +1,8 @@
 """The cycle model (flightgen.sim.perf) against the core's Verilog: total cycles within 3% on
 workloads of two core configurations (256- and 512-bit lines; dense INT8, INT4 and 8:16
 sparse INT4 weights; FFN chains, decoder layers with attention, a compiled model's decode
-step). Every RTL run is also compared with the ISA simulator, bit for bit."""
+step, loads on two ports at once). Every RTL run is also compared with the ISA simulator,
+bit for bit."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from flightgen.compiler.build import compile_model
 from flightgen.compiler.frontends import load_model
 from flightgen.compiler.layout import KVLayout, decode_registers
 from flightgen.compiler.target import TARGETS
+from flightgen.isa.assembly import assemble
 from flightgen.isa.machine import SIM_CORE, CoreConfig
 from flightgen.sim.perf import estimate
 from flightgen.sim.programs import decoder_layer, ffn_chain
@@ -57,6 +59,12 @@ def _workloads(tmp_path):
     yield "512-bit, decoder layer, INT4", WIDE, b.words(), b.hbm, b.registers
     words, hbm, registers = _compiled_step(tmp_path)
     yield "compiled tiny model, decode step", SIM_CORE, words, hbm, registers
+    # loads on two ports at once: the engine still takes one line per cycle in all
+    hbm = [rng.integers(0, 256, 1 << 17, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
+    words = assemble("load buffer=wgt line=0 port=0 addr=0 length=512\n"
+                     "load buffer=wgt line=512 port=1 addr=0 length=512 release=sys\n"
+                     "halt wait=load")
+    yield "loads on two ports", SIM_CORE, words, hbm, (0,) * 7
 
 
 def test_cycle_model_within_3_percent_of_the_rtl(tmp_path):
