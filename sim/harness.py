@@ -162,6 +162,7 @@ def build_harness(config, *, trace=False, log=print):
     if index.is_file():
         found = Path(index.read_text().strip())
         if found.is_file() and (found.parent / "complete").is_file():
+            (found.parent / "complete").touch()  # its last use (flightgen cache --prune)
             log(f"reusing harness {found}")
             _BUILT[source, trace] = found
             return found

@@ -187,6 +187,7 @@ def build(component, toplevel, *, waves=None, log=print):
 
     with _locked(build_dir.with_name(build_dir.name + ".lock")):
         if stamp.is_file():
+            stamp.touch()  # its last use (flightgen cache --prune)
             log(f"reusing Verilator model {build_dir}")
             return model
         shutil.rmtree(build_dir, ignore_errors=True)
@@ -246,6 +247,7 @@ def build_harness(component, toplevel, harness, *, trace=False, log=print):
     executable = build_dir / "harness"
     with _locked(build_dir.with_name(build_dir.name + ".lock")):
         if (build_dir / "complete").is_file():
+            (build_dir / "complete").touch()  # its last use (flightgen cache --prune)
             log(f"reusing harness {executable}")
             return executable
         shutil.rmtree(build_dir, ignore_errors=True)

@@ -154,3 +154,71 @@ def test_inspect_verifies_a_written_binary(tmp_path):
     assert "checksums verified" in done.stdout
     done = run(str(SCRIPT), "disasm", str(path))
     assert done.stdout.splitlines()[1:] == ["    0: sync wait=load", "    1: halt"]
+
+
+def _build(root, kind, name, days_ago, now, size=1000, lock=True):
+    """A finished build in a fake cache, last used ``days_ago`` days before ``now``."""
+    import os
+
+    folder = root / kind / name
+    folder.mkdir(parents=True)
+    (folder / "harness").write_bytes(b"x" * size)
+    (folder / "complete").write_text("1.0 s\n")
+    if lock:
+        (root / kind / f"{name}.lock").touch()
+    when = now - days_ago * 86400
+    os.utime(folder / "complete", (when, when))
+    return folder
+
+
+def test_cache_verb_prunes_what_was_not_used(tmp_path, monkeypatch, capsys):
+    """`flightgen cache` sums the cache by part; `--prune DAYS` removes the builds whose last
+    use (the `complete` stamp) is older, with their locks and the index entries that led to
+    them, and keeps the rest; `--clear` empties it; a negative DAYS is one error line."""
+    import time
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FLIGHTGEN_CACHE", str(root))
+    now = time.time()
+    old = _build(root, "verilator", "core-1", 40, now, size=3000)
+    new = _build(root, "verilator", "core-2", 1, now)
+    stale = _build(root, "harness", "core_x-3", 10, now, size=5000)
+    kept = _build(root, "harness", "core_x-4", 0, now)
+    index = root / "harness" / "index"
+    index.mkdir()
+    (index / "a").write_text(str(stale / "harness"))
+    (index / "b").write_text(str(kept / "harness"))
+    assert cli.main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"{root}: 10.0 kB in 4 entries" in out
+    assert re.search(r"verilator +2 entries +4\.0 kB +1 unused for 30 days \(3\.0 kB\)", out)
+
+    assert cli.main(["cache", "--prune", "7"]) == 0
+    out = capsys.readouterr().out
+    assert f"{root}: removed 2 entries, 8.0 kB" in out
+    assert not old.exists() and not stale.exists() and new.is_dir() and kept.is_dir()
+    assert not (root / "verilator" / "core-1.lock").exists()
+    assert (root / "verilator" / "core-2.lock").exists()
+    assert sorted(p.name for p in index.iterdir()) == ["b"]
+
+    assert cli.main(["cache", "--prune", "-1"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert cli.main(["cache", "--clear"]) == 0
+    assert "0 B in 0 entries" in capsys.readouterr().out
+    assert not new.exists() and not kept.exists() and not list(index.iterdir())
+
+
+def test_cache_prune_keeps_a_build_another_process_holds(tmp_path):
+    """A build whose lock another process holds (building or finding it) is not removed."""
+    import fcntl
+    import time
+
+    from flightgen.cache import prune
+
+    now = time.time()
+    held = _build(tmp_path, "verilator", "core-9", 99, now)
+    with open(tmp_path / "verilator" / "core-9.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert prune(tmp_path, 1, now) == []
+    assert held.is_dir()
+    assert [e.path for e in prune(tmp_path, 1, now)] == [held]

@@ -135,6 +135,7 @@ def build_parser():
                           help="Where to write the results as JSON (default eval.json).")
     evaluate.set_defaults(run=_eval)
 
+    from .cache import add_parser as add_cache
     from .compile import add_parser as add_compile
     from .demo import add_parser as add_demo
     from .hardware import add_parser as add_hw
@@ -146,6 +147,7 @@ def build_parser():
     add_demo(verbs, _positive)
     add_hw(verbs, _positive)
     add_perf(verbs, _positive)
+    add_cache(verbs)
 
     inspect = verbs.add_parser(
         "inspect",

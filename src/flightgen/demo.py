@@ -79,6 +79,7 @@ def compiled_default_model(say):
     key = _binary_key(path, DEMO_TARGET)
     cached = cache_dir() / "demo" / f"smollm2-135m-{DEMO_TARGET}-{key}.fgb"
     if cached.is_file():
+        cached.touch()  # its last use (flightgen cache --prune)
         say(f"reusing the compiled binary {cached}")
         return model, read_binary(cached)
     say(f"compiling {DEFAULT_MODEL.name} for '{DEMO_TARGET}'")
