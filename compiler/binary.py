@@ -660,12 +660,17 @@ def _show(value):
     return repr(value) if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+#: Top-level target fields a program does not depend on: the preset's name and the clock
+#: (which only the performance figures use).
+_NOT_HARDWARE = ("name", "clock_mhz")
+
+
 def _difference(there, here, path):
     """The first difference between the binary's value and this one, worded, or None."""
     if isinstance(there, dict) and isinstance(here, dict):
         for key in [*there, *(key for key in here if key not in there)]:
-            if not path and key == "name":
-                continue  # a name is not hardware: equal parameters run the same binaries
+            if not path and key in _NOT_HARDWARE:
+                continue  # equal parameters run the same binaries
             where = f"{path}.{key}" if path else str(key)
             if key not in here:
                 return f"{where} is {_show(there[key])} in the binary and not set here"
@@ -689,7 +694,8 @@ def _difference(there, here, path):
 def check_target(binary_target, target, source):
     """Check that a binary compiled for ``binary_target`` runs on ``target``.
 
-    Every field must be equal, recursively, except the top-level ``"name"``.
+    Every field must be equal, recursively, except the top-level ``"name"`` and
+    ``"clock_mhz"``: the instructions and the HBM images do not depend on them.
 
     Parameters
     ----------

@@ -349,6 +349,7 @@ def test_target_must_match(written):
     assert read_binary(written, target=target()) == make_binary()
     renamed = target()
     renamed["name"] = "another name, same hardware"
+    renamed["clock_mhz"] = 300.0  # the same hardware closed at another clock
     read_binary(written, target=renamed)
     with pytest.raises(BinaryError) as error:
         read_binary(written, target=target(line_bits=512))
