@@ -196,6 +196,32 @@ def test_split_estimate_counts_every_module_once(monkeypatch):
     assert split.flip_flops > 0 and not any(c.startswith("top") for c in split.cells)
 
 
+def test_resource_report_holds_one_core_against_every_slr(tmp_path, monkeypatch):
+    """`flightgen hw`'s estimate step: one kernel's counts against each SLR's share less the
+    shell, per block as well, in resources.json; a share too small is reported as not
+    fitting; LUTs are null with the WebAssembly Yosys, and said so."""
+    import json
+    from types import SimpleNamespace
+
+    from flightgen.hardware import _estimate
+    from flightgen.hw.memory import LoadEngine
+
+    monkeypatch.setenv("FLIGHTGEN_YOSYS", "wasm")
+    report = _estimate(U280, board_target(U280), LoadEngine(512, 10), tmp_path, lambda _: None)
+    assert json.loads((tmp_path / "resources.json").read_text()) == report
+    assert [row["slr"] for row in report["slrs"]] == [0, 1, 2]
+    for row in report["slrs"]:
+        assert row["user"]["dsp"] == U280.user(row["slr"]).dsp and row["fits"]
+        assert row["used"]["luts"] is None
+        for name in ("dsp", "flip_flops", "bram36", "uram"):
+            assert row["used"][name] == sum(b[name] for b in report["blocks"].values())
+    assert report["slrs"][0]["used"]["flip_flops"] > 0 and "not estimated" in report["note"]
+    tiny = SimpleNamespace(name="tiny", slrs=[0], user=lambda _: Resources(10**6, 10, 10**4,
+                                                                          10**3, 10**3))
+    assert not _estimate(tiny, board_target(U280).with_cores(1), LoadEngine(512, 10), tmp_path,
+                         lambda _: None)["slrs"][0]["fits"]
+
+
 def test_perf_projection_of_smollm2_on_the_u280(tmp_path, capsys):
     """`flightgen perf` writes the figures and the roofline plot; the decode programs move at
     least every weight once per token and the speed stays under the HBM roofline."""
