@@ -148,13 +148,6 @@ def blocks(text, toplevel, limit):
     (the subtree, black boxes reduced to their ports). Every module instance of the design
     is in exactly one run."""
     tree = modules(text)
-    sizes = {}
-
-    def size(name):
-        if name not in sizes:
-            source, children = tree[name]
-            sizes[name] = len(source) + sum(size(c) for c in children)
-        return sizes[name]
 
     def subtree(name, seen):
         if name not in seen:
@@ -163,18 +156,24 @@ def blocks(text, toplevel, limit):
             for child in tree[name][1]:
                 yield from subtree(child, seen)
 
+    def size(name):  # of the run's RTLIL: each module of the subtree once
+        return sum(len(source) for source in subtree(name, set()))
+
     runs, counts = [], {}
 
     def visit(name, instances):
+        first = name not in counts
         counts[name] = counts.get(name, 0) + instances
         source, children = tree[name]
         if size(name) <= limit or not children:
-            runs.append((name, [], "".join(subtree(name, set()))))
+            if first:
+                runs.append((name, [], "".join(subtree(name, set()))))
             return
         boxes = sorted(set(children))
-        runs.append((name, boxes, source + "".join(_stub(tree[c][0]) for c in boxes)))
+        if first:
+            runs.append((name, boxes, source + "".join(_stub(tree[c][0]) for c in boxes)))
         for child in boxes:
-            visit(child, children.count(child))
+            visit(child, instances * children.count(child))
 
     visit(toplevel, 1)
     return [(name, boxes, counts[name], source) for name, boxes, source in runs]

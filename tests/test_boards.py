@@ -196,6 +196,26 @@ def test_split_estimate_counts_every_module_once(monkeypatch):
     assert split.flip_flops > 0 and not any(c.startswith("top") for c in split.cells)
 
 
+def test_split_counts_instances_through_the_hierarchy():
+    """A module instantiated twice inside a module instantiated twice is four instances; a
+    black box keeps only its ports."""
+    from flightgen.boards.synth import blocks
+
+    def module(name, cells=(), body="  wire width 8 input 1 \\a\n  wire width 8 \\inner\n"):
+        text = "".join(f"  cell \\{c} \\u{k}\n  end\n" for k, c in enumerate(cells))
+        return f"attribute \\generator \"Amaranth\"\nmodule \\{name}\n{body}{text}end\n"
+
+    text = module("top", ["top.mid", "top.mid"]) + module("top.mid", ["top.leaf"] * 2) + \
+        module("top.leaf")
+    runs = {name: (boxes, n, source) for name, boxes, n, source in blocks(text, "top", 1)}
+    assert {name: n for name, (_, n, _) in runs.items()} == {"top": 1, "top.mid": 2,
+                                                             "top.leaf": 4}
+    assert runs["top"][0] == ["top.mid"]
+    assert "attribute \\blackbox 1\nmodule \\top.mid\n  wire width 8 input 1" \
+        in runs["top"][2] and "inner" not in runs["top"][2].split("top.mid")[-1]
+    assert [n for n, *_ in blocks(text, "top", len(text))] == ["top"]
+
+
 def test_resource_report_holds_one_core_against_every_slr(tmp_path, monkeypatch):
     """`flightgen hw`'s estimate step: one kernel's counts against each SLR's share less the
     shell, per block as well, in resources.json; a share too small is reported as not
