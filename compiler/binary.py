@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import FlightgenError
 from ..isa.instructions import WORD_BYTES
+from ..isa.machine import CoreConfig
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "ALIGNMENT", "PHASES", "BinaryError", "Program", "Image",
            "Binary", "write_binary", "read_binary", "read_header", "check_target"]
@@ -648,6 +649,10 @@ def read_binary(path, target=None, verify=True):
 
 def _as_dict(target):
     if isinstance(target, dict):
+        core = target.get("core")
+        if isinstance(core, dict):  # fields a binary predates take their defaults
+            with contextlib.suppress(TypeError, ValueError):
+                target = {**target, "core": CoreConfig(**core).to_dict()}
         return target
     if hasattr(target, "to_dict"):
         return target.to_dict()

@@ -118,6 +118,7 @@ class _Writer:
             rest.append(
                 f"matrix mode=mv keep={spec['keep']} bits={spec['bits']} signed={f['signed']} "
                 f"load={int(position == 0 and load_tile)} blocks={f['blocks']} groups={count} "
+                f"wgroup={ACT_GROUP << f['wgroup']} pair={f['pair']} "
                 f"act={act} wgt={wgt} mask={meta + s} scale={meta} "
                 f"out={out + (first - base_group) * out_lines}"
                 + (f" wait={','.join(waits)}" if waits else "")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FlightgenError
-from ..isa.matrix import KEEP_CODES, MatrixMode, MatrixStreams, padded_shape
+from ..isa.matrix import KEEP_CODES, MatrixMode, MatrixStreams, padded_shape, scale_format
 from ..isa.numerics import ACT_GROUP
 from ..isa.sparse import hardware_keep, prune
 from .ir import Node
@@ -174,6 +174,11 @@ class Prune:
             return
         n, m = (int(v) for v in ctx.config.sparsity.split(":"))
         keep = hardware_keep(n, m)
+        keeps = ctx.target.core.keeps
+        if keep not in keeps:
+            runs = ", ".join(f"{k}:16" for k in keeps)
+            raise CompileError(f"{n}:{m} sparsity runs as {keep}:16, which the "
+                               f"{ctx.target.name} matrix engine leaves out (it runs {runs})")
         for tensor in graph.matrices():
             if not (tensor.name.startswith("blk.")
                     and tensor.name.split(".", 2)[2].startswith(ctx.config.sparse)):
@@ -414,6 +419,8 @@ class TilePlan:
         self.command = {"mode": MatrixMode.MV.value, "keep": KEEP_CODES[keep],
                         "bits": {8: 0, 4: 1, 2: 2}[spec["bits"]], "signed": int(spec["signed"]),
                         "load": 1, "raw": 0, "blocks": self.blocks}
+        wgroup, pair = scale_format(spec["group"], not spec["mins"])
+        self.command.update(wgroup=wgroup, pair=pair)
         bits = core.beat_bits
 
         def lines(groups):

@@ -96,9 +96,14 @@ class Target:
 SIM_LLM_CORE = CoreConfig(vector_max=2048, vec_lines=4096, act_lines=256, wgt_lines=4096,
                           meta_lines=2048)
 
-#: The core of a board's full-size configuration (its HBM ports come from the board).
+#: The core of a board's full-size configuration (its HBM ports come from the board). Its
+#: matrix engine runs MV (the compiler's decode and token-serial prefill) with dense and 8:16
+#: (and 2:4) weights, and its SFU takes each 32-element beat in four parts of 8: the sparse
+#: MUXes of 4:16 and 2:16, the MM activation tiles of 32 token lanes and 24 more SFU lanes
+#: would not fit an SLR's LUTs (docs/boards.md).
 BOARD_CORE = CoreConfig(line_bits=512, chain=16, vpus=16, max_blocks=512, vector_max=4096,
-                        vec_lines=8192, act_lines=1024, wgt_lines=32768, meta_lines=4096)
+                        vec_lines=8192, act_lines=1024, wgt_lines=32768, meta_lines=4096,
+                        keeps=(16, 8), modes=("mv",), sfu_lanes=8)
 
 
 def board_target(board):

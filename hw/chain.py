@@ -33,7 +33,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..isa.matrix import CHAIN_RANGE, KEEP_CODES
+from ..isa.matrix import CHAIN_RANGE, KEEP_CODES, MatrixMode, check_keeps, check_modes
 from ..isa.sparse import WINDOW
 from .dsp import PACKED_BITS, pack, split
 from .scaler import PARTIAL_BITS, SUM_BITS
@@ -73,6 +73,12 @@ class SparseChain(wiring.Component):
     ----------
     chain : int
         Stages (packed DSPs): one of :data:`flightgen.isa.matrix.CHAIN_RANGE`.
+    keeps : sequence of int
+        Hardware keeps the chain supports (:func:`~flightgen.isa.matrix.check_keeps`); a stage's
+        MUX has inputs for these only, and ``keep`` must be one of them.
+    modes : sequence of MatrixMode or str
+        Modes the chain supports (:func:`~flightgen.isa.matrix.check_modes`); without MM the
+        stages select one lane's activation, not two, and ``mm`` must stay low.
 
     Members
     -------
@@ -82,7 +88,7 @@ class SparseChain(wiring.Component):
     keep : In(2)
         Hardware keep code (:data:`flightgen.isa.matrix.KEEP_CODES`).
     act : In(ArrayLayout(ArrayLayout(signed(8), 8 L), 2))
-        The step's span, per token lane (MV: lane 0).
+        The step's span, per token lane (MV: lane 0; lane 1 unused without MM).
     codes : In(ArrayLayout(ArrayLayout(signed(9), 2), L))
         Per stage: the two rows' codes (MV) or the row's code in entry 0 (MM).
     masks : In(ArrayLayout(unsigned(16), L / 2))
@@ -92,11 +98,16 @@ class SparseChain(wiring.Component):
     o_sums : Out(ArrayLayout(ArrayLayout(signed(14), 2), L / 4))
     """
 
-    def __init__(self, chain):
+    def __init__(self, chain, *, keeps=tuple(KEEP_CODES), modes=tuple(MatrixMode)):
         if chain not in CHAIN_RANGE:
             raise ValueError(f"chain length must be one of {', '.join(map(str, CHAIN_RANGE))}, "
                              f"not {chain!r}")
         self.chain = chain
+        self.keeps = check_keeps(keeps)
+        self.modes = check_modes(modes)
+        self.sparse_keeps = tuple(k for k in self.keeps if k != 16)
+        #: Token lanes whose activations a stage selects: 2 with MM, else 1.
+        self.act_lanes = 2 if MatrixMode.MM in self.modes else 1
         self.groups = chain // GROUP
         self.levels = self.groups.bit_length() - 1
         super().__init__({
@@ -122,7 +133,10 @@ class SparseChain(wiring.Component):
         """Per window and rank: the position of the rank's set bit in the window mask."""
         positions = {}
         for window in range(self.chain // 2):
-            ranks = max(keep for keep in (8, 4, 2) if window < self.chain // keep)
+            used = [keep for keep in self.sparse_keeps if window < self.chain // keep]
+            if not used:
+                continue
+            ranks = max(used)
             mask = self.masks[window]
             before = 0  # set bits below the current one
             found = [0] * ranks
@@ -149,27 +163,29 @@ class SparseChain(wiring.Component):
         with m.If(en):
             m.d.sync += valid_a.eq(self.i_valid)
         for i in range(L):
-            selected = [Signal(signed(8), name=f"a{i}_{lane}") for lane in range(2)]
-            for lane in range(2):
+            selected = [Signal(signed(8), name=f"a{i}_{lane}") for lane in range(self.act_lanes)]
+            for lane in range(self.act_lanes):
                 span = self.act[lane].as_value()
                 with m.Switch(self.keep):
                     with m.Case(KEEP_CODES[16]):
                         m.d.comb += selected[lane].eq(span.word_select(i, 8))
-                    for keep in (8, 4, 2):
+                    for keep in self.sparse_keeps:
                         with m.Case(KEEP_CODES[keep]):
                             window, rank = divmod(i, keep)
                             codes = span[8 * WINDOW * window:8 * WINDOW * (window + 1)]
                             m.d.comb += selected[lane].eq(
                                 codes.word_select(positions[window, rank], 8))
             a0 = selected[0]
-            a1 = Mux(self.mm, selected[1], a0)
             codes = self.codes[i]
+            if self.act_lanes == 2:
+                a1 = Mux(self.mm, selected[1], a0)
+                operands = [packed[i].eq(Mux(self.mm, pack(a0, a1), pack(codes[0], codes[1]))),
+                            shared[i].eq(Mux(self.mm, codes[0], a0))]
+            else:  # MV only
+                a1 = a0
+                operands = [packed[i].eq(pack(codes[0], codes[1])), shared[i].eq(a0)]
             with m.If(en):
-                m.d.sync += [
-                    packed[i].eq(Mux(self.mm, pack(a0, a1), pack(codes[0], codes[1]))),
-                    shared[i].eq(Mux(self.mm, codes[0], a0)),
-                    xs[i][0].eq(a0), xs[i][1].eq(a1),
-                ]
+                m.d.sync += [*operands, xs[i][0].eq(a0), xs[i][1].eq(a1)]
 
         # DSP groups: systolic cascade; overflow adjust splits each group's lanes.
         cascade_delay = GROUP + 1
@@ -223,8 +239,8 @@ class SparseChain(wiring.Component):
             span = GROUP << level  # slots per span before this level, in stages
             combine = Signal(name=f"combine{level}")
             with m.Switch(self.keep):
-                for keep, code in KEEP_CODES.items():
-                    with m.Case(code):
+                for keep in self.keeps:
+                    with m.Case(KEEP_CODES[keep]):
                         m.d.comb += combine.eq(2 * span <= _BLOCK_SLOTS[keep])
             stride = 1 << level
             nxt = []
@@ -256,8 +272,8 @@ class SparseChain(wiring.Component):
         with m.If(en):
             m.d.sync += self.o_count.eq(0)
             with m.Switch(self.keep):
-                for keep, code in KEEP_CODES.items():
-                    with m.Case(code):
+                for keep in self.keeps:
+                    with m.Case(KEEP_CODES[keep]):
                         block = _BLOCK_SLOTS[keep]
                         if block >= L:
                             per_block = block // L

@@ -187,7 +187,13 @@ class Decoder(wiring.Component):
                                               _ceil_shift(work << 1, k + log_v)))
         act_per_token = _ceil_shift(mat.blocks * ACT_GROUP, g.row_codes.bit_length() - 1)
         abeats = Mux(mat.load, Mux(mv, act_per_token, act_per_token << (log_v + 1)), 0)
-        sbeats = Mux(mat.raw, 0, mat.groups * mat.blocks)
+        # scales: one beat per 2**(wgroup + pair) blocks of each row group
+        scale_rows = Signal(16)
+        with m.Switch(mat.wgroup + mat.pair):
+            for shift in range(5):
+                with m.Case(shift):
+                    m.d.comb += scale_rows.eq(_ceil_shift(mat.blocks, shift))
+        sbeats = Mux(mat.raw, 0, mat.groups * scale_rows)
         m.d.comb += [beats.act.eq(abeats), beats.weights.eq(wbeats),
                      beats.masks.eq(Mux(mat.keep == KEEP_CODES[16], 0, mbeats)),
                      beats.scales.eq(sbeats)]
@@ -219,7 +225,10 @@ class Decoder(wiring.Component):
             with m.Case(Opcode.MATRIX.value):
                 active = (mat.blocks != 0) & (mat.groups != 0)
                 m.d.comb += [
-                    bad_field.eq((mat.bits == 3) | (mat.blocks > c.max_blocks)),
+                    bad_field.eq((mat.bits == 3) | (mat.blocks > c.max_blocks) |
+                                 ~mat.keep.matches(*(KEEP_CODES[k] for k in c.keeps)) |
+                                 ~mat.mode.matches(
+                                     *(mode.value for mode in c.matrix_modes))),
                     out_of_range.eq(active & (
                         span(mat.act, beats.act, bb["act"], c.act_lines) |
                         span(mat.wgt, beats.weights, bb["weights"], c.wgt_lines) |

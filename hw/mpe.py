@@ -26,7 +26,15 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..isa.matrix import BITS_CODES, KEEP_CODES, Geometry, MatrixMode, command_layout
+from ..isa.matrix import (
+    BITS_CODES,
+    KEEP_CODES,
+    Geometry,
+    MatrixMode,
+    check_keeps,
+    check_modes,
+    command_layout,
+)
 from ..isa.numerics import ACC_BITS, ACT_GROUP
 from ..isa.sparse import WINDOW
 from ..isa.weights import linear
@@ -37,7 +45,8 @@ from .unpack import StepUnpacker
 __all__ = ["MatrixEngine", "ERROR_CODES"]
 
 #: ``error`` values: 0 none; a refused command sets one and is dropped (it reads no stream).
-ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3, "bad_mask": 4}
+ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3, "bad_mask": 4,
+               "unsupported": 5}
 
 
 class MatrixEngine(wiring.Component):
@@ -51,6 +60,11 @@ class MatrixEngine(wiring.Component):
         VPUs, a power of two from 1 to 64.
     max_k : int
         Longest K (activation-memory capacity), a multiple of ``8 * chain``.
+    keeps : sequence of int
+        Hardware keeps supported (:func:`~flightgen.isa.matrix.check_keeps`; default all).
+    modes : sequence of MatrixMode or str
+        Modes supported (:func:`~flightgen.isa.matrix.check_modes`; default MV and MM). Without
+        MM the engine holds one token lane of activations instead of ``2 V``.
 
     Raises
     ------
@@ -61,8 +75,9 @@ class MatrixEngine(wiring.Component):
     --------
     * Computes :class:`flightgen.isa.matrix.MatrixOperation` ``.expected`` for every command,
       bit for bit, whatever the stalls on any stream. Streams obey the Amaranth stream rules.
-    * A command whose ``blocks`` exceed ``max_k / 32``, whose ``bits`` code is unknown, or with
-      no blocks or rows, sets ``error`` (:data:`ERROR_CODES`) and is dropped. A window mask
+    * A command whose ``blocks`` exceed ``max_k / 32``, whose ``bits`` code is unknown, whose
+      keep or mode the engine does not support, or with no blocks or rows, sets ``error``
+      (:data:`ERROR_CODES`) and is dropped. A window mask
       that does not keep exactly N of 16 columns sets ``bad_mask``; the command still runs to
       its end (its results are then meaningless), so nothing hangs. ``error`` stays
       until reset.
@@ -80,8 +95,10 @@ class MatrixEngine(wiring.Component):
     error : Out(3)
     """
 
-    def __init__(self, chain=8, vpus=2, max_k=4096):
+    def __init__(self, chain=8, vpus=2, max_k=4096, *, keeps=tuple(KEEP_CODES),
+                 modes=tuple(MatrixMode)):
         self.geometry = g = Geometry(chain, vpus)
+        self.keeps, self.modes = check_keeps(keeps), check_modes(modes)
         if not isinstance(max_k, int) or max_k < g.row_codes or max_k % g.row_codes:
             raise ValueError(f"max_k must be a positive multiple of {g.row_codes}, not {max_k!r}")
         if max_k // ACT_GROUP >= 1 << 16:
@@ -146,9 +163,12 @@ class MatrixEngine(wiring.Component):
         error = Signal(3)
         m.d.comb += self.error.eq(error)
 
-        # Memories: one activation row memory and one block-scale memory per token lane.
+        # Memories: one activation row memory and one block-scale memory per token lane (MM
+        # tiles take 2 V tokens; MV one).
+        has_mm = MatrixMode.MM in self.modes
+        tokens = lanes if has_mm else 1
         act_mem, scale_mem, act_read, scale_read = [], [], [], []
-        for lane in range(lanes):
+        for lane in range(tokens):
             mem = Memory(shape=8 * row_codes, depth=rows, init=[])
             smem = Memory(shape=24 * scales_per_row, depth=rows, init=[])
             m.submodules[f"act_mem{lane}"] = mem
@@ -195,7 +215,17 @@ class MatrixEngine(wiring.Component):
         emit = (pending != 0) & out_free & scales_ready
         advance_b = out_free & ((pending == 0) | scales_ready)
         advance_c = advance_b & (pending <= 1)
-        m.d.comb += [self.scales.ready.eq(emit & ~cmd.raw), scaler.en.eq(advance_b),
+        block = Signal(16)  # block index within the row being scaled
+        # A scales beat covers 2**(wgroup + pair) blocks (isa.matrix.scale_blocks): it is
+        # taken with the last of them, or with the row's last block.
+        beat_mask = Signal(4)
+        with m.Switch(cmd.wgroup + cmd.pair):
+            for shift in range(5):
+                with m.Case(shift):
+                    m.d.comb += beat_mask.eq((1 << shift) - 1)
+        beat_done = ((block & beat_mask) == beat_mask) | (block == cmd.blocks - 1)
+        half = (block >> cmd.wgroup)[0] & cmd.pair  # paired: the second group's scale
+        m.d.comb += [self.scales.ready.eq(emit & ~cmd.raw & beat_done), scaler.en.eq(advance_b),
                      scaler.raw.eq(cmd.raw), scaler.i_valid.eq(emit)]
         # Output register: takes the scaler's result as the scaler advances, so a result is
         # sent exactly once even when the scaler is held by a missing scales beat.
@@ -204,14 +234,13 @@ class MatrixEngine(wiring.Component):
         with m.If(advance_b & scaler.o_valid):
             m.d.sync += [self.out.valid.eq(1), self.out.payload.eq(scaler.o_value)]
 
-        block = Signal(16)  # block index within the row being scaled
         m.d.comb += [scaler.i_block.first.eq(block == 0),
                      scaler.i_block.last.eq(block == cmd.blocks - 1)]
         with m.If(emit):
             m.d.sync += block.eq(Mux(block == cmd.blocks - 1, 0, block + 1))
         scale_row = block // scales_per_row
         scale_entry = block % scales_per_row
-        for lane in range(lanes):
+        for lane in range(tokens):
             m.d.comb += scale_read[lane].addr.eq(scale_row)
         for v in range(V):
             for k in range(2):
@@ -220,11 +249,11 @@ class MatrixEngine(wiring.Component):
                              scaler.i_block.sums[lane].eq(held_x[v][index][k])]
                 weight_lane = Mux(mm, 0, lane)
                 word = self.scales.payload.word_select(weight_lane, 32)
-                own = scale_read[lane].data.word_select(scale_entry, 24)
-                first = scale_read[0].data.word_select(scale_entry, 24)
-                entry = Mux(mm, own, first)
-                m.d.comb += [scaler.i_block.scale[lane].eq(word[:16]),
-                             scaler.i_block.minimum[lane].eq(word[16:]),
+                entry = scale_read[0].data.word_select(scale_entry, 24)
+                if has_mm:
+                    entry = Mux(mm, scale_read[lane].data.word_select(scale_entry, 24), entry)
+                m.d.comb += [scaler.i_block.scale[lane].eq(Mux(half, word[16:], word[:16])),
+                             scaler.i_block.minimum[lane].eq(Mux(cmd.pair, 0, word[16:])),
                              scaler.i_block.mult[lane].eq(entry[:16]),
                              scaler.i_block.exp[lane].eq(entry[16:24])]
 
@@ -232,13 +261,14 @@ class MatrixEngine(wiring.Component):
         chains = []
         slot0 = Signal(range(8))  # the step's position in its memory row, in L-column slots
         spans = [self._align(m, act_read[lane].data, slot0, cmd.keep, lane)
-                 for lane in range(lanes)]
+                 for lane in range(tokens)]
         for v in range(V):
-            m.submodules[f"vpu{v}"] = chain = SparseChain(L)
+            m.submodules[f"vpu{v}"] = chain = SparseChain(L, keeps=self.keeps, modes=self.modes)
             chains.append(chain)
             m.d.comb += [chain.en.eq(advance_c), chain.mm.eq(mm), chain.keep.eq(cmd.keep)]
             for k in range(2):
-                m.d.comb += chain.act[k].as_value().eq(Mux(mm, spans[2 * v + k], spans[0]))
+                m.d.comb += chain.act[k].as_value().eq(
+                    Mux(mm, spans[2 * v + k], spans[0]) if has_mm else spans[0])
         with m.If(advance_c):
             m.d.sync += [pending.eq(chains[0].o_count), index.eq(0)]
             for v in range(V):
@@ -263,14 +293,14 @@ class MatrixEngine(wiring.Component):
         # Activation memory writes.
         act_codes = self.act.payload[:8 * row_codes]
         act_scales = self.act.payload[8 * row_codes:]
-        for lane in range(lanes):
+        for lane in range(tokens):
             write = act_mem[lane].write_port()
             swrite = scale_mem[lane].write_port()
             hit = self.act.valid & self.act.ready & (token == lane)
             m.d.comb += [write.addr.eq(load_row), write.data.eq(act_codes), write.en.eq(hit),
                          swrite.addr.eq(load_row), swrite.data.eq(act_scales),
                          swrite.en.eq(hit)]
-        for lane in range(lanes):
+        for lane in range(tokens):
             m.d.comb += [act_read[lane].addr.eq(column // row_codes),
                          act_read[lane].en.eq(advance_c)]
 
@@ -285,6 +315,8 @@ class MatrixEngine(wiring.Component):
                         m.d.sync += error.eq(ERROR_CODES["too_long"])
                     with m.Elif(new.bits > max(BITS_CODES.values())):
                         m.d.sync += error.eq(ERROR_CODES["bad_bits"])
+                    with m.Elif(~self._supported(new)):
+                        m.d.sync += error.eq(ERROR_CODES["unsupported"])
                     with m.Elif((new.blocks == 0) | (new.groups == 0)):
                         m.d.sync += error.eq(ERROR_CODES["empty"])
                     with m.Elif(new.load):
@@ -326,14 +358,14 @@ class MatrixEngine(wiring.Component):
         with m.If(advance_c):
             m.d.sync += [valid0.eq(issue), slot0.eq((column // L) % 8)]
             with m.Switch(Cat(cmd.bits, cmd.mode)):
-                for mode in MatrixMode:
+                for mode in self.modes:
                     for bits, code in BITS_CODES.items():
                         with m.Case(code | (mode.value << 2)):
                             m.d.sync += self._unpack_codes(codes0, wu.o.payload, mode, bits,
                                                            cmd.signed)
             with m.Switch(Cat(cmd.keep, cmd.mode)):
-                for mode in MatrixMode:
-                    for keep in (8, 4, 2):
+                for mode in self.modes:
+                    for keep in self.keeps[1:]:
                         with m.Case(KEEP_CODES[keep] | (mode.value << 2)):
                             per = L // keep
                             for v in range(V):
@@ -348,6 +380,13 @@ class MatrixEngine(wiring.Component):
                          chain.codes.eq(codes0[v]), chain.masks.eq(masks0[v])]
         return m
 
+    def _supported(self, command):
+        """Whether the engine supports ``command``'s keep and mode."""
+        keep = command.keep.matches(*(KEEP_CODES[k] for k in self.keeps))
+        if MatrixMode.MM in self.modes:
+            return keep
+        return keep & (command.mode == MatrixMode.MV)
+
     def _align(self, m, row, slot, keep, lane):
         """The step's span of memory ``row`` moved to position 0: a step of hardware keep N
         spans ``k = 16 / N`` slots of ``L`` columns (1 when dense) starting at a multiple of
@@ -356,7 +395,8 @@ class MatrixEngine(wiring.Component):
         span = Signal(64 * L, name=f"span{lane}")
         slots = [row[64 * L // 8 * j:64 * L // 8 * (j + 1)] for j in range(8)]
         with m.Switch(keep):
-            for n, code in KEEP_CODES.items():
+            for n in self.keeps:
+                code = KEEP_CODES[n]
                 k = 1 if n == 16 else WINDOW // n
                 with m.Case(code):
                     with m.Switch(slot // k):

@@ -19,6 +19,7 @@ from ..isa.numerics import ACT_GROUP
 from ..isa.vector import B_IS_VECTOR, READS_B, VectorOp
 from .beats import BeatReader, BeatWriter, line_write_layout, read_port_signature
 from .dispatch import decoded_layout
+from .gearbox import Narrower, Widener
 from .mpe import ERROR_CODES, MatrixEngine
 from .quantizer import BlockQuantizer, quantized_layout
 from .rescale import AttentionRescaler
@@ -76,7 +77,8 @@ class MatrixUnit(wiring.Component):
         m = Module()
         c = self.config
         bits = c.beat_bits
-        engine = MatrixEngine(c.chain, c.vpus, c.max_blocks * ACT_GROUP)
+        engine = MatrixEngine(c.chain, c.vpus, c.max_blocks * ACT_GROUP, keeps=c.keeps,
+                              modes=c.matrix_modes)
         m.submodules.engine = ResetInserter({"sync": self.clear})(engine)
         readers = {}
         for name, stream_name in (("act", "act"), ("wgt", "weights"), ("mask", "masks"),
@@ -110,7 +112,8 @@ class MatrixUnit(wiring.Component):
                     with m.Else():
                         cmds["engine"].start(m, mode=f.mode, keep=f.keep, bits=f.bits,
                                              signed=f.signed, load=f.load, raw=f.raw,
-                                             blocks=f.blocks, groups=f.groups)
+                                             blocks=f.blocks, groups=f.groups,
+                                             wgroup=f.wgroup, pair=f.pair)
                         for name, count in (("act", beats.act), ("wgt", beats.weights),
                                             ("mask", beats.masks), ("scale", beats.scales)):
                             cmds[name].start(m, line=getattr(f, name), beats=count)
@@ -214,7 +217,7 @@ class VectorUnit(wiring.Component):
         lanes = c.lanes
         bits = c.beat_bits
         fresh = ResetInserter({"sync": self.clear})
-        sfu = SpecialFunctionUnit(lanes, c.vector_max)
+        sfu = SpecialFunctionUnit(c.sfu_datapath, c.vector_max)
         quantizer = BlockQuantizer(lanes, ACT_GROUP)
         token = TokenQuantizer(lanes)
         rescaler = AttentionRescaler(lanes)
@@ -230,6 +233,7 @@ class VectorUnit(wiring.Component):
         m.submodules.lo_writer = lo_writer = BeatWriter(c.line_bits, bits["act"])
         m.submodules.packer = packer = ActivationPacker(g, lanes)
         m.submodules.lo_packer = lo_packer = ActivationPacker(g, lanes)
+        sfu_a, sfu_b, sfu_o, gears = self._sfu_streams(m, sfu)
         wiring.connect(m, a_reader.read, wiring.flipped(self.a))
         wiring.connect(m, vec_writer.w, wiring.flipped(self.w_vec))
         wiring.connect(m, act_writer.w, wiring.flipped(self.w_act))
@@ -299,8 +303,8 @@ class VectorUnit(wiring.Component):
             m.d.sync += b_index.eq(b_index + 1)
 
         # VECTOR: a, b -> SFU -> (masked) -> VEC
-        sfu_out = masked(sfu.out.payload, o_index, 32, "out_masked")
-        m.d.comb += [sfu.a.payload.eq(a_data), sfu.b.payload.eq(b_data)]
+        sfu_out = masked(sfu_o.payload, o_index, 32, "out_masked")
+        m.d.comb += [sfu_a.payload.eq(a_data), sfu_b.payload.eq(b_data)]
         # QUANT: a (then zero beats to a whole activation beat) -> quantizer -> packer
         padding = Signal(17)  # zero beats still to send after the vector
         # a command's streams move only once START has reset the indices and the padding
@@ -317,11 +321,11 @@ class VectorUnit(wiring.Component):
 
         with m.Switch(kind):
             with m.Case(0):
-                m.d.comb += [sfu.a.valid.eq(a_reader.o.valid), a_reader.o.ready.eq(sfu.a.ready),
-                             sfu.b.valid.eq(b_valid), b_take.eq(sfu.b.ready),
-                             vec_writer.i.valid.eq(sfu.out.valid),
+                m.d.comb += [sfu_a.valid.eq(a_reader.o.valid), a_reader.o.ready.eq(sfu_a.ready),
+                             sfu_b.valid.eq(b_valid), b_take.eq(sfu_b.ready),
+                             vec_writer.i.valid.eq(sfu_o.valid),
                              vec_writer.i.payload.eq(sfu_out),
-                             sfu.out.ready.eq(vec_writer.i.ready)]
+                             sfu_o.ready.eq(vec_writer.i.ready)]
             with m.Case(1):
                 with m.If(in_vector):
                     m.d.comb += [quantizer.i.valid.eq(a_reader.o.valid),
@@ -377,7 +381,7 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [vec_writer.i.valid.eq(rescaler.o.valid),
                              vec_writer.i.payload.eq(rescaler.o.payload),
                              rescaler.o.ready.eq(vec_writer.i.ready)]
-        with m.If(sfu.out.valid & sfu.out.ready):
+        with m.If(sfu_o.valid & sfu_o.ready):
             m.d.sync += o_index.eq(o_index + 1)
         # the low halves carry no block scales (the whole payload is driven here, so that no
         # bit of it is a constant-only process, which Verilator rejects)
@@ -387,7 +391,8 @@ class VectorUnit(wiring.Component):
 
         # commands of the blocks, readers and writers
         cmds = {name: _Command(m, port, name) for name, port in (
-            ("sfu", sfu.cmd), ("token", token.cmd), ("rescaler", rescaler.cmd),
+            ("sfu", sfu.cmd), *((f"sfu_{g}", gear.cmd) for g, gear in gears.items()),
+            ("token", token.cmd), ("rescaler", rescaler.cmd),
             ("a", a_reader.cmd), ("b", b_reader.cmd), ("bv", bv_reader.cmd),
             ("vec", vec_writer.cmd), ("act", act_writer.cmd), ("lo", lo_writer.cmd))}
         readers_idle = a_reader.cmd.ready & b_reader.cmd.ready & bv_reader.cmd.ready
@@ -414,6 +419,13 @@ class VectorUnit(wiring.Component):
                 with m.Elif(kind == 0):
                     cmds["sfu"].start(m, op=v.op, length=v.length, valid=valid, frac=v.frac,
                                       eps=v.eps, position=v.position)
+                    if gears:  # the SFU takes every beat in parts
+                        parts = (v.length + c.sfu_datapath - 1) >> (
+                            c.sfu_datapath.bit_length() - 1)
+                        cmds["sfu_a"].start(m, parts=parts)
+                        cmds["sfu_out"].start(m, parts=parts)
+                        with m.If(reads_b | b_vector):
+                            cmds["sfu_b"].start(m, parts=parts)
                     cmds["a"].start(m, line=v.a, beats=beats)
                     with m.If(reads_b):
                         cmds["b"].start(m, line=v.b, beats=beats)
@@ -465,3 +477,21 @@ class VectorUnit(wiring.Component):
                 with m.If(self.done.ready):
                     m.next = "IDLE"
         return m
+
+    def _sfu_streams(self, m, sfu):
+        """The SFU's ``a``, ``b`` and ``out`` streams as the unit sees them (beats of ``lanes``
+        elements), and the gearboxes between, by stream name (none when the SFU has as many
+        lanes as a beat)."""
+        c = self.config
+        if c.sfu_datapath == c.lanes:
+            return sfu.a, sfu.b, sfu.out, {}
+        lanes, narrow = c.lanes, c.sfu_datapath
+        gears = {"a": Narrower(32 * lanes, 32 * narrow), "b": Narrower(48 * lanes, 48 * narrow),
+                 "out": Widener(32 * narrow, 32 * lanes)}
+        for name, gear in gears.items():
+            m.submodules[f"sfu_{name}"] = gear
+        for source, sink in ((gears["a"].o, sfu.a), (gears["b"].o, sfu.b),
+                             (sfu.out, gears["out"].i)):
+            m.d.comb += [sink.valid.eq(source.valid), sink.payload.eq(source.payload),
+                         source.ready.eq(sink.ready)]
+        return gears["a"].i, gears["b"].i, gears["out"].o, gears

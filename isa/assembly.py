@@ -19,7 +19,9 @@ comment. Fields left out are 0 (``count2`` and ``count3`` default to 1). ::
   multiplier of 1); every register in one instruction must be the same.
 * ``buffer`` takes ``vec``, ``act``, ``wgt`` or ``meta``; ``vector op`` an operation name
   (:class:`flightgen.isa.vector.VectorOp`); ``matrix mode`` ``mv`` or ``mm``, ``keep`` the
-  columns kept of 16 (16, 8, 4, 2), ``bits`` the code width (8, 4, 2).
+  columns kept of 16 (16, 8, 4, 2), ``bits`` the code width (8, 4, 2), ``wgroup`` the weight
+  group of the scale format (32, 64, 128, 256; ``pair=1`` packs two symmetric groups per
+  word).
 * ``.word 0x...`` is a raw word; the disassembler writes it for a word no mnemonic can
   express (an illegal opcode or field code), so ``assemble(disassemble(w)) == w`` for every
   word.
@@ -28,7 +30,7 @@ comment. Fields left out are 0 (``count2`` and ``count3`` default to 1). ::
 import re
 
 from .instructions import ADAPTIVE, WORD_BITS, Buffer, Opcode, SysOp, Unit, decode_fields, encode
-from .matrix import BITS_CODES, KEEP_CODES, MatrixMode
+from .matrix import BITS_CODES, KEEP_CODES, WGROUP_CODES, MatrixMode
 from .vector import VectorOp
 
 __all__ = ["AssemblyError", "assemble", "assemble_line", "disassemble", "disassemble_word"]
@@ -43,6 +45,7 @@ _NAMED = {
     "mode": {m.name.lower(): m.value for m in MatrixMode},
     "keep": {str(k): v for k, v in KEEP_CODES.items()},
     "bits": {str(k): v for k, v in BITS_CODES.items()},
+    "wgroup": {str(k): v for k, v in WGROUP_CODES.items()},
     "op": {o.name.lower(): o.value for o in VectorOp},
 }
 _UNIT_NAMES = {u.name.lower(): u.value for u in Unit}

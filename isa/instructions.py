@@ -124,8 +124,9 @@ class MatrixInstruction(data.Struct):
     """``MATRIX``: one matrix-engine command (:data:`flightgen.isa.matrix.command_layout`)
     whose streams live in on-chip buffers: activation beats in ``ACT`` from ``act``, weight
     beats in ``WGT`` from ``wgt``, mask beats in ``META`` from ``mask`` and scale beats in
-    ``META`` from ``scale``; the output beats go to ``VEC`` from ``out``. ``keep`` and ``bits``
-    hold the engine's codes. Adaptive: ``blocks``, ``groups``."""
+    ``META`` from ``scale``; the output beats go to ``VEC`` from ``out``. ``keep``, ``bits`` and
+    ``wgroup`` hold the engine's codes; ``wgroup`` and ``pair`` are the scale format (0 and 0:
+    one scale and minimum per 32-block). Adaptive: ``blocks``, ``groups``."""
     header: Header
     mode: 1
     keep: 2
@@ -142,7 +143,9 @@ class MatrixInstruction(data.Struct):
     mask: 16
     scale: 16
     out: 16
-    reserved: 96
+    wgroup: 2
+    pair: 1
+    reserved: 93
 
 
 class VectorInstruction(data.Struct):

@@ -67,7 +67,15 @@ from .instructions import (
     Unit,
     decode_fields,
 )
-from .matrix import BITS_CODES, Geometry, MatrixStreams
+from .matrix import (
+    BITS_CODES,
+    KEEP_CODES,
+    Geometry,
+    MatrixMode,
+    MatrixStreams,
+    check_keeps,
+    check_modes,
+)
 from .numerics import ACT_GROUP, quantize_per_group, quantize_per_token
 from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
@@ -126,6 +134,16 @@ class CoreConfig:
     load_flight : int
         ``LOAD`` instructions the load unit may start before the oldest has released its
         tokens (consecutive loads overlap; every other unit runs one at a time).
+    keeps : tuple of int
+        Hardware keeps the matrix engine supports (16, dense, always; 8, 4, 2 for N:16):
+        :func:`flightgen.isa.matrix.check_keeps`. A ``MATRIX`` with another keep is illegal.
+    modes : tuple of str
+        Matrix modes the engine supports (``"mv"`` always, ``"mm"``): a ``MATRIX`` in another
+        mode is illegal. Without MM the engine keeps one token lane of activations.
+    sfu_lanes : int
+        Datapath lanes of the SFU, a power of two below ``2 vpus``; 0 (the default): one per
+        beat element, ``2 vpus``. A narrower SFU takes each beat in parts: the same results,
+        more cycles (timing only; no instruction changes meaning).
     """
 
     line_bits: int = 256
@@ -141,9 +159,16 @@ class CoreConfig:
     queue_depth: int = 8
     token_limit: int = 15
     load_flight: int = 4
+    keeps: tuple = (16, 8, 4, 2)
+    modes: tuple = ("mv", "mm")
+    sfu_lanes: int = 0
 
     def __post_init__(self):
         geometry = Geometry(self.chain, self.vpus)
+        # normalised (a JSON list reads back as the same configuration)
+        object.__setattr__(self, "keeps", check_keeps(self.keeps))
+        object.__setattr__(self, "modes", tuple(m.name.lower()
+                                                for m in check_modes(self.modes)))
         if self.line_bits not in _LINE_BITS:
             raise ValueError(f"line_bits must be 256 or 512, not {self.line_bits!r}")
         for name in ("vec_lines", "act_lines", "wgt_lines", "meta_lines"):
@@ -165,6 +190,10 @@ class CoreConfig:
             raise ValueError(f"token_limit must be 1 to 255, not {self.token_limit!r}")
         if not isinstance(self.load_flight, int) or not 1 <= self.load_flight <= 4:
             raise ValueError(f"load_flight must be 1 to 4, not {self.load_flight!r}")
+        if (not isinstance(self.sfu_lanes, int) or self.sfu_lanes < 0 or self.sfu_lanes == 1
+                or self.sfu_lanes > self.lanes or self.sfu_lanes & (self.sfu_lanes - 1)):
+            raise ValueError(f"sfu_lanes must be 0 or a power of two from 2 to {self.lanes}, "
+                             f"not {self.sfu_lanes!r}")
 
     def flight(self, unit):
         """Instructions a unit may have started and not yet released: ``load_flight`` for
@@ -204,8 +233,18 @@ class CoreConfig:
                 "weights": g.weight_bits, "masks": g.mask_bits, "scales": 32 * self.lanes,
                 "out": 32 * self.lanes}
 
+    @property
+    def sfu_datapath(self):
+        """Lanes of the SFU's datapath: :attr:`sfu_lanes`, or :attr:`lanes` when 0."""
+        return self.sfu_lanes or self.lanes
+
+    @property
+    def matrix_modes(self):
+        """:attr:`modes` as :class:`~flightgen.isa.matrix.MatrixMode` values."""
+        return check_modes(self.modes)
+
     def to_dict(self):
-        return asdict(self)
+        return {**asdict(self), "keeps": list(self.keeps), "modes": list(self.modes)}
 
 
 #: The configuration the simulation tests build.
@@ -307,6 +346,12 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
     elif opcode == Opcode.MATRIX:
         if f["bits"] not in BITS_CODES.values():
             bad(f"unknown code width {f['bits']}")
+        keep = {code: keep for keep, code in KEEP_CODES.items()}[f["keep"]]
+        if keep not in config.keeps:
+            bad(f"the engine runs N:16 for N in {', '.join(map(str, config.keeps))}, not "
+                f"{keep}:16")
+        if MatrixMode(f["mode"]) not in config.matrix_modes:
+            bad(f"the engine has no {MatrixMode(f['mode']).name} mode")
         if f["blocks"] > config.max_blocks:
             bad(f"{f['blocks']} blocks but the engine holds {config.max_blocks}")
         if f["blocks"] and f["groups"]:

@@ -41,9 +41,14 @@ Streams (every beat is a little-endian bit field, element 0 in the lowest bits)
 ``masks``    (sparse only) :attr:`Geometry.mask_bits`-bit beats, consecutive steps back to back:
              per step and row pair (MV: ``V`` pairs; MM: the row's pair), the ``L / n``
              16-bit window masks the step covers (:func:`~flightgen.isa.sparse.window_masks`).
-``scales``   one beat per row group and 32-block: per lane (MV: its row; MM: lane 0 only, the
-             row) the block's float16 scale (low 16 bits) and minimum (high 16 bits, 0 when
-             symmetric). Not read by a ``raw`` command.
+``scales``   per row group, one beat per ``2**(wgroup + pair)`` consecutive 32-blocks (the
+             command's **scale format**, :func:`scale_format`): per lane (MV: its row; MM: lane
+             0 only, the row) one 32-bit word. With ``pair = 0`` the word is the float16 scale
+             (low 16 bits) and minimum (high 16 bits) of the ``2**wgroup`` blocks it covers;
+             with ``pair = 1`` (symmetric weights) it is the scales of two consecutive groups
+             of ``2**wgroup`` blocks (the first in the low 16 bits) and the minimum is 0. Block
+             ``b`` of a row thus takes word ``b >> (wgroup + pair)``, half
+             ``(b >> wgroup) & pair``. Not read by a ``raw`` command.
 ``out``      one beat per row group: ``2 V`` FX values (int32); with ``raw``, the exact integer
              dot products of the codes instead (``sum_k code * activation``, saturated to
              int32; scales and minimums are not applied). Raw products serve attention, whose
@@ -59,8 +64,10 @@ from .numerics import ACT_GROUP, mul_round_shift, saturate
 from .sparse import WINDOW, check_nm, window_masks
 from .weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS, GroupQuantized, linear
 
-__all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "command_layout", "Geometry",
+__all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "WGROUP_CODES", "scale_format", "scale_blocks",
+           "command_layout", "Geometry",
            "WeightStreams", "padded_shape", "bits_to_bytes", "MatrixOperation", "CHAIN_RANGE",
+           "check_keeps", "check_modes",
            "MAX_VPUS"]
 
 
@@ -74,14 +81,45 @@ class MatrixMode(enum.Enum, shape=1):
 KEEP_CODES = {16: 0, 8: 1, 4: 2, 2: 3}
 #: Code width -> its command code.
 BITS_CODES = {8: 0, 4: 1, 2: 2}
+#: Weight group (elements along K) -> its ``wgroup`` code: blocks per scale word, ``2**code``.
+WGROUP_CODES = {32: 0, 64: 1, 128: 2, 256: 3}
 #: Allowed chain lengths (packed DSPs per VPU).
 CHAIN_RANGE = (8, 16, 32, 64)
+
+
+def check_keeps(keeps):
+    """The hardware keeps an engine supports, checked: a tuple from largest to smallest of
+    values of :data:`KEEP_CODES` that holds 16 (dense). An engine leaves out the sparse MUX
+    inputs of the modes it does not support, and refuses their commands."""
+    try:
+        values = tuple(sorted({int(k) for k in keeps}, reverse=True))
+    except (TypeError, ValueError):
+        raise ValueError(f"keeps must be a sequence of {sorted(KEEP_CODES)}, not "
+                         f"{keeps!r}") from None
+    if 16 not in values or not set(values) <= set(KEEP_CODES) or len(values) != len(keeps):
+        raise ValueError(f"keeps must hold 16 and distinct values of "
+                         f"{', '.join(map(str, KEEP_CODES))}, not {list(keeps)!r}")
+    return values
+
+
+def check_modes(modes):
+    """The matrix modes an engine supports, checked: a tuple of :class:`MatrixMode` that holds
+    MV. Without MM an engine keeps one token lane of activations instead of ``2 V``."""
+    try:
+        values = tuple(sorted({MatrixMode[m.upper()] if isinstance(m, str) else MatrixMode(m)
+                               for m in modes}, key=lambda m: m.value))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise ValueError(f"modes must be a sequence of 'mv', 'mm', not {modes!r}") from None
+    if MatrixMode.MV not in values or len(values) != len(modes):
+        raise ValueError(f"modes must hold MV and no repeats, not {list(modes)!r}")
+    return values
 #: Largest VPU count.
 MAX_VPUS = 64
 
 #: The command beat. ``blocks`` counts 32-blocks of (padded) K; ``groups`` counts row groups;
 #: ``load`` makes the engine take a new activation tile first (else it reuses the last one);
-#: ``raw`` returns integer dot products instead of scaled FX results.
+#: ``raw`` returns integer dot products instead of scaled FX results; ``wgroup`` and ``pair``
+#: are the scale format (:func:`scale_format`).
 command_layout = data.StructLayout({
     "mode": MatrixMode,
     "keep": 2,
@@ -91,7 +129,22 @@ command_layout = data.StructLayout({
     "raw": 1,
     "blocks": 16,
     "groups": 16,
+    "wgroup": 2,
+    "pair": 1,
 })
+
+
+def scale_format(group, symmetric):
+    """The leanest ``scales`` stream for weight groups of ``group`` elements: ``(wgroup,
+    pair)``. A group of 32, 64, 128 or 256 takes one word per group (:data:`WGROUP_CODES`);
+    any other multiple of 32 one word per 32-block (the group's scale repeated). Symmetric
+    groups pack two scales per word (``pair = 1``), halving the stream again."""
+    return WGROUP_CODES.get(group, 0), int(bool(symmetric))
+
+
+def scale_blocks(command):
+    """32-blocks per ``scales`` beat of a command: ``2**(wgroup + pair)``."""
+    return 1 << (command.get("wgroup", 0) + command.get("pair", 0))
 
 
 def bits_to_bytes(values, bits, beat_bits):
@@ -255,6 +308,8 @@ class WeightStreams:
     -------
     keep, blocks, groups : int
         Hardware keep, 32-blocks of padded K, row groups.
+    wgroup, pair : int
+        The scale format of the ``scales`` stream (:func:`scale_format`).
     weight : GroupQuantized
         The padded weight.
     data : dict
@@ -280,6 +335,7 @@ class WeightStreams:
             raise ValueError(f"K={k} is too long for one command")
         self.geometry, self.mode, self.weight = g, mode, weight
         self.keep, self.blocks = keep, blocks
+        self.wgroup, self.pair = scale_format(weight.group, weight.symmetric)
         self.groups = rows // g.lanes if mode == MatrixMode.MV else rows
         empty = np.zeros((0, 1), np.uint8)
         self.data = {"weights": self._weights(), "masks": self._masks(),
@@ -316,15 +372,22 @@ class WeightStreams:
 
     def _scales(self):
         g, weight = self.geometry, self.weight
-        repeat = weight.group // ACT_GROUP
+        span = 1 << self.wgroup  # 32-blocks per group entry
+        repeat = weight.group // (ACT_GROUP * span)
         scales = np.repeat(weight.scales.view(np.uint16).astype(np.int64), repeat, axis=1)
-        mins = np.zeros_like(scales) if weight.mins is None else np.repeat(
-            weight.mins.view(np.uint16).astype(np.int64), repeat, axis=1)
-        words = scales | (mins << 16)  # (rows, blocks)
-        if self.mode == MatrixMode.MV:
-            order = words.reshape(self.groups, g.lanes, self.blocks).transpose(0, 2, 1)
+        if self.pair:  # two groups' scales per word, the first low
+            if scales.shape[1] % 2:
+                scales = np.concatenate([scales, np.zeros_like(scales[:, :1])], axis=1)
+            words = scales[:, 0::2] | (scales[:, 1::2] << 16)
         else:
-            order = np.zeros((self.groups, self.blocks, g.lanes), np.int64)
+            mins = np.zeros_like(scales) if weight.mins is None else np.repeat(
+                weight.mins.view(np.uint16).astype(np.int64), repeat, axis=1)
+            words = scales | (mins << 16)  # (rows, beats per row group)
+        per_group = words.shape[1]
+        if self.mode == MatrixMode.MV:
+            order = words.reshape(self.groups, g.lanes, per_group).transpose(0, 2, 1)
+        else:
+            order = np.zeros((self.groups, per_group, g.lanes), np.int64)
             order[:, :, 0] = words
         return bits_to_bytes(order.ravel(), 32, 32 * g.lanes)
 
@@ -387,8 +450,8 @@ class MatrixOperation:
             g, mode, keep, blocks, groups)
         self.command = {"mode": mode, "keep": KEEP_CODES[keep], "bits": BITS_CODES[weight.bits],
                         "signed": int(weight.signed), "load": int(load), "raw": int(raw),
-                        "blocks": blocks,
-                        "groups": groups}
+                        "blocks": blocks, "groups": groups, "wgroup": streams.wgroup,
+                        "pair": streams.pair}
         self.beats = {"act": self._act_beats(act, amult, aexp) if load else []}
         for name, rows in streams.data.items():
             self.beats[name] = [int.from_bytes(row.tobytes(), "little") for row in rows]
@@ -482,7 +545,7 @@ class MatrixStreams:
         self.weights = -(-groups * self.steps * g.codes_per_step(mode) * bits // g.weight_bits)
         self.masks = 0 if keep == 16 else -(
             -groups * self.steps * g.mask_windows_per_step(mode, keep) * WINDOW // g.mask_bits)
-        self.scales = 0 if command["raw"] else groups * blocks
+        self.scales = 0 if command["raw"] else groups * -(-blocks // scale_blocks(command))
         self.out = groups
 
 
@@ -551,14 +614,24 @@ def execute(geometry, command, act, weights, masks, scales):
         total = p.sum(-1)
         out = saturate(total, 32)
     else:
-        words = _unpack_fields(scales, 32, groups * blocks * lanes, False)
-        words = words.reshape(groups, blocks, lanes)
+        per_row = s.scales // groups
+        words = _unpack_fields(scales, 32, s.scales * lanes, False)
+        words = words.reshape(groups, per_row, lanes)
         if s.mode == MatrixMode.MV:
-            words = words.transpose(0, 2, 1).reshape(rows, blocks)
+            words = words.transpose(0, 2, 1).reshape(rows, per_row)
         else:
             words = words[:, :, 0]
-        sm, se = decode_half(words & 0xFFFF)
-        mm, me = decode_half(words >> 16)
+        # block b: word b >> (wgroup + pair), half (b >> wgroup) & pair
+        wgroup, pair = command.get("wgroup", 0), command.get("pair", 0)
+        block = np.arange(blocks)
+        words = words[:, block >> (wgroup + pair)]
+        if pair:
+            half = (block >> wgroup) & 1
+            scale_bits, min_bits = (words >> (16 * half)) & 0xFFFF, np.zeros_like(words)
+        else:
+            scale_bits, min_bits = words & 0xFFFF, words >> 16
+        sm, se = decode_half(scale_bits)
+        mm, me = decode_half(min_bits)
         x = np.einsum("tbi,rbi->trb", ab, kept.reshape(rows, blocks, ACT_GROUP)
                       .astype(np.float64)).astype(np.int64)
         base = np.minimum(se, np.where(mm == 0, se, me))

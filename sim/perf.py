@@ -21,6 +21,7 @@ latency 40, no stalls); ``tests/test_perf.py`` holds the model within 3% of the 
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from ..hw.gearbox import Widener
 from ..hw.memory import LoadEngine, StoreEngine
 from ..hw.mpe import MatrixEngine
 from ..hw.rescale import AttentionRescaler
@@ -79,7 +80,9 @@ class _Units:
         self.config = config
         g = config.geometry
         self.mpe = MatrixEngine(g.chain, g.vpus)
-        self.sfu = SpecialFunctionUnit(config.lanes, config.vector_max)
+        self.sfu = SpecialFunctionUnit(config.sfu_datapath, config.vector_max)
+        #: the widener's output register when the SFU takes beats in parts
+        self.sfu_gear = Widener.LATENCY if config.sfu_datapath < config.lanes else 0
         self.token = TokenQuantizer(config.lanes)
         self.rescale = AttentionRescaler(config.lanes)
         self.load = LoadEngine(config.line_bits, config.hbm_ports)
@@ -102,7 +105,7 @@ def _duration(units, timing, instruction):
                 + (timing.matrix_load if f["load"] else 0))
     if op == Opcode.VECTOR:
         proxy = SimpleNamespace(op=VectorOp(f["op"]), length=f["length"])
-        return units.sfu.expected_cycles(proxy) + timing.vector
+        return units.sfu.expected_cycles(proxy) + units.sfu_gear + timing.vector
     if op == Opcode.QUANT:
         return -(-f["length"] // c.lanes) + timing.quant
     if op == Opcode.TOKEN:

@@ -178,7 +178,8 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
         builder.emit(
             f"matrix mode=mv keep={keep} bits={weight.bits} signed={int(weight.signed)} "
             f"load={int(index == 0 and load_tile)} blocks={f['blocks']} groups={f['groups']} "
-            f"act={act} wgt={wgt} mask={mask_line} scale={meta} "
+            f"wgroup={ACT_GROUP << f['wgroup']} pair={f['pair']} act={act} wgt={wgt} "
+            f"mask={mask_line} scale={meta} "
             f"out={out + first * c.beat_lines(bits['out'])} wait={','.join(waits)}"
             + (f" release={','.join(releases)}" if releases else ""))
     return groups
@@ -192,7 +193,7 @@ def _count_tiles(config, weight, tile_lines=None):
     bits = config.beat_bits
     per_group_w = -(-op.steps // op.groups * g.codes_per_step(MatrixMode.MV) * weight.bits //
                     g.weight_bits) * config.beat_lines(bits["weights"])
-    per_group_s = op.blocks * config.beat_lines(bits["scales"])
+    per_group_s = len(op.beats["scales"]) // op.groups * config.beat_lines(bits["scales"])
     per_group_m = 0
     if weight.mask is not None:
         per_group_m = -(-len(op.beats["masks"]) // op.groups) * config.beat_lines(bits["masks"])

@@ -376,6 +376,19 @@ def test_check_target_names_the_first_difference(change, message):
                                                 "channel_bytes": 1 << 28}}, "m.fgb")
 
 
+def test_core_fields_a_binary_predates_take_their_defaults():
+    """A binary written before a core field existed records no value for it: the default
+    (an engine with every sparse mode and MM) is what it was compiled for."""
+    old = target()
+    for name in ("keeps", "modes"):
+        del old["core"][name]
+    check_target(old, target(), "m.fgb")
+    with pytest.raises(BinaryError, match=r"^m.fgb: built for a different hardware "
+                                          r"configuration: core.keeps has 4 entries in the "
+                                          r"binary, 2 here$"):
+        check_target(old, target(keeps=(16, 8)), "m.fgb")
+
+
 # --- atomic writes -------------------------------------------------------------------------------
 
 def interrupt_midway(done, total):

@@ -270,6 +270,12 @@ def test_bench_decode_script(tmp_path):
     w4 = rows["LLaMA2-7B", "W4 dense"]
     assert 0 < w4["tokens_per_s"] < w4["roofline_tokens_per_s"]
     assert w4["cycles"] == sum(w4["core_cycles"])
+    # symmetric scales are paired, 16 bits per group: a group of 128 instead of 32 saves
+    # 16 * (1/32 - 1/128) = 3/8 bit per weight, and nothing else changes
+    lean = rows["LLaMA2-7B", "W4 dense, g128"]
+    weights = 32 * (4 * 4096**2 + 3 * 4096 * 11008) + 32000 * 4096
+    assert w4["hbm_bytes"] - lean["hbm_bytes"] == weights * 3 // 64
+    assert lean["tokens_per_s"] > w4["tokens_per_s"]
     assert result["flightllm_tokens_per_s"] == 55.0
     for row in result["rows"]:
         assert row["tokens_per_s"] or row["note"].startswith("not compiled: ")

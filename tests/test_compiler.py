@@ -158,6 +158,11 @@ def test_targets_refuse_what_does_not_fit(tiny):
         compile_model(SMALL, CompileConfig(context=4096), model=tiny)
     with pytest.raises(CompileError, match="3 cores but the model has 2 layers"):
         compile_model(SMALL.with_cores(3), model=tiny)
+    # the board configuration's engine has MUXes for dense and 8:16 only
+    with pytest.raises(CompileError, match="^4:16 sparsity runs as 4:16, which the u280 "
+                                           "matrix engine leaves out \\(it runs 16:16, 8:16\\)$"):
+        compile_model(load_target("u280"), CompileConfig(sparsity="4:16"),
+                      model_config=_configs()["llama2-7b"])
 
 
 def test_cli_compile_inspect_disasm(tiny, tmp_path, capsys):

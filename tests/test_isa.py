@@ -2,6 +2,7 @@
 simulator's semantics, against the unit definitions in flightgen.isa (matrix, vector,
 numerics)."""
 
+import json
 import os
 
 import numpy as np
@@ -27,7 +28,7 @@ from flightgen.isa.machine import (
     Machine,
     resolve,
 )
-from flightgen.isa.matrix import MatrixMode, MatrixOperation
+from flightgen.isa.matrix import BITS_CODES, MatrixMode, MatrixOperation, scale_blocks
 from flightgen.isa.numerics import quantize_per_group
 from flightgen.isa.vector import B_IS_VECTOR, VectorOp
 from flightgen.isa.weights import GroupQuantized, linear
@@ -190,6 +191,23 @@ def test_core_config_validation():
         CoreConfig(max_blocks=3)
     with pytest.raises(ValueError, match=r"^hbm_ports must be 1 to 32, not 0$"):
         CoreConfig(hbm_ports=0)
+    with pytest.raises(ValueError, match=r"^keeps must hold 16 and distinct values"):
+        CoreConfig(keeps=(16, 16))
+    with pytest.raises(ValueError, match=r"^modes must be a sequence of 'mv', 'mm'"):
+        CoreConfig(modes=("mx",))
+    reduced = CoreConfig(keeps=[8, 16], modes=["mv"])  # as read back from JSON
+    assert (reduced.keeps, reduced.modes) == ((16, 8), ("mv",))
+    assert CoreConfig(**json.loads(json.dumps(reduced.to_dict()))) == reduced
+
+
+def test_a_reduced_engine_makes_other_matrix_commands_illegal():
+    config = CoreConfig(keeps=(16, 8), modes=("mv",))
+    assert resolve(config, assemble_line("matrix keep=8 blocks=1 groups=1")).fields["keep"] == 1
+    for line, message in (("matrix keep=4 blocks=1 groups=1", "runs N:16 for N in 16, 8, not 4"),
+                          ("matrix mode=mm blocks=1 groups=1", "the engine has no MM mode")):
+        with pytest.raises(IllegalInstruction, match=message) as error:
+            resolve(config, assemble_line(line))
+        assert error.value.code == ErrorCode.BAD_FIELD
 
 
 # -- the simulator ---------------------------------------------------------------------------
@@ -218,12 +236,22 @@ stride3=0x801 wait=load
     assert sorted(e.pc for e in result.trace) == [0, 1, 2]
 
 
+WIDTHS = {code: bits for bits, code in BITS_CODES.items()}
+
+
 @pytest.mark.parametrize("mode", list(MatrixMode))
 @pytest.mark.parametrize("pattern", [(16, 16), (8, 16), (2, 4)])
-def test_matrix_through_load_and_store(rng, mode, pattern):
+@pytest.mark.parametrize(("weights", "group", "scale_beats"), [
+    ("int4-asym", 32, 1), ("int4", 128, 8), ("int8-asym", 64, 2), ("int2", 96, 2)])
+def test_matrix_through_load_and_store(rng, mode, pattern, weights, group, scale_beats):
+    """A matrix command through LOAD, MATRIX and STORE equals linear(), in every scale format
+    (one scales beat per ``scale_beats`` 32-blocks: a group of 32/64/128/256 takes one word,
+    symmetric groups two per word, other groups one word per block)."""
     c = SIM_CORE
     g = c.geometry
-    op = matrix_operation(rng, g, mode, "int4-asym", pattern)
+    op = matrix_operation(rng, g, mode, weights, pattern, group=group)
+    assert scale_blocks(op.command) == scale_beats
+    assert len(op.beats["scales"]) == op.groups * -(-op.blocks // scale_beats)
     builder = ProgramBuilder(c, 1 << 18)  # lays the beats out in HBM as a LOAD brings them
     bits = c.beat_bits
     loads = []
@@ -240,7 +268,8 @@ def test_matrix_through_load_and_store(rng, mode, pattern):
     f = op.command
     text = "\n".join(t for _, t in loads[:-1]) + "\n" + loads[-1][1] + " release=matrix\n"
     text += (f"matrix mode={MatrixMode(f['mode']).name.lower()} keep={op.keep} "
-             f"bits={4} signed=0 load=1 blocks={f['blocks']} groups={f['groups']} act=0 wgt=0 "
+             f"bits={WIDTHS[f['bits']]} signed={f['signed']} load=1 blocks={f['blocks']} "
+             f"groups={f['groups']} wgroup={32 << f['wgroup']} pair={f['pair']} act=0 wgt=0 "
              f"mask=0 scale=128 out=16 wait=load release=store\n")
     lines_out = op.groups * c.beat_lines(bits["out"])
     text += (f"store buffer=vec line=16 port=1 addr=0 length={lines_out * c.line_bytes} "
@@ -268,8 +297,8 @@ def test_quant_then_matrix_is_the_linear_layer(rng):
         m.put_beats(buffer, 0, op.beats[stream], bits[stream])
     program = assemble(f"""
         quant length={k} src=0 dst=0 release=matrix
-        matrix mode=mv bits=8 signed=1 load=1 blocks={op.blocks} groups={op.groups} out=64 \
-wait=vector
+        matrix mode=mv bits=8 signed=1 load=1 blocks={op.blocks} groups={op.groups} pair=1 \
+out=64 wait=vector
         halt""".replace("\\\n", ""))
     result = m.run(program)
     assert result.error == ErrorCode.NONE, result.message

@@ -39,6 +39,22 @@ def test_modes_and_sparsity(mode, pattern):
     check(values, ops)
 
 
+@pytest.mark.parametrize("mode", list(MatrixMode))
+def test_scale_formats(mode):
+    """Weight groups of 64, 128 and 256 take one scales beat per group (symmetric groups one
+    per two groups), a group of 96 one per block; under stalls every result is exact."""
+    engine = MatrixEngine(8, 2, 1024)
+    rng = np.random.default_rng(17 + mode.value)
+    formats = [("int4", 128, (2, 1)), ("int8-asym", 64, (1, 0)), ("int4-asym", 256, (3, 0)),
+               ("int2", 96, (0, 1)), ("int8", 256, (3, 1))]
+    ops = [matrix_operation(rng, engine.geometry, mode, weights, (8, 16) if group == 64 else
+                            (16, 16), group=group, k=group * int(rng.integers(1, 4)))
+           for weights, group, _ in formats]
+    assert [(op.command["wgroup"], op.command["pair"]) for op in ops] == [f[2] for f in formats]
+    values, _ = simulate(engine, ops, stall=0.3)
+    check(values, ops)
+
+
 @pytest.mark.parametrize("chain", [8, 16])
 @pytest.mark.parametrize("mode", list(MatrixMode))
 def test_cycles_equal_expected(chain, mode):
@@ -67,7 +83,29 @@ def test_refused_command_sets_error_and_reads_nothing(field, value, code):
     assert refuse_command(engine, bad, command_layout, INPUTS) == (code, 1)
 
 
+def test_a_reduced_engine_runs_what_it_supports_and_refuses_the_rest():
+    """An MV-only engine with dense and 8:16 MUXes (the board configuration's) computes its
+    commands exactly under stalls, and refuses an MM or a 4:16 command without reading it."""
+    engine = MatrixEngine(8, 2, 512, keeps=(16, 8), modes=("mv",))
+    rng = np.random.default_rng(23)
+    ops = [matrix_operation(rng, engine.geometry, MatrixMode.MV, weights, pattern)
+           for weights, pattern in (("int4", (16, 16)), ("int8-asym", (8, 16)),
+                                    ("int2", (2, 4)), ("int4-asym", (16, 16)))]
+    values, _ = simulate(engine, ops, stall=0.3)
+    check(values, ops)
+    for mode, pattern in ((MatrixMode.MM, (16, 16)), (MatrixMode.MV, (4, 16)),
+                          (MatrixMode.MV, (2, 16))):
+        op = matrix_operation(rng, engine.geometry, mode, "int8", pattern, k=128)
+        assert refuse_command(engine, op.command, command_layout, INPUTS) == (
+            ERROR_CODES["unsupported"], 1)
+
+
 def test_parameters_are_validated():
+    with pytest.raises(ValueError, match="^keeps must hold 16 and distinct values of 16, 8, 4, "
+                                         r"2, not \[8, 4\]$"):
+        MatrixEngine(8, 1, keeps=(8, 4))
+    with pytest.raises(ValueError, match=r"^modes must hold MV and no repeats, not \['mm'\]$"):
+        MatrixEngine(8, 1, modes=("mm",))
     with pytest.raises(ValueError, match="^max_k must be a positive multiple of 64, not 100$"):
         MatrixEngine(8, 1, 100)
     with pytest.raises(ValueError, match="^VPU count must be a power of two from 1 to 64, "

@@ -1,8 +1,8 @@
 """The cycle model (flightgen.sim.perf) against the core's Verilog: total cycles within 3% on
-workloads of two core configurations (256- and 512-bit lines; dense INT8, INT4 and 8:16
-sparse INT4 weights; FFN chains, decoder layers with attention, a compiled model's decode
-step, loads on two ports at once). Every RTL run is also compared with the ISA simulator,
-bit for bit."""
+workloads of three core configurations (256- and 512-bit lines, an SFU narrower than the
+beats; dense INT8, INT4 and 8:16 sparse INT4 weights; FFN chains, decoder layers with
+attention, a compiled model's decode step, loads on two ports at once). Every RTL run is
+also compared with the ISA simulator, bit for bit."""
 
 import numpy as np
 import pytest
@@ -20,6 +20,8 @@ from flightgen.sim.programs import decoder_layer, ffn_chain
 pytestmark = pytest.mark.verilator
 
 WIDE = CoreConfig(line_bits=512)
+#: The SFU takes each 4-element beat in two parts (the board configuration takes 32 in four).
+NARROW_SFU = CoreConfig(sfu_lanes=2)
 LATENCY = 40
 
 
@@ -57,6 +59,9 @@ def _workloads(tmp_path):
     b = decoder_layer(WIDE, rng, dim=128, heads=4, kv_heads=2, head_dim=32, hidden=256,
                       capacity=64, position=30, bits=4, hbm_bytes=1 << 20)
     yield "512-bit, decoder layer, INT4", WIDE, b.words(), b.hbm, b.registers
+    b = decoder_layer(NARROW_SFU, rng, dim=256, heads=4, kv_heads=2, head_dim=64, hidden=256,
+                      capacity=64, position=12, bits=4, hbm_bytes=1 << 20)
+    yield "decoder layer, SFU of 2 lanes", NARROW_SFU, b.words(), b.hbm, b.registers
     words, hbm, registers = _compiled_step(tmp_path)
     yield "compiled tiny model, decode step", SIM_CORE, words, hbm, registers
     # loads on two ports at once: the engine still takes one line per cycle in all

@@ -1,6 +1,7 @@
 """The core's compute units in amaranth.sim, against the ISA simulator: a MATRIX, VECTOR or
 QUANT instruction on buffer lines leaves the lines isa.machine.Machine leaves."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -135,13 +136,13 @@ def test_matrix_unit(mode, weights, pattern, raw):
     f = op.command
     first = encode(3, {"mode": f["mode"].value, "keep": f["keep"], "bits": f["bits"],
                        "signed": f["signed"], "load": 1, "raw": int(raw), "blocks": f["blocks"],
-                       "groups": f["groups"], "act": 3, "wgt": 5, "mask": 7, "scale": 100,
-                       "out": 9})
+                       "groups": f["groups"], "wgroup": f["wgroup"], "pair": f["pair"],
+                       "act": 3, "wgt": 5, "mask": 7, "scale": 100, "out": 9})
     # the same weights again on the kept tile, to another place; then a no-op
     second = encode(3, {"mode": f["mode"].value, "keep": f["keep"], "bits": f["bits"],
                         "signed": f["signed"], "load": 0, "raw": int(raw),
-                        "blocks": f["blocks"], "groups": f["groups"], "wgt": 5, "mask": 7,
-                        "scale": 100, "out": 300})
+                        "blocks": f["blocks"], "groups": f["groups"], "wgroup": f["wgroup"],
+                        "pair": f["pair"], "wgt": 5, "mask": 7, "scale": 100, "out": 300})
     empty = assemble_line("matrix blocks=0 groups=3")
     _run_unit(MatrixUnit, MATRIX_PORTS, MATRIX_WRITES, machine, [first, second, empty])
 
@@ -160,8 +161,8 @@ def test_matrix_unit_bad_mask():
     machine.put_beats(Buffer.META, 100, op.beats["scales"], bits["scales"])
     f = op.command
     word = encode(3, {"mode": 0, "keep": f["keep"], "bits": f["bits"], "signed": f["signed"],
-                      "load": 1, "blocks": f["blocks"], "groups": f["groups"], "scale": 100,
-                      "out": 9})
+                      "load": 1, "blocks": f["blocks"], "groups": f["groups"],
+                      "wgroup": f["wgroup"], "pair": f["pair"], "scale": 100, "out": 9})
     check = Machine(c)
     for b in Buffer:
         check.buffers[b][:] = machine.buffers[b]
@@ -170,10 +171,14 @@ def test_matrix_unit_bad_mask():
     _run_unit(MatrixUnit, MATRIX_PORTS, MATRIX_WRITES, machine, [word], lines=False)
 
 
+#: 16-element beats into an SFU of 4 lanes (each beat in four parts, as on the U280).
+NARROW_SFU = dataclasses.replace(SIM_CORE, vpus=8, sfu_lanes=4)
+
+
+@pytest.mark.parametrize("c", [SIM_CORE, NARROW_SFU], ids=["sfu-as-wide", "sfu-narrow"])
 @pytest.mark.parametrize("op", list(VectorOp))
-def test_vector_unit(op):
+def test_vector_unit(op, c):
     rng = np.random.default_rng(SEED + op.value)
-    c = SIM_CORE
     machine = Machine(c)
     machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
     length = int(rng.integers(1, 30)) * (2 if op == VectorOp.ROPE else 1) + 1 - (
@@ -211,12 +216,12 @@ def test_quant_unit(length):
     ("quant length=40 src=20 dst=9", "token fold=1 length=37 src=20 sc=60 dst=9 lo=30 "
                                      "scale=100"),
 ])
-def test_vector_unit_commands_back_to_back(first, second):
+@pytest.mark.parametrize("c", [SIM_CORE, NARROW_SFU], ids=["sfu-as-wide", "sfu-narrow"])
+def test_vector_unit_commands_back_to_back(first, second, c):
     """A command must not take the previous command's leftover state (its element index and
     padding count) for its own: a QUANT after a VECTOR whose length left zero beats to pad
     once fed the quantizer an extra zero beat."""
     rng = np.random.default_rng(SEED)
-    c = SIM_CORE
     machine = Machine(c)
     machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
     machine.buffers[Buffer.ACT][:] = rng.integers(0, 256, machine.buffers[Buffer.ACT].shape)

@@ -1,0 +1,132 @@
+"""Lane gearboxes: streams of wide beats to a narrower datapath and back.
+
+A unit whose datapath has fewer lanes than the core's beats (the SFU of the board
+configuration: 8 lanes against 32-element beats) takes each beat in ``ratio`` parts, low part
+first, and returns its results the same way. :class:`Narrower` cuts wide beats into parts,
+:class:`Widener` joins parts into wide beats. Both are told per command how many parts it has
+(``ceil(length / narrow lanes)``), so the last wide beat of a vector may be partial: the
+narrower drops the parts of it past the end, the widener fills them with zeros.
+"""
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .beats import BEAT_COUNT_BITS
+
+__all__ = ["Narrower", "Widener", "parts_layout"]
+
+#: A gearbox command: the parts of the next vector.
+parts_layout = data.StructLayout({"parts": BEAT_COUNT_BITS})
+
+
+def _ratio(wide_bits, narrow_bits):
+    if narrow_bits < 1 or wide_bits % narrow_bits or wide_bits < narrow_bits:
+        raise ValueError(f"a {narrow_bits}-bit part does not divide a {wide_bits}-bit beat")
+    return wide_bits // narrow_bits
+
+
+class Narrower(wiring.Component):
+    """Cut ``wide_bits``-bit beats into ``narrow_bits``-bit parts.
+
+    Contract
+    --------
+    * After ``cmd`` (``parts`` = n), ``o`` carries n parts: part ``k`` of input beat ``j`` is
+      bits ``[k w, (k + 1) w)`` of it (``w = narrow_bits``), in order ``j r + k``. An input
+      beat is taken with its last part, or with part n - 1 (the rest of it is dropped).
+    * No latency and no bubbles: ``o`` shows the held input beat's part (``o.valid`` follows
+      ``i.valid``). ``cmd`` is ready when the last part has gone; ``parts = 0`` sends nothing.
+    * Reset: idle.
+
+    Members
+    -------
+    cmd : In(stream.Signature(parts_layout))
+    i : In(stream.Signature(wide_bits))
+    o : Out(stream.Signature(narrow_bits))
+    """
+
+    def __init__(self, wide_bits, narrow_bits):
+        self.ratio = _ratio(wide_bits, narrow_bits)
+        self.wide_bits, self.narrow_bits = wide_bits, narrow_bits
+        super().__init__({
+            "cmd": In(stream.Signature(parts_layout)),
+            "i": In(stream.Signature(wide_bits)),
+            "o": Out(stream.Signature(narrow_bits)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        left = Signal(BEAT_COUNT_BITS)  # parts still to send
+        part = Signal(range(max(2, self.ratio)))
+        busy = left != 0
+        last_part = (part == self.ratio - 1) | (left == 1)
+        m.d.comb += [
+            self.cmd.ready.eq(~busy),
+            self.o.valid.eq(busy & self.i.valid),
+            self.o.payload.eq(self.i.payload.word_select(part, self.narrow_bits)),
+            self.i.ready.eq(busy & self.o.ready & last_part),
+        ]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [left.eq(self.cmd.payload.parts), part.eq(0)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += [left.eq(left - 1), part.eq(Mux(last_part, 0, part + 1))]
+        return m
+
+
+class Widener(wiring.Component):
+    """Join ``narrow_bits``-bit parts into ``wide_bits``-bit beats.
+
+    Contract
+    --------
+    * After ``cmd`` (``parts`` = n), takes n parts on ``i`` and sends ``ceil(n / r)`` beats on
+      ``o``: beat ``j`` holds parts ``j r`` to ``j r + r - 1`` low first, zeros past part n - 1.
+    * One part per cycle; a beat leaves from an output register the cycle after its last part
+      arrives. ``cmd`` is ready once the last part has been taken (its beat may still wait on
+      ``o``); ``parts = 0`` sends nothing.
+    * Reset: idle, nothing held.
+
+    Members
+    -------
+    cmd : In(stream.Signature(parts_layout))
+    i : In(stream.Signature(narrow_bits))
+    o : Out(stream.Signature(wide_bits))
+    """
+
+    #: Cycles from a beat's last part to the beat on ``o``.
+    LATENCY = 1
+
+    def __init__(self, narrow_bits, wide_bits):
+        self.ratio = _ratio(wide_bits, narrow_bits)
+        self.wide_bits, self.narrow_bits = wide_bits, narrow_bits
+        super().__init__({
+            "cmd": In(stream.Signature(parts_layout)),
+            "i": In(stream.Signature(narrow_bits)),
+            "o": Out(stream.Signature(wide_bits)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        r, w = self.ratio, self.narrow_bits
+        left = Signal(BEAT_COUNT_BITS)
+        part = Signal(range(max(2, r)))
+        held = Signal(data.ArrayLayout(w, max(1, r - 1)))  # parts before the last
+        busy = left != 0
+        last_part = (part == r - 1) | (left == 1)
+        m.d.comb += [self.cmd.ready.eq(~busy),
+                     self.i.ready.eq(busy & (~self.o.valid | self.o.ready))]
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [left.eq(self.cmd.payload.parts), part.eq(0)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [left.eq(left - 1), part.eq(Mux(last_part, 0, part + 1))]
+            for k in range(r - 1):
+                with m.If(part == k):
+                    m.d.sync += held[k].eq(self.i.payload)
+            with m.If(last_part):  # parts below this one are held, those above are zero
+                m.d.sync += self.o.valid.eq(1)
+                for k in range(r):
+                    m.d.sync += self.o.payload[k * w:(k + 1) * w].eq(
+                        Mux(part == k, self.i.payload,
+                            Mux(part > k, held[k], 0) if k < r - 1 else 0))
+        return m

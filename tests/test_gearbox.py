@@ -1,0 +1,77 @@
+"""Lane gearboxes (flightgen.hw.gearbox) under amaranth.sim: parts and joined beats equal the
+slicing of the input, with partial last beats and random stalls on every stream."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from flightgen.hw.gearbox import Narrower, Widener
+from flightgen.sim.amaranth_streams import get_beats, put_beats
+
+WIDE, NARROW = 96, 24  # four 24-bit parts per beat
+
+
+def parts_of(beats, count):
+    """The first ``count`` NARROW-bit parts of WIDE-bit beats, low part first."""
+    mask = (1 << NARROW) - 1
+    return [(beats[i // 4] >> (NARROW * (i % 4))) & mask for i in range(count)]
+
+
+def run(dut, vectors, inputs, outputs, seed):
+    """Per vector: its part count on ``cmd``, its input payloads, the number of outputs."""
+    rng = np.random.default_rng(seed)
+    got = []
+
+    def stall():
+        return rng.random() < 0.3
+
+    async def commands(ctx):
+        await put_beats(ctx, dut.cmd, [{"parts": parts} for parts, _, _ in vectors], stall)
+
+    async def source(ctx):
+        for _, payloads, _ in vectors:
+            await put_beats(ctx, dut.i, payloads, stall)
+
+    async def sink(ctx):
+        for _, _, count in vectors:
+            payloads, _ = await get_beats(ctx, dut.o, count, stall)
+            got.append([int(p) for p in payloads])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(commands, background=True)
+    sim.add_testbench(source, background=True)
+    sim.add_testbench(sink)
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_narrower_sends_the_parts_and_drops_the_tail(seed):
+    rng = np.random.default_rng(seed)
+    vectors = []
+    for parts in (1, 4, 5, 7, 8, 13):
+        beats = [int(rng.integers(0, 1 << 62)) << 34 | int(rng.integers(0, 1 << 34))
+                 for _ in range(-(-parts // 4))]
+        vectors.append((parts, beats, parts))
+    got = run(Narrower(WIDE, NARROW), vectors, "i", "o", seed)
+    assert got == [parts_of(beats, parts) for parts, beats, _ in vectors]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_widener_joins_parts_and_zero_fills_the_tail(seed):
+    rng = np.random.default_rng(seed)
+    vectors, expected = [], []
+    for parts in (1, 4, 6, 8, 11):
+        values = [int(v) for v in rng.integers(0, 1 << NARROW, parts)]
+        vectors.append((parts, values, -(-parts // 4)))
+        expected.append([sum(v << (NARROW * k) for k, v in enumerate(values[j:j + 4]))
+                         for j in range(0, parts, 4)])
+    assert run(Widener(NARROW, WIDE), vectors, "i", "o", seed) == expected
+
+
+def test_gearboxes_check_their_widths():
+    with pytest.raises(ValueError, match="^a 40-bit part does not divide a 96-bit beat$"):
+        Narrower(96, 40)
+    with pytest.raises(ValueError, match="^a 192-bit part does not divide a 96-bit beat$"):
+        Widener(192, 96)
