@@ -392,7 +392,9 @@ class MatrixEngine(wiring.Component):
         spans ``k = 16 / N`` slots of ``L`` columns (1 when dense) starting at a multiple of
         ``k``, so output slot ``j`` chooses among ``8 / k`` slots per mode."""
         L = self.chain
-        span = Signal(64 * L, name=f"span{lane}")
+        # the widest step of a supported keep: 16 / N slots (1 when dense)
+        widest = max(1 if n == 16 else WINDOW // n for n in self.keeps)
+        span = Signal(8 * L * widest, name=f"span{lane}")
         slots = [row[64 * L // 8 * j:64 * L // 8 * (j + 1)] for j in range(8)]
         with m.Switch(keep):
             for n in self.keeps:

@@ -4,6 +4,7 @@ Verilog passes Verilator -Wall with the documented waivers, and the XRT host run
 sequence (against a stand-in pyxrt whose compute units are the ISA simulator) to the ISA
 simulator's tokens."""
 
+import dataclasses
 import io
 import xml.etree.ElementTree as ET
 
@@ -98,11 +99,17 @@ def test_link_cfg_gives_every_core_its_own_pseudo_channels_and_slr():
         channel_map(U280, 3, 11)
 
 
+#: The board configuration's features at simulation size: MV only, dense and 8:16, an SFU
+#: narrower than the beats.
+BOARD_LIKE = dataclasses.replace(SIM_CORE, keeps=(16, 8), modes=("mv",), sfu_lanes=2)
+
+
 @pytest.mark.verilator
-def test_kernel_verilog_has_vitis_ports_and_passes_lint(tmp_path):
+@pytest.mark.parametrize("config", [SIM_CORE, BOARD_LIKE], ids=["sim", "board-features"])
+def test_kernel_verilog_has_vitis_ports_and_passes_lint(tmp_path, config):
     from amaranth.back import verilog
 
-    kernel = VitisKernel(SIM_CORE)
+    kernel = VitisKernel(config)
     text = verilog.convert(kernel, name=KERNEL_NAME, emit_src=False)
     path = tmp_path / f"{KERNEL_NAME}.v"
     path.write_text(text)
