@@ -178,17 +178,23 @@ class MatrixEngine(wiring.Component):
             act_read.append(mem.read_port())
             scale_read.append(smem.read_port(domain="comb"))
 
-        # Unpackers.
-        code_slices = [g.codes_per_step(mode) * bits for mode in MatrixMode
-                       for bits in BITS_CODES]
-        mask_slices = [g.mask_windows_per_step(mode, keep) * WINDOW for mode in MatrixMode
-                       for keep in (8, 4, 2)]
+        # Unpackers: one slice width per supported (mode, code width) and (mode, sparse keep).
+        code_cases = [(mode, bits) for mode in self.modes for bits in BITS_CODES]
+        mask_cases = [(mode, keep) for mode in self.modes for keep in self.keeps[1:]]
+        code_slices = [g.codes_per_step(mode) * bits for mode, bits in code_cases]
+        mask_slices = [g.mask_windows_per_step(mode, keep) * WINDOW for mode, keep in mask_cases]
         m.submodules.weight_unpacker = wu = StepUnpacker(g.weight_bits, code_slices)
-        m.submodules.mask_unpacker = mu = StepUnpacker(g.mask_bits, mask_slices)
+        m.submodules.mask_unpacker = mu = StepUnpacker(g.mask_bits, mask_slices or [g.mask_bits])
         wiring.connect(m, wiring.flipped(self.weights), wu.i)
         wiring.connect(m, wiring.flipped(self.masks), mu.i)
-        m.d.comb += [wu.select.eq(cmd.mode.as_value() * len(BITS_CODES) + cmd.bits),
-                     mu.select.eq(cmd.mode.as_value() * 3 + cmd.keep - 1)]
+        with m.Switch(Cat(cmd.bits, cmd.mode)):
+            for index, (mode, bits) in enumerate(code_cases):
+                with m.Case(BITS_CODES[bits] | (mode.value << 2)):
+                    m.d.comb += wu.select.eq(index)
+        with m.Switch(Cat(cmd.keep, cmd.mode)):
+            for index, (mode, keep) in enumerate(mask_cases):
+                with m.Case(KEEP_CODES[keep] | (mode.value << 2)):
+                    m.d.comb += mu.select.eq(index)
 
         # Per-command geometry.
         steps = Signal(range((self.max_k // ACT_GROUP) * 32 // L + 1))
