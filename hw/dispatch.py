@@ -6,7 +6,7 @@ the ISA simulator refuses is refused here with the same :class:`~flightgen.isa.m
 ErrorCode`. :class:`TokenMatrix` holds the tokens outstanding between every pair of units.
 """
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -25,6 +25,7 @@ from ..isa.machine import ErrorCode
 from ..isa.matrix import BITS_CODES, KEEP_CODES, MatrixMode
 from ..isa.numerics import ACT_GROUP
 from ..isa.vector import B_IS_VECTOR, READS_B, VectorOp
+from .mpe import supports
 
 __all__ = ["Decoder", "TokenMatrix", "decoded_layout", "matrix_beats_layout", "UNITS"]
 
@@ -188,11 +189,8 @@ class Decoder(wiring.Component):
         act_per_token = _ceil_shift(mat.blocks * ACT_GROUP, g.row_codes.bit_length() - 1)
         abeats = Mux(mat.load, Mux(mv, act_per_token, act_per_token << (log_v + 1)), 0)
         # scales: one beat per 2**(wgroup + pair) blocks of each row group
-        scale_rows = Signal(16)
-        with m.Switch(mat.wgroup + mat.pair):
-            for shift in range(5):
-                with m.Case(shift):
-                    m.d.comb += scale_rows.eq(_ceil_shift(mat.blocks, shift))
+        per_beat = mat.wgroup + mat.pair  # log2 of the blocks per beat
+        scale_rows = (mat.blocks + (Const(1, 5) << per_beat) - 1) >> per_beat
         sbeats = Mux(mat.raw, 0, mat.groups * scale_rows)
         m.d.comb += [beats.act.eq(abeats), beats.weights.eq(wbeats),
                      beats.masks.eq(Mux(mat.keep == KEEP_CODES[16], 0, mbeats)),
@@ -226,9 +224,7 @@ class Decoder(wiring.Component):
                 active = (mat.blocks != 0) & (mat.groups != 0)
                 m.d.comb += [
                     bad_field.eq((mat.bits == 3) | (mat.blocks > c.max_blocks) |
-                                 ~mat.keep.matches(*(KEEP_CODES[k] for k in c.keeps)) |
-                                 ~mat.mode.matches(
-                                     *(mode.value for mode in c.matrix_modes))),
+                                 ~supports(mat, c.keeps, c.matrix_modes)),
                     out_of_range.eq(active & (
                         span(mat.act, beats.act, bb["act"], c.act_lines) |
                         span(mat.wgt, beats.weights, bb["weights"], c.wgt_lines) |

@@ -26,7 +26,36 @@ def _ratio(wide_bits, narrow_bits):
     return wide_bits // narrow_bits
 
 
-class Narrower(wiring.Component):
+class _Gearbox(wiring.Component):
+    """``cmd``, ``i`` (``in_bits``) and ``o`` (``out_bits``), and the part counter both
+    gearboxes run."""
+
+    def __init__(self, in_bits, out_bits, wide_bits, narrow_bits):
+        self.ratio = _ratio(wide_bits, narrow_bits)
+        self.wide_bits, self.narrow_bits = wide_bits, narrow_bits
+        super().__init__({
+            "cmd": In(stream.Signature(parts_layout)),
+            "i": In(stream.Signature(in_bits)),
+            "o": Out(stream.Signature(out_bits)),
+        })
+
+    def _parts(self, m, moved):
+        """The command's part counter, stepped when ``moved`` (a part passes): returns
+        ``(busy, part, last)``, ``part`` the index within its wide beat and ``last`` whether it
+        ends the beat (its last part, or the command's)."""
+        left = Signal(BEAT_COUNT_BITS)  # parts still to pass
+        part = Signal(range(max(2, self.ratio)))
+        busy = left != 0
+        last = (part == self.ratio - 1) | (left == 1)
+        m.d.comb += self.cmd.ready.eq(~busy)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [left.eq(self.cmd.payload.parts), part.eq(0)]
+        with m.If(moved):
+            m.d.sync += [left.eq(left - 1), part.eq(Mux(last, 0, part + 1))]
+        return busy, part, last
+
+
+class Narrower(_Gearbox):
     """Cut ``wide_bits``-bit beats into ``narrow_bits``-bit parts.
 
     Contract
@@ -46,34 +75,20 @@ class Narrower(wiring.Component):
     """
 
     def __init__(self, wide_bits, narrow_bits):
-        self.ratio = _ratio(wide_bits, narrow_bits)
-        self.wide_bits, self.narrow_bits = wide_bits, narrow_bits
-        super().__init__({
-            "cmd": In(stream.Signature(parts_layout)),
-            "i": In(stream.Signature(wide_bits)),
-            "o": Out(stream.Signature(narrow_bits)),
-        })
+        super().__init__(wide_bits, narrow_bits, wide_bits, narrow_bits)
 
     def elaborate(self, platform):
         m = Module()
-        left = Signal(BEAT_COUNT_BITS)  # parts still to send
-        part = Signal(range(max(2, self.ratio)))
-        busy = left != 0
-        last_part = (part == self.ratio - 1) | (left == 1)
+        busy, part, last = self._parts(m, self.o.valid & self.o.ready)
         m.d.comb += [
-            self.cmd.ready.eq(~busy),
             self.o.valid.eq(busy & self.i.valid),
             self.o.payload.eq(self.i.payload.word_select(part, self.narrow_bits)),
-            self.i.ready.eq(busy & self.o.ready & last_part),
+            self.i.ready.eq(busy & self.o.ready & last),
         ]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [left.eq(self.cmd.payload.parts), part.eq(0)]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += [left.eq(left - 1), part.eq(Mux(last_part, 0, part + 1))]
         return m
 
 
-class Widener(wiring.Component):
+class Widener(_Gearbox):
     """Join ``narrow_bits``-bit parts into ``wide_bits``-bit beats.
 
     Contract
@@ -96,30 +111,17 @@ class Widener(wiring.Component):
     LATENCY = 1
 
     def __init__(self, narrow_bits, wide_bits):
-        self.ratio = _ratio(wide_bits, narrow_bits)
-        self.wide_bits, self.narrow_bits = wide_bits, narrow_bits
-        super().__init__({
-            "cmd": In(stream.Signature(parts_layout)),
-            "i": In(stream.Signature(narrow_bits)),
-            "o": Out(stream.Signature(wide_bits)),
-        })
+        super().__init__(narrow_bits, wide_bits, wide_bits, narrow_bits)
 
     def elaborate(self, platform):
         m = Module()
         r, w = self.ratio, self.narrow_bits
-        left = Signal(BEAT_COUNT_BITS)
-        part = Signal(range(max(2, r)))
         held = Signal(data.ArrayLayout(w, max(1, r - 1)))  # parts before the last
-        busy = left != 0
-        last_part = (part == r - 1) | (left == 1)
-        m.d.comb += [self.cmd.ready.eq(~busy),
-                     self.i.ready.eq(busy & (~self.o.valid | self.o.ready))]
+        busy, part, last_part = self._parts(m, self.i.valid & self.i.ready)
+        m.d.comb += self.i.ready.eq(busy & (~self.o.valid | self.o.ready))
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [left.eq(self.cmd.payload.parts), part.eq(0)]
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [left.eq(left - 1), part.eq(Mux(last_part, 0, part + 1))]
             for k in range(r - 1):
                 with m.If(part == k):
                     m.d.sync += held[k].eq(self.i.payload)

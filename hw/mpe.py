@@ -21,7 +21,7 @@ one 32-block (``2 N < L``): the scaler takes one block per cycle, so such steps 
 cycles. Dense and 8:16 steps never wait for it when ``L <= 16``.
 """
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,11 +42,19 @@ from .chain import CODE_BITS, GROUP, SparseChain, chain_latency
 from .scaler import BlockScaler
 from .unpack import StepUnpacker
 
-__all__ = ["MatrixEngine", "ERROR_CODES"]
+__all__ = ["MatrixEngine", "ERROR_CODES", "supports"]
 
 #: ``error`` values: 0 none; a refused command sets one and is dropped (it reads no stream).
 ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3, "bad_mask": 4,
                "unsupported": 5}
+
+
+def supports(command, keeps, modes):
+    """Whether an engine with ``keeps`` and ``modes`` (:func:`~flightgen.isa.matrix.check_keeps`,
+    :func:`~flightgen.isa.matrix.check_modes`) runs ``command`` (a view with ``keep`` and
+    ``mode`` fields: the engine's command or a ``MATRIX`` instruction)."""
+    return (command.keep.matches(*(KEEP_CODES[k] for k in keeps))
+            & Value.cast(command.mode).matches(*(mode.value for mode in modes)))
 
 
 class MatrixEngine(wiring.Component):
@@ -224,11 +232,7 @@ class MatrixEngine(wiring.Component):
         block = Signal(16)  # block index within the row being scaled
         # A scales beat covers 2**(wgroup + pair) blocks (isa.matrix.scale_blocks): it is
         # taken with the last of them, or with the row's last block.
-        beat_mask = Signal(4)
-        with m.Switch(cmd.wgroup + cmd.pair):
-            for shift in range(5):
-                with m.Case(shift):
-                    m.d.comb += beat_mask.eq((1 << shift) - 1)
+        beat_mask = (Const(1, 5) << (cmd.wgroup + cmd.pair)) - 1
         beat_done = ((block & beat_mask) == beat_mask) | (block == cmd.blocks - 1)
         half = (block >> cmd.wgroup)[0] & cmd.pair  # paired: the second group's scale
         m.d.comb += [self.scales.ready.eq(emit & ~cmd.raw & beat_done), scaler.en.eq(advance_b),
@@ -321,7 +325,7 @@ class MatrixEngine(wiring.Component):
                         m.d.sync += error.eq(ERROR_CODES["too_long"])
                     with m.Elif(new.bits > max(BITS_CODES.values())):
                         m.d.sync += error.eq(ERROR_CODES["bad_bits"])
-                    with m.Elif(~self._supported(new)):
+                    with m.Elif(~supports(new, self.keeps, self.modes)):
                         m.d.sync += error.eq(ERROR_CODES["unsupported"])
                     with m.Elif((new.blocks == 0) | (new.groups == 0)):
                         m.d.sync += error.eq(ERROR_CODES["empty"])
@@ -385,13 +389,6 @@ class MatrixEngine(wiring.Component):
             m.d.comb += [chain.i_valid.eq(valid0),
                          chain.codes.eq(codes0[v]), chain.masks.eq(masks0[v])]
         return m
-
-    def _supported(self, command):
-        """Whether the engine supports ``command``'s keep and mode."""
-        keep = command.keep.matches(*(KEEP_CODES[k] for k in self.keeps))
-        if MatrixMode.MM in self.modes:
-            return keep
-        return keep & (command.mode == MatrixMode.MV)
 
     def _align(self, m, row, slot, keep, lane):
         """The step's span of memory ``row`` moved to position 0: a step of hardware keep N

@@ -64,10 +64,9 @@ from .numerics import ACT_GROUP, mul_round_shift, saturate
 from .sparse import WINDOW, check_nm, window_masks
 from .weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS, GroupQuantized, linear
 
-__all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "WGROUP_CODES", "scale_format", "scale_blocks",
-           "command_layout", "Geometry",
+__all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "WGROUP_CODES", "scale_format",
+           "scale_blocks", "check_keeps", "check_modes", "command_layout", "Geometry",
            "WeightStreams", "padded_shape", "bits_to_bytes", "MatrixOperation", "CHAIN_RANGE",
-           "check_keeps", "check_modes",
            "MAX_VPUS"]
 
 
