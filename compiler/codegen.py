@@ -75,7 +75,7 @@ class _Writer:
         self.tiles = 0
         self.planned = planned
         buffers = ctx.results["buffers"]
-        self.slot_w, self.slot_m = buffers.tile_lines // SLOTS, self.core.meta_lines // SLOTS
+        self.slot_w, self.slot_m = buffers.slot_w, buffers.slot_m
 
     def emit(self, line):
         self.text.append(line)
@@ -104,11 +104,15 @@ class _Writer:
             prefetched = position < early
             sink = ahead if prefetched else rest
             wait = " wait=matrix" if tile >= SLOTS else ""
+            stripe = where.get("stripe", 1)
+            striped = f" stripe={stripe.bit_length() - 1}" if stripe > 1 else ""
             sink.append(f"load buffer=wgt line={wgt} port={where['port']} "
-                        f"addr={where['address']:#x} length={w}{wait}")
+                        f"addr={where['address']:#x} length={w}{striped}{wait}")
             release = "" if prefetched else " release=matrix"
-            sink.append(f"load buffer=meta line={meta} port={where['port']} "
-                        f"addr={where['address'] + w * c.line_bytes:#x} length={s + m}{release}")
+            meta_at = where.get("meta", {"port": where["port"],
+                                         "address": where["address"] + w * c.line_bytes})
+            sink.append(f"load buffer=meta line={meta} port={meta_at['port']} "
+                        f"addr={meta_at['address']:#x} length={s + m}{release}")
             waits = ([] if prefetched else ["load"]) + (list(first_wait) if position == 0
                                                          else [])
             releases = ["load"] if tile + SLOTS < self.planned else []
@@ -385,7 +389,15 @@ def build_images(graph, ctx, progress=None):
                                        f"{stream} has {len(beats)} beats, planned "
                                        f"{count_lines} lines")
                 parts.append(padded.ravel())
-            put(where, np.concatenate(parts))
+            if "meta" in where:  # line i of the weights on channel port + i % stripe
+                stripe = where["stripe"]
+                lines = parts[0].reshape(-1, stripe, c.line_bytes)
+                for i in range(stripe):
+                    put({**where, "port": where["port"] + i, "bytes": where["bytes"] // stripe},
+                        lines[:, i])
+                put(where["meta"], np.concatenate(parts[1:]))
+            else:
+                put(where, np.concatenate(parts))
     for tensor in graph.tensors.values():
         if tensor.role == "norm":
             values, _ = _norm(tensor)

@@ -328,10 +328,18 @@ class Buffers:
         act("ah", capacity)
         act("al", capacity)
         self.vec_used, self.act_used = used["vec"], used["act"]
-        self.key_region = capacity // g.lanes * self.layout.key_group // c.line_bytes
-        self.value_region = m.head_dim // g.lanes * self.layout.value_group // c.line_bytes
+        # WGT: weight-tile slots, then the keys and the values of one head; every region
+        # starts on a row of WGT's banks (a MATRIX reads its weights load_lanes lines a cycle)
+        banks = c.load_lanes
+        self.key_region = _up(capacity // g.lanes * self.layout.key_group // c.line_bytes,
+                              banks)
+        self.value_region = _up(m.head_dim // g.lanes * self.layout.value_group
+                                // c.line_bytes, banks)
         self.tile_lines = c.wgt_lines - self.key_region - self.value_region
         self.kw, self.vw = self.tile_lines, self.tile_lines + self.key_region
+        #: Lines of one of the SLOTS weight-tile slots in WGT and in META.
+        self.slot_w = self.tile_lines // SLOTS // banks * banks
+        self.slot_m = c.meta_lines // SLOTS
 
     def problems(self, target):
         """Why this allocation does not fit (empty when it fits)."""
@@ -461,7 +469,7 @@ class Tile:
     def run(self, graph, ctx):
         core = ctx.target.core
         buffers = ctx.results["buffers"]
-        slot_w, slot_m = buffers.tile_lines // SLOTS, core.meta_lines // SLOTS
+        slot_w, slot_m = buffers.slot_w, buffers.slot_m
         out_lines = core.beat_lines(core.beat_bits["out"])
         chunk = min(buffers.logit_lines // out_lines, 4095)  # a STORE's count2 limit
         plans = {}
@@ -475,6 +483,10 @@ class Tile:
         ctx.results["plans"] = plans
         ctx.results["head_chunk"] = chunk
         graph.attrs["tiles"] = sum(len(p.tiles) for p in plans.values())
+
+
+def _up(value, multiple):
+    return -(-value // multiple) * multiple
 
 
 class Channel:
@@ -500,7 +512,10 @@ class Channel:
 class Place:
     """HBM addresses for everything a core reads or writes, each item on the channel of its
     core that a decode step uses least so far (balanced traffic) and that has room: weight
-    tiles (weights, then scales and masks; consecutive tiles land on different channels),
+    tiles (weights, then scales and masks; consecutive tiles land on different channels; on a
+    core whose load unit takes ``s = load_lanes`` lines a cycle, a tile's weights are striped
+    over an aligned group of ``s`` channels, at the same address on each, and its scales and
+    masks go to a channel of their own),
     norm weights, the RoPE phase table, the KV caches, the input slot, the hand-over slots of
     the sync points, the logits; then the embedding table (one row read per step) in the
     space left on the first core's channels."""
@@ -526,6 +541,31 @@ class Place:
             return {"core": core, "port": port,
                     "address": channels[core][port].take(size, align), "bytes": size}
 
+        stripe = c.load_lanes
+        groups = [range(first, first + stripe)
+                  for first in range(0, c.hbm_ports - stripe + 1, stripe)]
+
+        def place_striped(core, lines):
+            """``lines`` weight lines striped over the aligned group of ``stripe`` channels
+            of ``core`` with the least step traffic that has room, at one address."""
+            share = lines // stripe * line
+
+            def start(group):
+                return max(_up(channels[core][p].used, line) for p in group)
+
+            free = [g for g in groups
+                    if all(start(g) + share <= channels[core][p].size for p in g)]
+            if not free:
+                raise CompileError(f"the HBM channels of core {core} are full: {share} more "
+                                   f"bytes needed on each of {stripe}")
+            group = min(free, key=lambda g: sum(channels[core][p].traffic for p in g))
+            address = start(group)
+            for p in group:
+                channels[core][p].used = address + share
+                channels[core][p].traffic += share
+            return {"core": core, "port": group[0], "stripe": stripe, "address": address,
+                    "bytes": share * stripe}
+
         places = {}
 
         def vector_size(values, bits=32):
@@ -544,7 +584,11 @@ class Place:
                     plan = plans[name]
                     tiles = []
                     for w, s, k in plan.lines:
-                        where = place(core, (w + s + k) * line)
+                        if stripe > 1:  # weights striped, scales and masks on their own
+                            where = {**place_striped(core, w),
+                                     "meta": place(core, (s + k) * line)}
+                        else:  # weights, scales and masks back to back
+                            where = place(core, (w + s + k) * line)
                         tiles.append(where)
                     places[name] = {"core": core, "tiles": tiles}
             if node.op == "attention_block":

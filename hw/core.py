@@ -31,15 +31,16 @@ Contract
   unit's last buffer write for an instruction happens in or before the cycle it retires.
 * ``dispatched``: ``valid`` for one cycle with the ``pc`` of each instruction the dispatcher
   passes to a unit's queue or takes itself (a ``SYS``), in program order.
-* ``buffer_writes``: each buffer's write port as the buffer sees it (``en``, ``line``,
-  ``data``; indexed by :class:`~flightgen.isa.instructions.Buffer`), so a bench can mirror
-  the buffers and check what each instruction wrote (the C++ harness's ``--check``).
+* ``buffer_writes``: each buffer bank's write port as the bank sees it (``en``, ``line``:
+  the buffer's line, ``data``), in the order of :func:`write_monitors` (one per buffer, and
+  one per bank of ``WGT``), so a bench can mirror the buffers and check what each
+  instruction wrote (the C++ harness's ``--check``).
 
 These three are outputs for simulation only; the Vitis top leaves them unconnected and
 synthesis removes them.
 """
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.hdl import ResetInserter
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -55,7 +56,8 @@ from .dispatch import UNITS, Decoder, TokenMatrix, decoded_layout
 from .memory import LoadEngine, StoreEngine
 from .units import MatrixUnit, VectorUnit
 
-__all__ = ["Core", "Fetch", "register_map", "STATUS", "buffer_write_signature"]
+__all__ = ["Core", "Fetch", "register_map", "STATUS", "buffer_write_signature",
+           "write_monitors"]
 
 ADDR_BITS = 64
 #: Store bursts awaiting their write response (a KV-cache token is one short burst per row).
@@ -74,8 +76,16 @@ def register_map(config):
 
 
 def buffer_write_signature(line_bits):
-    """One buffer's write port as the core's ``buffer_writes`` output shows it."""
+    """One buffer bank's write port as the core's ``buffer_writes`` output shows it."""
     return wiring.Signature({"en": Out(1), "line": Out(LINE_ADDR_BITS), "data": Out(line_bits)})
+
+
+def write_monitors(config):
+    """``(buffer, bank)`` of each entry of the core's ``buffer_writes``: every buffer in
+    :class:`~flightgen.isa.instructions.Buffer` order, ``WGT`` with its ``load_lanes`` banks
+    (line ``l`` in bank ``l % load_lanes``), the others with one."""
+    return tuple((b, bank) for b in Buffer
+                 for bank in range(config.load_lanes if b == Buffer.WGT else 1))
 
 
 fetch_layout = data.StructLayout({"word": WORD_BITS, "pc": 32, "end": 1, "bad": 1})
@@ -198,7 +208,7 @@ class Core(wiring.Component):
     irq : Out(1)  (the Vitis ``interrupt``)
     retire : Out(ArrayLayout(StructLayout({"valid": 1, "pc": 32}), 5))  (per unit)
     dispatched : Out(StructLayout({"valid": 1, "pc": 32}))
-    buffer_writes : Out(buffer_write_signature(line_bits)).array(4)  (per buffer)
+    buffer_writes : Out(buffer_write_signature(line_bits)).array(len(write_monitors(config)))
     """
 
     def __init__(self, config):
@@ -211,7 +221,8 @@ class Core(wiring.Component):
             "irq": Out(1),
             "retire": Out(data.ArrayLayout(data.StructLayout({"valid": 1, "pc": 32}), _N)),
             "dispatched": Out(data.StructLayout({"valid": 1, "pc": 32})),
-            "buffer_writes": Out(buffer_write_signature(config.line_bits)).array(len(Buffer)),
+            "buffer_writes": Out(buffer_write_signature(config.line_bits)).array(
+                len(write_monitors(config))),
         })
 
     def elaborate(self, platform):
@@ -267,7 +278,7 @@ class Core(wiring.Component):
             queues[unit] = queue
 
         # engines
-        m.submodules.load = load = LoadEngine(w, c.hbm_ports)
+        m.submodules.load = load = LoadEngine(w, c.hbm_ports, lanes=c.load_lanes)
         # stores of KV-cache tokens are many short bursts: keep more of them in flight
         m.submodules.store = store = StoreEngine(w, c.hbm_ports, outstanding=STORE_OUTSTANDING)
         m.submodules.matrix = matrix = MatrixUnit(c)
@@ -286,34 +297,75 @@ class Core(wiring.Component):
                     m.d.comb += getattr(source.axi[p], name).eq(getattr(port, name))
 
         # -- buffers: one write port each (arbitrated), read ports per reader -------------------
+        # WGT has load_lanes banks (line l in bank l % load_lanes, row l // load_lanes) written
+        # by the load engine alone, a striped load's lines in one cycle; the others one bank.
         writers = {Buffer.VEC: ["load", "matrix", "vector"],
-                   Buffer.ACT: ["load", "quant", "lo"],
-                   Buffer.WGT: ["load"], Buffer.META: ["load"]}
+                   Buffer.ACT: ["load", "quant", "lo"], Buffer.META: ["load"]}
         readers = {Buffer.VEC: ["store", "a", "b"], Buffer.ACT: ["store", "act"],
                    Buffer.WGT: ["store", "wgt"], Buffer.META: ["store", "mask", "scale"]}
+        lanes, log_lanes = c.load_lanes, c.load_lanes.bit_length() - 1
+        monitors = {key: self.buffer_writes[k] for k, key in enumerate(write_monitors(c))}
         read_ports = {}
         write_inputs = {}
+        buffers = {}
         for b in Buffer:
             # UltraRAM: the block RAM of an SLR goes to the matrix engine's activation tiles
             # and the SFU's tables (at full size the ACT buffer in block RAM would take the
             # core past an SLR's share)
-            buf = BankedBuffer(w, c.lines(b), 1, read_ports=len(readers[b]), primitive="uram")
-            m.submodules[f"buffer_{b.name.lower()}"] = buf
+            banks = lanes if b == Buffer.WGT else 1
+            buf = BankedBuffer(w, c.lines(b), banks, read_ports=len(readers[b]),
+                               primitive="uram")
+            m.submodules[f"buffer_{b.name.lower()}"] = buffers[b] = buf
+            for p, name in enumerate(readers[b]):
+                read_ports[b, name] = buf.read[p]
+            if b == Buffer.WGT:
+                continue
             arbiter = WriteArbiter(len(writers[b]), w)
             m.submodules[f"arbiter_{b.name.lower()}"] = arbiter
             m.d.comb += [buf.write[0].en.eq(arbiter.en), buf.write[0].addr.eq(arbiter.addr),
                          buf.write[0].data.eq(arbiter.data)]
-            monitor = self.buffer_writes[b.value]
+            monitor = monitors[b, 0]
             m.d.comb += [monitor.en.eq(arbiter.en), monitor.line.eq(arbiter.addr),
                          monitor.data.eq(arbiter.data)]
             for k, name in enumerate(writers[b]):
                 write_inputs[b, name] = getattr(arbiter, f"i{k}")
-            for p, name in enumerate(readers[b]):
-                read_ports[b, name] = buf.read[p][0]
 
-        def connect_read(port, client):
-            m.d.comb += [port.en.eq(client.en), port.addr.eq(client.addr),
-                         client.data.eq(port.data)]
+        # the load engine's lines go to the buffer they name: lane 0 through the arbiters, all
+        # lanes straight into WGT's banks (a transfer of 2**stripe lines from an aligned line)
+        lw = load.write.payload
+        lane_data = [lw.data[i * w:(i + 1) * w] for i in range(lanes)]
+        first_bank = lw.line[:log_lanes] if log_lanes else Const(0, 1)
+        to_wgt = lw.buffer == Buffer.WGT
+        for bank, port in enumerate(buffers[Buffer.WGT].write):
+            selected = Signal(name=f"wgt_sel{bank}")
+            bank_data = Signal(w, name=f"wgt_data{bank}")
+            with m.Switch(lw.stripe):
+                for code in range(log_lanes + 1):
+                    with m.Case(code):
+                        m.d.comb += [selected.eq((first_bank >> code) == (bank >> code)),
+                                     bank_data.eq(lane_data[bank % (1 << code)])]
+            line = Cat(Const(bank, log_lanes), lw.line[log_lanes:])
+            m.d.comb += [port.en.eq(load.write.valid & to_wgt & selected),
+                         port.addr.eq(lw.line[log_lanes:]), port.data.eq(bank_data)]
+            monitor = monitors[Buffer.WGT, bank]
+            m.d.comb += [monitor.en.eq(port.en), monitor.line.eq(line),
+                         monitor.data.eq(bank_data)]
+        with m.If(to_wgt):
+            m.d.comb += load.write.ready.eq(1)
+        for b in Buffer:
+            if b == Buffer.WGT:
+                continue
+            target = write_inputs[b, "load"]
+            m.d.comb += [target.valid.eq(load.write.valid & (lw.buffer == b.value)),
+                         target.payload.line.eq(lw.line), target.payload.data.eq(lane_data[0])]
+            with m.If(lw.buffer == b.value):
+                m.d.comb += load.write.ready.eq(target.ready)
+
+        def connect_read(ports, client):
+            """A client reads a row of every bank of ``ports`` (the banks side by side)."""
+            m.d.comb += [client.data.eq(Cat(port.data for port in ports))]
+            for port in ports:
+                m.d.comb += [port.en.eq(client.en), port.addr.eq(client.addr)]
 
         for name, b in (("act", Buffer.ACT), ("wgt", Buffer.WGT), ("mask", Buffer.META),
                         ("scale", Buffer.META)):
@@ -324,24 +376,26 @@ class Core(wiring.Component):
         wiring.connect(m, vector.w_vec, write_inputs[Buffer.VEC, "vector"])
         wiring.connect(m, vector.w_act, write_inputs[Buffer.ACT, "quant"])
         wiring.connect(m, vector.w_lo, write_inputs[Buffer.ACT, "lo"])
-        # the load engine's lines go to the buffer they name
-        for b in Buffer:
-            target = write_inputs[b, "load"]
-            m.d.comb += [target.valid.eq(load.write.valid & (load.write.payload.buffer == b.value)),
-                         target.payload.line.eq(load.write.payload.line),
-                         target.payload.data.eq(load.write.payload.data)]
-            with m.If(load.write.payload.buffer == b.value):
-                m.d.comb += load.write.ready.eq(target.ready)
-        # the store engine reads the buffer it names (data from the buffer read last)
+        # the store engine reads the buffer (and bank) it names (data from the one read last)
         store_buffer = Signal(2)
+        store_bank = Signal(max(1, log_lanes))
         with m.If(store.read_en):
-            m.d.sync += store_buffer.eq(store.read_buffer)
+            m.d.sync += [store_buffer.eq(store.read_buffer),
+                         store_bank.eq(store.read_line[:log_lanes] if log_lanes else 0)]
         for b in Buffer:
-            port = read_ports[b, "store"]
-            m.d.comb += [port.en.eq(store.read_en & (store.read_buffer == b.value)),
-                         port.addr.eq(store.read_line)]
+            ports = read_ports[b, "store"]
+            shift = log_lanes if b == Buffer.WGT else 0
+            for port in ports:
+                m.d.comb += [port.en.eq(store.read_en & (store.read_buffer == b.value)),
+                             port.addr.eq(store.read_line >> shift)]
             with m.If(store_buffer == b.value):
-                m.d.comb += store.read_data.eq(port.data)
+                if len(ports) == 1:
+                    m.d.comb += store.read_data.eq(ports[0].data)
+                else:
+                    with m.Switch(store_bank):
+                        for bank, port in enumerate(ports):
+                            with m.Case(bank):
+                                m.d.comb += store.read_data.eq(port.data)
 
         # -- engine adapters: queue entry -> engine command; engine answer -> ErrorCode --------
         issue_valid, issue_ready, answer_valid, answer_ready, answer_code = {}, {}, {}, {}, {}
@@ -351,8 +405,7 @@ class Core(wiring.Component):
         current = {u: Signal(decoded_layout, name=f"current_{u.name.lower()}") for u in UNITS}
         for u, engine in ((Unit.LOAD, load), (Unit.STORE, store)):
             f = FORMATS[Opcode.LOAD](current[u].word)
-            for name in ("buffer", "line", "port", "addr", "length", "count2", "stride2",
-                         "count3", "stride3"):
+            for name in engine.cmd.payload.shape().members:  # a STORE has no stripe
                 m.d.comb += getattr(engine.cmd.payload, name).eq(getattr(f, name))
             m.d.comb += engine.cmd.valid.eq(issue_valid[u])
             issue_ready[u] = engine.cmd.ready

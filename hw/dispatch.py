@@ -145,6 +145,17 @@ class Decoder(wiring.Component):
                               (load.count3 == 0))
         items = Signal(_COUNT_BITS + 24)
         m.d.comb += items.eq(load.length * load.count2 * load.count3)
+        # a striped LOAD: into WGT, at most load_lanes ports, port, line, length aligned
+        stripe_low = Signal(3)  # 2**stripe - 1
+        with m.Switch(load.stripe):
+            for code in range(4):
+                with m.Case(code):
+                    m.d.comb += stripe_low.eq((1 << code) - 1)
+        stripe_bad = Signal()
+        m.d.comb += stripe_bad.eq((load.stripe != 0) & (
+            (load.stripe > c.load_lanes.bit_length() - 1) | (load.buffer != Buffer.WGT) |
+            ((load.port | load.line | load.length) & stripe_low).any() |
+            (load.port + stripe_low >= c.hbm_ports)))
         depth = Signal(17)
         with m.Switch(load.buffer):
             for b in Buffer:
@@ -210,21 +221,22 @@ class Decoder(wiring.Component):
         with m.Switch(r[:4]):
             with m.Case(Opcode.LOAD.value):
                 m.d.comb += [
-                    bad_field.eq(tr_bad),
+                    bad_field.eq(tr_bad | stripe_bad),
                     misaligned.eq((load.addr[:step] != 0) | (load.stride2[:step] != 0) |
                                   (load.stride3[:step] != 0)),
                     out_of_range.eq(load.line + items > depth),
                 ]
             with m.Case(Opcode.STORE.value):
                 m.d.comb += [
-                    bad_field.eq(tr_bad),
+                    bad_field.eq(tr_bad | (load.stripe != 0)),
                     out_of_range.eq(load.line + _ceil_shift(items, step) > depth),
                 ]
             with m.Case(Opcode.MATRIX.value):
                 active = (mat.blocks != 0) & (mat.groups != 0)
                 m.d.comb += [
                     bad_field.eq((mat.bits == 3) | (mat.blocks > c.max_blocks) |
-                                 ~supports(mat, c.keeps, c.matrix_modes)),
+                                 ~supports(mat, c.keeps, c.matrix_modes) |
+                                 (mat.wgt[:c.load_lanes.bit_length() - 1] != 0)),
                     out_of_range.eq(active & (
                         span(mat.act, beats.act, bb["act"], c.act_lines) |
                         span(mat.wgt, beats.weights, bb["weights"], c.wgt_lines) |

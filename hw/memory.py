@@ -35,8 +35,8 @@ _COMMAND_FIELDS = {"buffer": 2, "line": 16, "port": 5, "addr": 40, "length": 16,
                    "stride2": 32, "count3": 12, "stride3": 32}
 
 #: A resolved ``LOAD``: ``length`` counts lines per row; ``addr``, ``stride2``, ``stride3``
-#: are multiples of the line size.
-load_command_layout = data.StructLayout(_COMMAND_FIELDS)
+#: are multiples of the line size; rows striped over ``2**stripe`` ports.
+load_command_layout = data.StructLayout({**_COMMAND_FIELDS, "stripe": 2})
 #: A resolved ``STORE``: ``length`` counts bytes per row; any alignment.
 store_command_layout = data.StructLayout(_COMMAND_FIELDS)
 
@@ -117,6 +117,8 @@ class LoadEngine(_Engine):
     max_burst : int or None
         Most beats per burst, 1 to ``4096 / line bytes`` (the default: a burst that starts on a
         4 KiB boundary fills it).
+    lanes : int
+        Lines moved per cycle at most: the widest stripe, 1, 2, 4 or 8 (at most ``ports``).
 
     Raises
     ------
@@ -129,6 +131,14 @@ class LoadEngine(_Engine):
       read from byte ``base[port] + addr + i3 stride3 + i2 stride2`` of ``axi[port]`` and goes to
       ``write``, one transfer per line, in order, to lines ``line, line + 1, ...`` of
       ``buffer``. Bursts are exactly :meth:`bursts`, issued in order.
+    * A **striped** command (``s = 2**stripe`` > 1; the issuer guarantees ``s <= lanes`` and
+      that ``port``, ``line`` and ``length`` are multiples of ``s``, ``port + s <= ports``;
+      the host, that the ports' ``base`` agree modulo 4 KiB) reads every row from ``s`` ports
+      in lockstep: the same bursts of ``length / s`` beats (at the same offsets from each
+      port's base) on ``axi[port]`` to ``axi[port + s - 1]`` (line ``i`` of the row is beat
+      ``i // s`` of port ``port + i % s``). A ``write`` transfer then carries ``s`` lines:
+      lines ``line``, ..., ``line + s - 1`` in lanes 0 to ``s - 1`` of ``data``. The R beats
+      of the ``s`` ports are taken together, when all of them are valid.
     * ``done`` carries one transfer per command, after the command's last ``write`` transfer:
       1 if any of its read beats had ``RRESP`` other than OKAY (the lines are written all the
       same, with whatever data came), else 0. ``length = 0`` moves nothing and reports 0.
@@ -146,7 +156,10 @@ class LoadEngine(_Engine):
     -------
     cmd : In(stream.Signature(load_command_layout))
     done : Out(stream.Signature(1))
-    write : Out(stream.Signature(StructLayout({"buffer": 2, "line": 16, "data": line_bits})))
+    write : Out(stream.Signature(StructLayout({"buffer": 2, "line": 16, "stripe": 2,
+                                               "data": lanes * line_bits})))
+        ``line`` is the first line of the transfer; lane ``i`` of ``data`` (bits ``i
+        line_bits`` up) is line ``line + i``; lanes ``2**stripe`` and up are don't-care.
     base : In(ArrayLayout(64, ports))
         Byte address of each port's memory, added to every address.
     axi : Out(axi4_signature(64, line_bits)).array(ports)
@@ -154,8 +167,12 @@ class LoadEngine(_Engine):
         are tied idle.
     """
 
-    def __init__(self, line_bits, ports, outstanding=8, max_burst=None):
+    def __init__(self, line_bits, ports, outstanding=8, max_burst=None, lanes=1):
         _validate(line_bits, ports, outstanding)
+        if lanes not in (1, 2, 4, 8) or lanes > ports:
+            raise ValueError(f"lanes must be 1, 2, 4 or 8 and at most the ports ({ports}), not "
+                             f"{lanes!r}")
+        self.lanes = lanes
         most = BOUNDARY // (line_bits // 8)
         if max_burst is None:
             max_burst = most
@@ -165,16 +182,17 @@ class LoadEngine(_Engine):
         super().__init__(line_bits, ports, outstanding, {
             "cmd": In(stream.Signature(load_command_layout)),
             "write": Out(stream.Signature(data.StructLayout({
-                "buffer": 2, "line": 16, "data": line_bits}))),
+                "buffer": 2, "line": 16, "stripe": 2, "data": lanes * line_bits}))),
         })
 
     def bursts(self, command, base=0):
         """The ``(address, beats)`` of every burst of ``command`` (a dict of the resolved
-        fields), in issue order; ``base`` is the port's base address."""
+        fields), in issue order; ``base`` is the port's base address. A striped command issues
+        each burst on all its ports at once (a beat then brings ``2**stripe`` lines)."""
         out = []
         step = self.line_bytes
         for row in _rows(command, base):
-            left = command["length"]
+            left = command["length"] >> command.get("stripe", 0)
             while left:
                 beats = min(left, (BOUNDARY - row % BOUNDARY) // step, self.max_burst)
                 out.append((row, beats))
@@ -205,62 +223,81 @@ class LoadEngine(_Engine):
         # the R queue (2 cycles), the write transfer, done
         return ends[-1] + 3 + 1
 
+    def _span(self, m, port, stripe):
+        """The ports a command on ``port`` with ``stripe`` uses, as a mask of ``ports`` bits."""
+        lanes = Signal(self.lanes)
+        with m.Switch(stripe):
+            for code in range(self.lanes.bit_length()):
+                with m.Case(code):
+                    m.d.comb += lanes.eq((1 << (1 << code)) - 1)
+        mask = Signal(self.ports)
+        m.d.comb += mask.eq(lanes << port)
+        return mask
+
     def elaborate(self, platform):
         m = Module()
         step, shift = self.line_bytes, self.size
         # Three stages, each on its own command: the address side issues the bursts of the
         # newest command, the R side receives the lines of the oldest command still receiving,
-        # the write side writes (and reports) the oldest command still writing.
-        record = data.StructLayout({"port": 5, "buffer": 2, "line": 16, "lines": 40})
+        # the write side writes (and reports) the oldest command still writing. A striped
+        # command runs its ports in lockstep: one address for all of them, one wide R beat.
+        record = data.StructLayout({"port": 5, "stripe": 2, "buffer": 2, "line": 16,
+                                    "lines": 40})
         m.submodules.records = records = SyncFIFOBuffered(width=record.size, depth=_RECORDS)
-        entry = data.StructLayout({"data": self.line_bits, "buffer": 2, "line": 16,
-                                   "last": 1, "error": 1, "empty": 1})
+        entry = data.StructLayout({"data": self.lanes * self.line_bits, "buffer": 2,
+                                   "line": 16, "stripe": 2, "last": 1, "error": 1, "empty": 1})
         m.submodules.queue = queue = SyncFIFOBuffered(width=entry.size, depth=_R_QUEUE)
 
         # -- the address side ------------------------------------------------------------------
         c = Signal(load_command_layout)
         plane, row, cur = Signal(ADDR_BITS), Signal(ADDR_BITS), Signal(ADDR_BITS)
+        length = Signal(16)  # beats per row on each port
         left = Signal(16)
         i2, i3 = Signal(12), Signal(12)
         issuing = Signal()  # bursts of the newest command remain to be issued
         inflight = Signal(range(self.outstanding + 1))
+        # addresses relative to the ports' bases (each port adds its own); the 4 KiB
+        # boundaries are those of the first port's (a stripe's bases agree modulo 4 KiB)
         base = self._select_base(m, self.cmd.payload.port)
-        start = base + self.cmd.payload.addr
+        low = Signal(12)
         new = self.cmd.payload
+        start = new.addr
+        new_length = new.length >> new.stripe
         m.d.comb += [self.cmd.ready.eq(~issuing & records.w_rdy),
                      records.w_en.eq(self.cmd.valid & self.cmd.ready),
-                     records.w_data.eq(Cat(new.port, new.buffer, new.line,
-                                           (new.length * new.count2 * new.count3)[:40]))]
+                     records.w_data.eq(Cat(new.port, new.stripe, new.buffer, new.line,
+                                           (new_length * new.count2 * new.count3)[:40]))]
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [c.eq(new), plane.eq(start), row.eq(start), cur.eq(start),
-                         left.eq(new.length), i2.eq(0), i3.eq(0),
+            m.d.sync += [c.eq(new), low.eq(base[:12]), plane.eq(start), row.eq(start),
+                         cur.eq(start),
+                         length.eq(new_length), left.eq(new_length), i2.eq(0), i3.eq(0),
                          issuing.eq(new.length != 0)]
 
-        ar_valid, ar_addr, ar_len, ar_port = Signal(), Signal(ADDR_BITS), Signal(8), Signal(5)
-        ar_ready = Signal()
-        self._select(m, ar_port, [(ar_ready, "arready")])
+        # the address register: one address for the command's ports, held until each took it
+        ar_addr, ar_len = Signal(ADDR_BITS), Signal(8)
+        ar_wait = Signal(self.ports)  # ports that have not taken the address yet
+        ar_ready = Cat(bus.arready for bus in self.axi)
+        ar_mask = self._span(m, c.port, c.stripe)
         room = Signal(range(BOUNDARY // step + 1))
         cap = Signal.like(room)
         beats = Signal.like(room)
-        m.d.comb += [room.eq(beats_to_boundary(cur, shift)),
+        m.d.comb += [room.eq(beats_to_boundary((cur[:12] + low)[:12], shift)),
                      cap.eq(Mux(room < self.max_burst, room, self.max_burst)),
                      beats.eq(Mux(left < cap, left, cap))]
         r_end = Signal()  # a burst's last beat is taken this cycle
-        issue = issuing & (~ar_valid | ar_ready) & (inflight < self.outstanding)
-        with m.If(ar_valid & ar_ready):
-            m.d.sync += ar_valid.eq(0)
+        issue = issuing & ((ar_wait & ~ar_ready) == 0) & (inflight < self.outstanding)
+        m.d.sync += ar_wait.eq(ar_wait & ~ar_ready)
         with m.If(issue):
-            m.d.sync += [ar_valid.eq(1), ar_addr.eq(cur), ar_len.eq(beats - 1),
-                         ar_port.eq(c.port)]
+            m.d.sync += [ar_wait.eq(ar_mask), ar_addr.eq(cur), ar_len.eq(beats - 1)]
             with m.If(beats != left):
                 m.d.sync += [cur.eq(cur + (beats << shift)), left.eq(left - beats)]
             with m.Elif(i2 != c.count2 - 1):
                 m.d.sync += [i2.eq(i2 + 1), row.eq(row + c.stride2), cur.eq(row + c.stride2),
-                             left.eq(c.length)]
+                             left.eq(length)]
             with m.Elif(i3 != c.count3 - 1):
                 m.d.sync += [i3.eq(i3 + 1), i2.eq(0), plane.eq(plane + c.stride3),
                              row.eq(plane + c.stride3), cur.eq(plane + c.stride3),
-                             left.eq(c.length)]
+                             left.eq(length)]
             with m.Else():
                 m.d.sync += issuing.eq(0)
         m.d.sync += inflight.eq(inflight + issue - r_end)
@@ -269,22 +306,32 @@ class LoadEngine(_Engine):
         rec = Signal(record)
         receiving = Signal()
         error = Signal()
-        r_valid, r_resp, r_last = Signal(), Signal(2), Signal()
-        r_data = Signal(self.line_bits)
-        self._select(m, rec.port, [(r_valid, "rvalid"), (r_data, "rdata"), (r_resp, "rresp"),
-                                   (r_last, "rlast")])
+        r_mask = self._span(m, rec.port, rec.stripe)
+        r_valid = ((Cat(bus.rvalid for bus in self.axi) | ~r_mask) == (1 << self.ports) - 1)
+        r_bad = Cat((bus.rresp != RESP_OKAY) for bus in self.axi) & r_mask
+        r_last = Signal()
+        self._select(m, rec.port, [(r_last, "rlast")])
+        r_data = []  # lane i: port rec.port + i (lane i serves stripes above i only)
+        for i in range(self.lanes):
+            lane = Signal(self.line_bits, name=f"r_data{i}")
+            align = 1 << i.bit_length()  # a stripe of more than i lanes starts on this
+            with m.Switch(rec.port):
+                for p in range(0, self.ports - i, 1 if i == 0 else align):
+                    with m.Case(p):
+                        m.d.comb += lane.eq(self.axi[p + i].rdata)
+            r_data.append(lane)
         with m.If(~receiving & records.r_rdy):
             m.d.comb += records.r_en.eq(1)
             m.d.sync += [rec.eq(records.r_data), receiving.eq(1), error.eq(0)]
         tag = Signal(entry)
         take = Signal()
         m.d.comb += take.eq(receiving & (rec.lines != 0) & r_valid & queue.w_rdy)
-        bad = take & (r_resp != RESP_OKAY)
-        m.d.comb += [tag.data.eq(r_data), tag.buffer.eq(rec.buffer), tag.line.eq(rec.line),
-                     tag.last.eq(rec.lines == 1), tag.error.eq(error | bad),
-                     tag.empty.eq(rec.lines == 0)]
+        bad = take & r_bad.any()
+        m.d.comb += [tag.data.eq(Cat(*r_data)), tag.buffer.eq(rec.buffer), tag.line.eq(rec.line),
+                     tag.stripe.eq(rec.stripe), tag.last.eq(rec.lines == 1),
+                     tag.error.eq(error | bad), tag.empty.eq(rec.lines == 0)]
         with m.If(take):
-            m.d.sync += [rec.lines.eq(rec.lines - 1), rec.line.eq(rec.line + 1)]
+            m.d.sync += [rec.lines.eq(rec.lines - 1), rec.line.eq(rec.line + (1 << rec.stripe))]
             with m.If(bad):
                 m.d.sync += error.eq(1)
             with m.If(rec.lines == 1):
@@ -302,6 +349,7 @@ class LoadEngine(_Engine):
         report = Signal()
         m.d.comb += [self.write.payload.buffer.eq(head.buffer),
                      self.write.payload.line.eq(head.line),
+                     self.write.payload.stripe.eq(head.stripe),
                      self.write.payload.data.eq(head.data),
                      self.write.valid.eq(queue.r_rdy & ~head.empty & ~reporting),
                      self.done.valid.eq(reporting), self.done.payload.eq(report)]
@@ -319,10 +367,10 @@ class LoadEngine(_Engine):
         for p in range(self.ports):
             bus = self.axi[p]
             _tie_writes(m, bus)
-            m.d.comb += [bus.arvalid.eq(ar_valid & (ar_port == p)), bus.araddr.eq(ar_addr),
+            m.d.comb += [bus.arvalid.eq(ar_wait[p]), bus.araddr.eq(self.base[p] + ar_addr),
                          bus.arlen.eq(ar_len), bus.arsize.eq(shift), bus.arburst.eq(BURST_INCR),
                          bus.arcache.eq(AXCACHE),
-                         bus.rready.eq(receiving & (rec.lines != 0) & (rec.port == p)
+                         bus.rready.eq(receiving & (rec.lines != 0) & r_mask[p] & r_valid
                                        & queue.w_rdy)]
         return m
 

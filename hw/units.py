@@ -57,7 +57,11 @@ class MatrixUnit(wiring.Component):
     -------
     cmd : In(stream.Signature(decoded_layout))
     done : Out(stream.Signature(ErrorCode))
-    act, wgt, mask, scale : Out(read_port_signature(line_bits))
+    act, mask, scale : Out(read_port_signature(line_bits))
+    wgt : Out(read_port_signature(load_lanes * line_bits))
+        ``WGT`` by rows of its ``load_lanes`` banks: row ``r`` is lines ``r load_lanes`` to
+        ``r load_lanes + load_lanes - 1`` (the first in the low bits), so the weights stream
+        comes ``load_lanes`` lines a cycle (a ``MATRIX``'s ``wgt`` is a multiple of it).
     w : Out(stream.Signature(line_write_layout(line_bits)))  (toward ``VEC``)
     clear : In(1)  (empties the engine, at the start of a run)
     """
@@ -68,7 +72,8 @@ class MatrixUnit(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(decoded_layout)),
             "done": Out(stream.Signature(ErrorCode)),
-            "act": Out(port), "wgt": Out(port), "mask": Out(port), "scale": Out(port),
+            "act": Out(port), "mask": Out(port), "scale": Out(port),
+            "wgt": Out(read_port_signature(config.load_lanes * config.line_bits)),
             "w": Out(stream.Signature(line_write_layout(config.line_bits))),
             "clear": In(1),
         })
@@ -83,7 +88,8 @@ class MatrixUnit(wiring.Component):
         readers = {}
         for name, stream_name in (("act", "act"), ("wgt", "weights"), ("mask", "masks"),
                                   ("scale", "scales")):
-            reader = BeatReader(c.line_bits, bits[stream_name])
+            width = c.line_bits * (c.load_lanes if name == "wgt" else 1)
+            reader = BeatReader(width, bits[stream_name])
             m.submodules[f"{name}_reader"] = readers[name] = reader
             wiring.connect(m, reader.read, wiring.flipped(getattr(self, name)))
             wiring.connect(m, reader.o, getattr(engine, stream_name))
@@ -116,7 +122,10 @@ class MatrixUnit(wiring.Component):
                                              wgroup=f.wgroup, pair=f.pair)
                         for name, count in (("act", beats.act), ("wgt", beats.weights),
                                             ("mask", beats.masks), ("scale", beats.scales)):
-                            cmds[name].start(m, line=getattr(f, name), beats=count)
+                            line = getattr(f, name)
+                            if name == "wgt":  # rows of the banks
+                                line = line >> (c.load_lanes.bit_length() - 1)
+                            cmds[name].start(m, line=line, beats=count)
                         cmds["out"].start(m, line=f.out, beats=f.groups)
                         m.next = "RUN"
             with m.State("RUN"):

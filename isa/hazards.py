@@ -17,7 +17,8 @@ starts. What is known:
   from unit ``U`` to unit ``W`` is taken by the ``n``-th instruction of ``W`` that waits for
   ``U``.
 
-HBM ranges are the bounding ranges of the transfer patterns (conservative).
+HBM ranges are the bounding ranges of the transfer patterns (conservative; a striped
+``LOAD``'s on each of its ports).
 """
 
 from collections import deque
@@ -145,17 +146,18 @@ class _State:
         f = instruction.fields
         if instruction.opcode in (Opcode.LOAD, Opcode.STORE) and f["length"]:
             load = instruction.opcode == Opcode.LOAD
-            row = f["length"] * (self.config.line_bytes if load else 1)
+            stripe = 1 << f.get("stripe", 0)  # each of a striped load's ports has its share
+            row = f["length"] // stripe * (self.config.line_bytes if load else 1)
             start = f["addr"]
             end = (start + (f["count3"] - 1) * f["stride3"] + (f["count2"] - 1) * f["stride2"]
                    + row)
-            port = f["port"]
             kind = "HBM read after write" if load else "HBM write after read"
-            for s, e, u, i in (self.stores if load else self.loads)[port]:
-                if s < end and start < e and i > clock[u]:
-                    out.append(self.hazard(kind, f"port {port} bytes {max(s, start):#x}..",
-                                           u, i, me))
-            (self.loads if load else self.stores)[port].append((start, end, unit, index))
+            for port in range(f["port"], f["port"] + stripe):
+                for s, e, u, i in (self.stores if load else self.loads)[port]:
+                    if s < end and start < e and i > clock[u]:
+                        out.append(self.hazard(kind, f"port {port} bytes {max(s, start):#x}..",
+                                               u, i, me))
+                (self.loads if load else self.stores)[port].append((start, end, unit, index))
         return out
 
     def _after_writer(self, buffer, line, lines, unit, clock, me, kind):

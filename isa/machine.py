@@ -144,6 +144,11 @@ class CoreConfig:
         Datapath lanes of the SFU, a power of two below ``2 vpus``; 0 (the default): one per
         beat element, ``2 vpus``. A narrower SFU takes each beat in parts: the same results,
         more cycles (timing only; no instruction changes meaning).
+    load_lanes : int
+        Lines the load unit can move in one cycle (1, 2, 4 or 8, at most ``hbm_ports``, and a
+        weight beat holds whole rows of them): the widest ``LOAD`` stripe and the banks of
+        ``WGT`` (line ``l`` in bank ``l % load_lanes``). The matrix unit reads ``load_lanes``
+        weight lines a cycle, so a ``MATRIX``'s ``wgt`` is a multiple of ``load_lanes``.
     """
 
     line_bits: int = 256
@@ -162,6 +167,7 @@ class CoreConfig:
     keeps: tuple = (16, 8, 4, 2)
     modes: tuple = ("mv", "mm")
     sfu_lanes: int = 0
+    load_lanes: int = 1
 
     def __post_init__(self):
         geometry = Geometry(self.chain, self.vpus)
@@ -194,6 +200,12 @@ class CoreConfig:
                 or self.sfu_lanes > self.lanes or self.sfu_lanes & (self.sfu_lanes - 1)):
             raise ValueError(f"sfu_lanes must be 0 or a power of two from 2 to {self.lanes}, "
                              f"not {self.sfu_lanes!r}")
+        widest = min(8, self.hbm_ports, geometry.weight_bits // self.line_bits, self.wgt_lines)
+        if (not isinstance(self.load_lanes, int) or not 1 <= self.load_lanes <= max(1, widest)
+                or self.load_lanes & (self.load_lanes - 1)):
+            raise ValueError(f"load_lanes must be a power of two from 1 to {max(1, widest)} (8, "
+                             f"the HBM ports, the weight beat's lines and WGT's lines), not "
+                             f"{self.load_lanes!r}")
 
     def flight(self, unit):
         """Instructions a unit may have started and not yet released: ``load_flight`` for
@@ -331,6 +343,19 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
         if f["count2"] == 0 or f["count3"] == 0:
             bad("count2 and count3 must be at least 1")
         if opcode == Opcode.LOAD:
+            stripe = 1 << f["stripe"]
+            if stripe > 1:
+                if stripe > config.load_lanes:
+                    bad(f"a stripe of {stripe} ports but the load unit takes "
+                        f"{config.load_lanes} line(s) a cycle")
+                if buffer != Buffer.WGT:
+                    bad(f"only WGT is banked for striped loads, not {buffer.name}")
+                for key in ("port", "line", "length"):
+                    if f[key] % stripe:
+                        bad(f"{key} = {f[key]} is not a multiple of the stripe {stripe}")
+                if f["port"] + stripe > config.hbm_ports:
+                    bad(f"ports {f['port']} to {f['port'] + stripe - 1} but the core has "
+                        f"{config.hbm_ports} HBM ports")
             step = config.line_bytes
             for key in ("addr", "stride2", "stride3"):
                 if f[key] % step:
@@ -340,6 +365,8 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
             lines = f["length"] * f["count2"] * f["count3"]
             writes = (_span(config, buffer, f["line"], lines, config.line_bits),)
         else:
+            if f["stripe"]:
+                bad("a store is not striped")
             total = f["length"] * f["count2"] * f["count3"]
             reads = (_span(config, buffer, f["line"], -(-total // config.line_bytes),
                            config.line_bits),)
@@ -354,6 +381,8 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
             bad(f"the engine has no {MatrixMode(f['mode']).name} mode")
         if f["blocks"] > config.max_blocks:
             bad(f"{f['blocks']} blocks but the engine holds {config.max_blocks}")
+        if f["wgt"] % config.load_lanes:
+            bad(f"wgt = {f['wgt']} is not a multiple of WGT's {config.load_lanes} banks")
         if f["blocks"] and f["groups"]:
             s = MatrixStreams(config.geometry, f)
             reads = tuple(_span(config, buffer, f[key], count, beats[stream])
@@ -538,14 +567,18 @@ class Machine:
 
     def _load(self, f):
         c = self.config
-        row = f["length"] * c.line_bytes
-        memory = self.hbm[f["port"]]
+        stripe = 1 << f["stripe"]
+        # a striped row: line i from port port + i % stripe, line i // stripe of its share
+        row = f["length"] // stripe * c.line_bytes
         starts = _row_addresses(f)
         if row == 0:
             return ErrorCode.NONE
-        if int(starts.max()) + row > len(memory):
+        memories = self.hbm[f["port"]:f["port"] + stripe]
+        if any(int(starts.max()) + row > len(memory) for memory in memories):
             return ErrorCode.AXI
-        data = memory[starts[:, None] + np.arange(row)[None, :]].reshape(-1, c.line_bytes)
+        offsets = starts[:, None] + np.arange(row)[None, :]
+        shares = [memory[offsets].reshape(len(starts), -1, c.line_bytes) for memory in memories]
+        data = np.stack(shares, axis=2).reshape(-1, c.line_bytes)
         buffer = self.buffers[Buffer(f["buffer"])]
         buffer[f["line"]:f["line"] + len(data)] = data
         return ErrorCode.NONE

@@ -101,9 +101,10 @@ def _prelude(config, toplevel):
     """The C++ definitions the harness takes from the Python sources: the Verilated class, the
     line width, the HBM ports and the control registers."""
     from ..hw.control import AP_DONE, AP_START, CONTROL, GIE, IER, ISR
-    from ..hw.core import register_map
+    from ..hw.core import register_map, write_monitors
 
     regs = register_map(config)
+    monitors = write_monitors(config)
     ports = range(config.hbm_ports)
     defines = {
         "FG_TOP": f"V{toplevel}",
@@ -114,6 +115,9 @@ def _prelude(config, toplevel):
         "FG_AP_START": AP_START, "FG_AP_DONE": AP_DONE,
         "FG_BUFFERS": len(Buffer), "FG_UNITS": len(Unit), "FG_KIND_HBM": HBM_SPAN,
         "FG_FOR_EACH_BUFFER(X)": " ".join(f"X({b.value}, {config.lines(b)})" for b in Buffer),
+        "FG_MONITORS": len(monitors),
+        "FG_FOR_EACH_MONITOR(X)": " ".join(f"X({k}, {b.value})"
+                                           for k, (b, _) in enumerate(monitors)),
         **{f"FG_REG_{name.upper()}": regs.offset(name)
            for name in ("program", "length", "r1", "error", "error_pc", "cycles", "retired")},
     }

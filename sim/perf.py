@@ -12,7 +12,10 @@
   buffer-access overheads (:class:`Timing`);
 * loads share one R path, whatever their ports (the load engine receives the lines of its
   oldest command only): each burst's beats follow its address by the memory latency and wait
-  for that path, one line per cycle for the whole core.
+  for that path, one beat per cycle for the whole core (a striped load's beat brings a line
+  from each of its ports);
+* a ``MATRIX`` streams at the pace of the slower of the engine's steps and its stream
+  readers (one buffer row a cycle each; ``WGT``'s rows are ``load_lanes`` lines).
 
 The overheads of :class:`Timing` were fitted against Verilator traces of the core (memory
 latency 40, no stalls); ``tests/test_perf.py`` holds the model within 3% of the RTL's cycles.
@@ -85,7 +88,7 @@ class _Units:
         self.sfu_gear = Widener.LATENCY if config.sfu_datapath < config.lanes else 0
         self.token = TokenQuantizer(config.lanes)
         self.rescale = AttentionRescaler(config.lanes)
-        self.load = LoadEngine(config.line_bits, config.hbm_ports)
+        self.load = LoadEngine(config.line_bits, config.hbm_ports, lanes=config.load_lanes)
         self.store = StoreEngine(config.line_bits, config.hbm_ports, outstanding=32)
 
 
@@ -101,7 +104,14 @@ def _duration(units, timing, instruction):
         steps = f["groups"] * c.geometry.steps(f["blocks"], keep)
         proxy = SimpleNamespace(beats={"act": [0] * s.act}, steps=steps, keep=keep,
                                 geometry=units.mpe.geometry)
-        return (units.mpe.expected_cycles(proxy) + timing.matrix
+        # the stream readers take one buffer row a cycle (WGT's: load_lanes lines): when
+        # one of them needs more cycles than the engine's steps, it sets the pace
+        bits = c.beat_bits
+        reads = max(s.weights * c.beat_lines(bits["weights"]) // c.load_lanes,
+                    s.masks * c.beat_lines(bits["masks"]),
+                    s.scales * c.beat_lines(bits["scales"]))
+        slack = max(0, reads - steps * units.mpe.cycles_per_step(keep))
+        return (units.mpe.expected_cycles(proxy) + slack + timing.matrix
                 + (timing.matrix_load if f["load"] else 0))
     if op == Opcode.VECTOR:
         proxy = SimpleNamespace(op=VectorOp(f["op"]), length=f["length"])

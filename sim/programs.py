@@ -89,6 +89,21 @@ class ProgramBuilder:
         data = b"".join(int(b).to_bytes(size, "little") for b in beats)
         return self.put(port, data), len(beats) * c.beat_lines(bits)
 
+    def put_striped(self, port, beats, bits, stripe):
+        """Place beats as a ``LOAD`` striped over ``stripe`` ports from ``port`` brings them:
+        line ``i`` of the stream at line ``i // stripe`` of port ``port + i % stripe``, at
+        the same address on every port; return ``(address, lines)``."""
+        c = self.config
+        size = c.beat_lines(bits) * c.line_bytes
+        data = np.frombuffer(b"".join(int(b).to_bytes(size, "little") for b in beats), np.uint8)
+        lines = data.reshape(-1, stripe, c.line_bytes)
+        ports = range(port, port + stripe)
+        address = max(self._hbm_next[p] for p in ports)
+        for i, p in enumerate(ports):
+            self._hbm_next[p] = address
+            self.put(p, lines[:, i].tobytes())
+        return address, len(beats) * c.beat_lines(bits)
+
     def alloc(self, buffer, lines):
         """Allocate ``lines`` lines of ``buffer``; return the first."""
         first = self._lines[buffer]
@@ -118,7 +133,8 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
     in tiles of row groups into :data:`SLOTS` slots of ``WGT`` and ``META``: the load of tile
     ``k`` waits for the matrix command of tile ``k - SLOTS`` to free its slot. The first
     MATRIX waits for ``first_wait``, the last releases to ``last_release``; the first load
-    waits for ``load_wait``."""
+    waits for ``load_wait``. On a core whose load unit takes several lines a cycle
+    (``load_lanes``), the weights stream striped over that many ports from ``port``."""
     c = builder.config
     g = c.geometry
     n, k = weight.shape
@@ -152,14 +168,20 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
         builder.tiles += 1
         slot = tile % SLOTS
         wgt, meta = slot * half_w, slot * half_m
-        w_addr, w_lines = builder.put_beats(port, op.beats["weights"], bits["weights"])
+        stripe = c.load_lanes
+        if stripe > 1:
+            w_addr, w_lines = builder.put_striped(port, op.beats["weights"], bits["weights"],
+                                                  stripe)
+        else:
+            w_addr, w_lines = builder.put_beats(port, op.beats["weights"], bits["weights"])
         s_addr, s_lines = builder.put_beats(port, op.beats["scales"], bits["scales"])
         builder.weight_bytes += (w_lines + s_lines) * c.line_bytes
         waits = (["matrix"] if tile >= SLOTS else []) + (
             [load_wait] if index == 0 and load_wait else [])
         wait = f" wait={','.join(waits)}" if waits else ""
+        striped = f" stripe={stripe.bit_length() - 1}" if stripe > 1 else ""
         builder.emit(f"load buffer=wgt line={wgt} port={port} addr={w_addr:#x} length={w_lines}"
-                     f"{wait}")
+                     f"{striped}{wait}")
         mask_line = meta + s_lines
         if op.beats["masks"]:
             m_addr, m_lines = builder.put_beats(port, op.beats["masks"], bits["masks"])

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from configs import STRIPED
 from model_files import TINY, write_gguf
 
 from flightgen.cli import main
@@ -17,7 +18,8 @@ from flightgen.compiler.frontends import load_model
 from flightgen.compiler.model import ModelDescription
 from flightgen.compiler.passes import PIPELINE, CompileConfig, CompileError
 from flightgen.compiler.quantize import QuantConfig
-from flightgen.compiler.target import TARGETS, load_target
+from flightgen.compiler.target import TARGETS, Target, load_target
+from flightgen.isa.assembly import disassemble
 from flightgen.isa.machine import SIM_CORE
 from flightgen.sim.host import Host
 from flightgen.sim.quant_model import QuantLlama
@@ -91,6 +93,27 @@ def test_pruned_mixed_precision_model_equals_reference(tiny):
     assert tensors["blk.1.ffn_up.weight"].data.mask is not None
     assert tensors["blk.0.attn_q.weight"].data.mask is None
     check_generation(binary, _reference_of(binary, tiny), PROMPT[:4], 4)
+
+
+@pytest.mark.parametrize("config", [
+    CompileConfig(),
+    CompileConfig(weights="int4-g32-sym", precision=(("attn", "int8-g32-sym"),),
+                  sparsity="8:16", sparse="ffn")])
+def test_striped_weights_equal_reference(tiny, config):
+    """A core whose load unit takes two lines a cycle: every weight tile's LOAD is striped
+    over an aligned pair of channels (its scales and masks on a channel of their own), and
+    generation still equals the reference."""
+    target = Target("striped", STRIPED, channel_bytes=1 << 24)
+    binary = compile_model(target, config, model=tiny)
+    check_generation(binary, _reference_of(binary, tiny), PROMPT[:5], 3)
+    tiles = [t for where in binary.places.values() if "tiles" in where
+             for t in where["tiles"]]
+    assert tiles and all(t["stripe"] == 2 and t["port"] % 2 == 0 for t in tiles)
+    assert {t["port"] for t in tiles} == {0, 2}
+    raw = np.frombuffer(binary.program(0, "decode").words, np.uint8).reshape(-1, 32)
+    text = disassemble([int.from_bytes(row.tobytes(), "little") for row in raw])
+    loads = [line for line in text.splitlines() if line.startswith("load buffer=wgt")]
+    assert sum("stripe=1" in line for line in loads) == len(tiles)
 
 
 def test_ir_is_dumped_after_every_pass(tiny, tmp_path):

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from configs import STRIPED
 
 from flightgen.isa.assembly import assemble
 from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode
@@ -193,6 +194,42 @@ def test_512_bit_lines():
                              latency=(1, 40), name="core-512")
         machine, expected = simulate(WIDE, program, images, regs)
         compare(runs[0], expected, out, machine)
+
+
+STRIPED_LOADS = """
+    load  buffer=wgt line=4 port=2 stripe=1 addr=0x40+r1*32 length=6 count2=2 stride2=0x400 \
+release=store
+    store buffer=wgt line=5 port=0 addr=0x1003 length=150 wait=load release=load
+    load  buffer=wgt line=0 port=0 stripe=1 addr=0x2000 length=2+r1*2 count3=2 stride3=0x800 \
+wait=store release=store
+    store buffer=wgt line=0 port=3 addr=0x2001 length=500 wait=load release=load
+    load  buffer=wgt line=17 port=1 addr=0x80 length=3 wait=store release=store
+    store buffer=wgt line=16 port=1 addr=0x3005 length=160 wait=load release=sys
+    sync  wait=store
+    halt
+""".replace("\\\n", "")
+
+
+def test_striped_loads():
+    """A core whose load unit takes two lines a cycle (``WGT`` in two banks): striped loads
+    on either pair of ports and plain ones into both banks, stores back from every bank, and
+    decode FFNs whose weights stream striped (INT8 dense, INT4 8:16) under stalls on every
+    channel, equal to the ISA simulator."""
+    model = core_model(STRIPED)
+    rng = np.random.default_rng(SEED + 2)
+    hbm = [rng.integers(0, 256, 1 << 14, dtype=np.uint8) for _ in range(STRIPED.hbm_ports)]
+    programs = [(assemble(STRIPED_LOADS), hbm, (3, 0, 0, 0, 0, 0, 0))]
+    for bits, pattern in ((8, None), (4, (8, 16))):
+        builder, _ = ffn_block(STRIPED, rng, 128, 256, bits=bits, pattern=pattern,
+                               hbm_bytes=1 << 18)
+        assert any("stripe=1" in line for line in builder.text)
+        programs.append((builder.words(), builder.hbm, (0,) * 7))
+    for program, images, regs in programs:
+        runs, out = run_core(model, STRIPED, [program], images, [regs], stall=0.3,
+                             latency=(1, 40), name="core-striped")
+        machine, expected = simulate(STRIPED, program, images, regs)
+        compare(runs[0], expected, out, machine)
+        assert runs[0].error == ErrorCode.NONE
 
 
 @pytest.mark.slow

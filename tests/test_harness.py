@@ -6,12 +6,13 @@ import os
 
 import numpy as np
 import pytest
+from configs import STRIPED
 from model_files import write_gguf
 
 from flightgen.compiler.build import compile_model
 from flightgen.compiler.frontends import load_model
 from flightgen.compiler.passes import CompileConfig
-from flightgen.compiler.target import TARGETS
+from flightgen.compiler.target import TARGETS, Target
 from flightgen.isa.assembly import assemble
 from flightgen.isa.machine import SIM_CORE, ErrorCode
 from flightgen.sim.harness import (
@@ -21,7 +22,7 @@ from flightgen.sim.harness import (
     RtlBackend,
     build_harness,
 )
-from flightgen.sim.host import Host
+from flightgen.sim.host import Host, IsaBackend
 from flightgen.sim.programs import decoder_layer, ffn_block
 from flightgen.sim.stimulus import random_programs
 from flightgen.sim.system import simulate
@@ -85,6 +86,25 @@ def test_tiny_model_on_the_rtl_equals_the_isa_simulator(tiny, executable, cores)
     commands leave zero beats to pad, which once corrupted the next QUANT)."""
     binary = compile_model(SMALL.with_cores(cores), CompileConfig(), model=tiny)
     _check_generation(binary)
+
+
+def test_striped_model_on_the_rtl_equals_the_isa_simulator_instruction_by_instruction(tiny):
+    """A core whose load unit takes two lines a cycle (WGT in two banks, each with its own
+    write monitor): the tiny model with striped weight tiles, every instruction's writes
+    compared with the ISA simulator's (``--check``), and the same logits."""
+    from flightgen.simulate import _Checked
+
+    binary = compile_model(Target("striped", STRIPED, channel_bytes=1 << 24), CompileConfig(),
+                           model=tiny)
+    isa = Host(binary)
+    with RtlBackend(binary, check=True) as rtl:
+        checked = _Checked(rtl, IsaBackend(binary), STRIPED)
+        host = Host(binary, checked)
+        for step, token in enumerate(PROMPT):
+            checked.step = f"step {step + 1}"
+            phase = "prefill" if step < len(PROMPT) - 1 else "decode"
+            got, want = host.step(token, phase), isa.step(token, phase)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_decode_workloads_take_the_cocotb_bench_cycles(executable):

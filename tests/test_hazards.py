@@ -4,6 +4,7 @@ naming the two instructions."""
 
 import numpy as np
 import pytest
+from configs import STRIPED
 from model_files import write_gguf
 
 from flightgen.compiler.build import compile_model
@@ -50,6 +51,23 @@ def test_bench_workloads_are_ordered():
         assert check_ordering(SIM_CORE, layer.words(), layer.registers) == []
     chain = ffn_chain(SIM_CORE, rng, 128, 256, layers=2, bits=8, pattern=(8, 16))
     assert check_ordering(SIM_CORE, chain.words()) == []
+
+
+def test_striped_loads_are_checked_on_each_of_their_ports():
+    """A striped load reads its share on every port of the stripe (no further on the first):
+    a store to the second port's share is a hazard unless ordered; one past the shares is
+    none."""
+    chain = ffn_chain(STRIPED, np.random.default_rng(7), 128, 256, layers=2, bits=4)
+    assert check_ordering(STRIPED, chain.words()) == []
+    text = ("store buffer=vec line=0 port={port} addr={addr:#x} length=32{sync}\n"
+            "load buffer=wgt line=0 port=2 stripe=1 addr=0x100 length=8{wait} release=sys\n"
+            "halt wait=load")
+    racy = check_ordering(STRIPED, assemble(text.format(port=3, addr=0x160, sync="", wait="")))
+    assert [(h.kind, h.where) for h in racy] == [("HBM read after write", "port 3 bytes 0x160..")]
+    ordered = text.format(port=3, addr=0x160, sync=" release=load", wait=" wait=store")
+    assert check_ordering(STRIPED, assemble(ordered)) == []
+    past = text.format(port=2, addr=0x180, sync="", wait="")  # the share is 4 lines of 32 bytes
+    assert check_ordering(STRIPED, assemble(past)) == []
 
 
 def _mutate(lines, find, change):

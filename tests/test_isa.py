@@ -168,6 +168,47 @@ def test_dispatcher_checks(line, code, message):
     assert error.value.code == code
 
 
+#: A core whose load unit takes four lines a cycle (WGT in four banks).
+STRIPED = CoreConfig(chain=16, vpus=4, hbm_ports=6, load_lanes=4)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("load buffer=wgt stripe=3 length=8", "a stripe of 8 ports but the load unit takes 4"),
+    ("load buffer=act stripe=1 length=2", "only WGT is banked for striped loads, not ACT"),
+    ("load buffer=wgt port=1 stripe=1 length=2", "port = 1 is not a multiple of the stripe 2"),
+    ("load buffer=wgt line=2 stripe=2 length=4", "line = 2 is not a multiple of the stripe 4"),
+    ("load buffer=wgt stripe=2 length=2+r1*1", r"length = 3 is not a multiple of the stripe 4"),
+    ("load buffer=wgt port=4 stripe=2 length=4", "ports 4 to 7 but the core has 6 HBM ports"),
+    ("store buffer=wgt stripe=1 length=4", "a store is not striped"),
+    ("matrix bits=4 wgt=2 blocks=2 groups=1", "wgt = 2 is not a multiple of WGT's 4 banks"),
+])
+def test_striped_load_checks(line, message):
+    with pytest.raises(IllegalInstruction, match=message) as error:
+        _check(line, (1, 0, 0, 0, 0, 0, 0), STRIPED)
+    assert error.value.code == ErrorCode.BAD_FIELD
+
+
+def test_striped_load_semantics():
+    """Line ``i`` of a striped row is line ``i // s`` of port ``port + i % s``'s share; every
+    row of every plane is striped alike; the span is the consecutive lines from ``line``."""
+    rng = np.random.default_rng(5)
+    machine = Machine(STRIPED, 1 << 14)
+    for memory in machine.hbm:
+        memory[:] = rng.integers(0, 256, memory.size, dtype=np.uint8)
+    resolved = _check("load buffer=wgt line=8 port=2 stripe=1 addr=0x40 length=6 count2=2 "
+                      "stride2=0x400 count3=2 stride3=0x1000", config=STRIPED)
+    assert resolved.writes == ((Buffer.WGT, 8, 24),)
+    assert machine.execute(resolved)[0] == ErrorCode.NONE
+    lines = machine.buffers[Buffer.WGT][8:32]
+    step = STRIPED.line_bytes
+    for n in range(24):
+        i3, i2, i = n // 12, n // 6 % 2, n % 6
+        at = 0x40 + i3 * 0x1000 + i2 * 0x400 + i // 2 * step
+        np.testing.assert_array_equal(lines[n], machine.hbm[2 + i % 2][at:at + step])
+    past = _check("load buffer=wgt port=4 stripe=1 addr=0x3fe0 length=4", config=STRIPED)
+    assert machine.execute(past)[0] == ErrorCode.AXI  # one port's share runs past its end
+
+
 def test_matrix_bits_code_3_is_illegal():
     word = encode(Opcode.MATRIX, {"bits": 3, "blocks": 1, "groups": 1})
     with pytest.raises(IllegalInstruction, match="unknown code width 3") as error:
@@ -195,6 +236,10 @@ def test_core_config_validation():
         CoreConfig(keeps=(16, 16))
     with pytest.raises(ValueError, match=r"^modes must be a sequence of 'mv', 'mm'"):
         CoreConfig(modes=("mx",))
+    with pytest.raises(ValueError, match=r"^load_lanes must be a power of two from 1 to 2 "):
+        CoreConfig(chain=16, vpus=2, hbm_ports=4, load_lanes=4)  # a weight beat of 2 lines
+    with pytest.raises(ValueError, match=r"^load_lanes must be a power of two from 1 to 4 "):
+        CoreConfig(chain=16, vpus=4, hbm_ports=6, load_lanes=3)
     reduced = CoreConfig(keeps=[8, 16], modes=["mv"])  # as read back from JSON
     assert (reduced.keeps, reduced.modes) == ((16, 8), ("mv",))
     assert CoreConfig(**json.loads(json.dumps(reduced.to_dict()))) == reduced

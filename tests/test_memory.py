@@ -12,7 +12,12 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from flightgen.hw.axi import axi4_signature
-from flightgen.hw.memory import LoadEngine, StoreEngine, load_command_layout
+from flightgen.hw.memory import (
+    LoadEngine,
+    StoreEngine,
+    load_command_layout,
+    store_command_layout,
+)
 from flightgen.isa.instructions import OPCODE_UNIT, Buffer, Opcode, encode
 from flightgen.isa.machine import (
     CoreConfig,
@@ -39,7 +44,8 @@ def command_of(config, opcode, **fields):
     """The resolved fields of an encoded LOAD/STORE (IllegalInstruction if the dispatcher
     would refuse it); the counts default to 1."""
     f = resolve(config, encode(opcode, {"count2": 1, "count3": 1, **fields})).fields
-    return {name: f[name] for name in load_command_layout.members}
+    layout = load_command_layout if opcode == Opcode.LOAD else store_command_layout
+    return {name: f[name] for name in layout.members}
 
 
 def execute(machine, opcode, command):
@@ -48,9 +54,10 @@ def execute(machine, opcode, command):
     return error
 
 
-def random_load(config, rng):
+def random_load(config, rng, striped=False):
     step = config.line_bytes
     while True:
+        stripe = int(rng.integers(0, config.load_lanes.bit_length())) if striped else 0
         length = int(rng.choice([0, 1, 2, 3, 5, int(rng.integers(1, 40)),
                                  int(rng.integers(100, 200))]))
         count2, count3 = (int(x) for x in rng.integers(1, 4, 2))
@@ -63,6 +70,11 @@ def random_load(config, rng):
         fields = dict(buffer=int(rng.integers(0, 4)), line=int(rng.integers(0, 64)),
                       port=int(rng.integers(0, config.hbm_ports)), addr=addr, length=length,
                       count2=count2, stride2=stride2, count3=count3, stride3=stride3)
+        if stripe:  # into WGT, on aligned ports, lines and lengths
+            s = 1 << stripe
+            fields.update(stripe=stripe, buffer=Buffer.WGT.value, line=fields["line"] // s * s,
+                          port=int(rng.integers(0, config.hbm_ports // s)) * s,
+                          length=length // s * s)
         try:
             return command_of(config, Opcode.LOAD, **fields)
         except IllegalInstruction:
@@ -101,9 +113,11 @@ def simulate(engine, commands, models, bases, backpressure=0.0, rng=None, buffer
             ctx.set(engine.write.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(engine.write.valid,
                                                            engine.write.payload)
-            if valid and ready:
-                writes.append((int(payload.buffer), int(payload.line),
-                               int(payload.data).to_bytes(engine.line_bytes, "little")))
+            if valid and ready:  # a striped transfer carries 2**stripe lines
+                wide = int(payload.data).to_bytes(engine.lanes * engine.line_bytes, "little")
+                for i in range(1 << int(payload.stripe)):
+                    writes.append((int(payload.buffer), int(payload.line) + i,
+                                   wide[i * engine.line_bytes:(i + 1) * engine.line_bytes]))
 
     async def read_port(ctx):  # the store engine's source: latency 1
         while True:
@@ -196,6 +210,9 @@ def test_parameters_are_validated():
             engine(512, 2, outstanding=0)
     with pytest.raises(ValueError, match=r"^max_burst must be 1 to 64, not 128$"):
         LoadEngine(512, 1, max_burst=128)
+    with pytest.raises(ValueError, match=r"^lanes must be 1, 2, 4 or 8 and at most the ports "
+                                         r"\(2\), not 4$"):
+        LoadEngine(512, 2, lanes=4)
 
 
 def test_bursts_respect_the_rules():
@@ -271,9 +288,57 @@ def test_load_equals_machine(line_bits, pattern):
     engine = LoadEngine(line_bits, 3, outstanding=4)
     results, _ = simulate(engine, commands, models, bases, backpressure, rng)
     check_loads(config, commands, results, machine)
+    check_bursts(engine, commands, models, bases)
+
+
+def check_bursts(engine, commands, models, bases):
+    """Each port's model saw exactly the bursts of the commands that use it (a striped
+    command: the same bursts on each of its ports)."""
     for p, (model, base) in enumerate(zip(models, bases, strict=True)):
-        assert model.reads == [b for c in commands if c["port"] == p
-                               for b in engine.bursts(c, base)]
+        assert model.reads == [(address - bases[c["port"]] + base, beats) for c in commands
+                               if c["port"] <= p < c["port"] + (1 << c["stripe"])
+                               for address, beats in engine.bursts(c, bases[c["port"]])]
+
+
+@pytest.mark.parametrize("line_bits", [256, 512])
+@pytest.mark.parametrize("pattern", ["fast", "stalls"])
+def test_striped_load_equals_machine(line_bits, pattern):
+    """Striped and plain descriptors mixed on five ports of a four-lane engine (two ports
+    with base addresses): the lines equal the ISA simulator's, every port of a stripe sees
+    the command's bursts, under random latency and stalls per port (a stripe's beats meet in
+    lockstep) and backpressure."""
+    rng = make_rng(f"striped{line_bits}{pattern}")
+    config = CoreConfig(line_bits=line_bits, chain=16, vpus=8, hbm_ports=5, load_lanes=4)
+    latency, stall, backpressure = (((1, 1), 0.0, 0.0) if pattern == "fast"
+                                    else ((2, 30), 0.3, 0.3))
+    commands = [random_load(config, rng, striped=k % 3 != 2) for k in range(24)]
+    assert {c["stripe"] for c in commands} == {0, 1, 2}
+    models, bases = models_for(config, rng, latency, stall, [0, 0x3000, 0, 0, 0x1000])
+    machine = machine_for(config, models, bases)
+    engine = LoadEngine(line_bits, 5, outstanding=4, lanes=4)
+    results, _ = simulate(engine, commands, models, bases, backpressure, rng)
+    check_loads(config, commands, results, machine)
+    check_bursts(engine, commands, models, bases)
+
+
+def test_striped_load_rate():
+    """A stripe of four ports with a fixed latency moves four lines a cycle: the cycles are
+    :meth:`LoadEngine.expected_cycles`, a quarter of the plain load's beats."""
+    rng = make_rng("stripedrate")
+    config = CoreConfig(line_bits=512, chain=16, vpus=8, hbm_ports=4, load_lanes=4,
+                        wgt_lines=4096)
+    rows = 4096 // config.line_bytes * 4
+    command = command_of(config, Opcode.LOAD, buffer=Buffer.WGT.value, addr=0x2000,
+                         length=rows, count2=8, stride2=0x1000, stripe=2)
+    models, bases = models_for(config, rng, (40, 40), 0.0, size=0x20000)
+    machine = machine_for(config, models, bases, size=0x20000)
+    engine = LoadEngine(512, 4, lanes=4)
+    results, _ = simulate(engine, [command], models, bases)
+    check_loads(config, [command], results, machine)
+    assert all(model.r_beats == 8 * rows // 4 for model in models)
+    cycles = results[0]["end"] - results[0]["start"] + 1
+    assert cycles == engine.expected_cycles(command, 40)
+    assert cycles < 8 * rows // 4 * 1.05 + 40
 
 
 @pytest.mark.parametrize("line_bits", [256, 512])

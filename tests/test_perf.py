@@ -1,11 +1,13 @@
 """The cycle model (flightgen.sim.perf) against the core's Verilog: total cycles within 3% on
-workloads of three core configurations (256- and 512-bit lines, an SFU narrower than the
-beats; dense INT8, INT4 and 8:16 sparse INT4 weights; FFN chains, decoder layers with
+workloads of four core configurations (256- and 512-bit lines, an SFU narrower than the
+beats, a load unit that takes two lines a cycle; dense INT8, INT4 and 8:16 sparse INT4
+weights; FFN chains, decoder layers with
 attention, a compiled model's decode step, loads on two ports at once). Every RTL run is
 also compared with the ISA simulator, bit for bit."""
 
 import numpy as np
 import pytest
+from configs import STRIPED
 from model_files import write_gguf
 
 from flightgen.compiler.build import compile_model
@@ -62,6 +64,10 @@ def _workloads(tmp_path):
     b = decoder_layer(NARROW_SFU, rng, dim=256, heads=4, kv_heads=2, head_dim=64, hidden=256,
                       capacity=64, position=12, bits=4, hbm_bytes=1 << 20)
     yield "decoder layer, SFU of 2 lanes", NARROW_SFU, b.words(), b.hbm, b.registers
+    for bits, pattern in ((8, None), (4, (8, 16))):  # INT8: the weight reader sets the pace
+        b = ffn_chain(STRIPED, rng, 128, 256, layers=2, bits=bits, pattern=pattern,
+                      hbm_bytes=1 << 19)
+        yield f"striped loads, 2 FFN layers, INT{bits}", STRIPED, b.words(), b.hbm, (0,) * 7
     words, hbm, registers = _compiled_step(tmp_path)
     yield "compiled tiny model, decode step", SIM_CORE, words, hbm, registers
     # loads on two ports at once: the engine still takes one line per cycle in all

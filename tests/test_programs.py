@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from configs import STRIPED
 
 from flightgen.isa import attention as A
 from flightgen.isa import special as S
@@ -31,7 +32,7 @@ def _ffn(layer, x):
 
 
 def _run(builder, registers=(0,) * 7):
-    machine = Machine(SIM_CORE, hbm_bytes=len(builder.hbm[0]))
+    machine = Machine(builder.config, hbm_bytes=len(builder.hbm[0]))
     for port, image in enumerate(builder.hbm):
         machine.hbm[port][:] = image
     result = machine.run(builder.words(), registers)
@@ -41,17 +42,18 @@ def _run(builder, registers=(0,) * 7):
 
 def _vector(machine, port, address, length):
     """An FX vector stored in line format (one beat of ``lanes`` values per line)."""
-    c = SIM_CORE
+    c = machine.config
     lines = -(-length // c.lanes)
     raw = machine.hbm[port][address:address + lines * c.line_bytes]
     values = raw.reshape(lines, c.line_bytes)[:, :4 * c.lanes].copy().view(np.int32)
     return values.ravel()[:length].astype(np.int64)
 
 
-@pytest.mark.parametrize("bits, pattern", [(4, None), (8, (8, 16))])
-def test_ffn_chain_is_the_ffn(bits, pattern):
+@pytest.mark.parametrize("config, bits, pattern", [(SIM_CORE, 4, None), (SIM_CORE, 8, (8, 16)),
+                                                   (STRIPED, 4, (8, 16)), (STRIPED, 8, None)])
+def test_ffn_chain_is_the_ffn(config, bits, pattern):
     rng = np.random.default_rng(SEED)
-    builder = ffn_chain(SIM_CORE, rng, 128, 256, layers=2, bits=bits, pattern=pattern)
+    builder = ffn_chain(config, rng, 128, 256, layers=2, bits=bits, pattern=pattern)
     machine = _run(builder)
     x = builder.x
     for layer in builder.layers:

@@ -230,8 +230,10 @@ struct Port {
 #define FG_BIND(port, prefix) FG_BIND_(port, prefix)
 #define FG_HBM(p) hbm___05F##p
 
-// One buffer's write port among the core's `buffer_writes` outputs.
+// One buffer bank's write port among the core's `buffer_writes` outputs (`line` is the
+// buffer's line).
 struct WritePort {
+    int buffer;
     const CData* en;
     const SData* line;
     const void* data;
@@ -432,13 +434,15 @@ class Harness {
                                             random_));
         FG_FOR_EACH_HBM_PORT(FG_ADD_PORT)
 #undef FG_ADD_PORT
-#define FG_ADD_BUFFER(b, lines)                                                                \
-    mirror_[b].assign(uint64_t(lines) * FG_LINE_BYTES, 0);                                     \
-    writes_[b] = {&top->buffer_writes___05F##b##___05Fen,                                     \
-                  &top->buffer_writes___05F##b##___05Fline,                                   \
-                  &top->buffer_writes___05F##b##___05Fdata};
+#define FG_ADD_BUFFER(b, lines) mirror_[b].assign(uint64_t(lines) * FG_LINE_BYTES, 0);
         FG_FOR_EACH_BUFFER(FG_ADD_BUFFER)
 #undef FG_ADD_BUFFER
+#define FG_ADD_MONITOR(k, b)                                                                   \
+    writes_[k] = {b, &top->buffer_writes___05F##k##___05Fen,                                  \
+                  &top->buffer_writes___05F##k##___05Fline,                                   \
+                  &top->buffer_writes___05F##k##___05Fdata};
+        FG_FOR_EACH_MONITOR(FG_ADD_MONITOR)
+#undef FG_ADD_MONITOR
         top->clk = 0;
         top->control___05Fawvalid = top->control___05Fwvalid = top->control___05Fbready = 0;
         top->control___05Farvalid = top->control___05Frready = 0;
@@ -539,7 +543,7 @@ class Harness {
     uint64_t run_start_ = 0;
     Crc32 crc32_;
     std::vector<uint8_t> mirror_[FG_BUFFERS];
-    WritePort writes_[FG_BUFFERS];
+    WritePort writes_[FG_MONITORS];
     std::vector<std::vector<Span>> spans_;
     bool checking_ = false;
     std::vector<Retirement> retirements_;
@@ -548,7 +552,7 @@ class Harness {
         int buffer;
         uint32_t line;
         uint8_t data[FG_LINE_BYTES];
-    } pending_writes_[FG_BUFFERS];
+    } pending_writes_[FG_MONITORS];
     int pending_count_ = 0;
     uint32_t retiring_[FG_UNITS];
     bool retiring_valid_[FG_UNITS] = {};
@@ -588,12 +592,12 @@ class Harness {
     // Sample what the core shows this cycle (evaluated, before the edge).
     void observe() {
         pending_count_ = 0;
-        for (int b = 0; b < FG_BUFFERS; b++) {
-            if (!*writes_[b].en) continue;
+        for (int k = 0; k < FG_MONITORS; k++) {
+            if (!*writes_[k].en) continue;
             LineWrite& w = pending_writes_[pending_count_++];
-            w.buffer = b;
-            w.line = *writes_[b].line;
-            std::memcpy(w.data, writes_[b].data, FG_LINE_BYTES);
+            w.buffer = writes_[k].buffer;
+            w.line = *writes_[k].line;
+            std::memcpy(w.data, writes_[k].data, FG_LINE_BYTES);
         }
         const auto* retire = reinterpret_cast<const uint32_t*>(&top->retire);
         for (int u = 0; u < FG_UNITS; u++) {
