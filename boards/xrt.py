@@ -74,6 +74,11 @@ class XrtBackend:
                 size = max(image.size if image else 0, _MIN_BYTES)
                 bo = pyxrt.bo(self.device, size, pyxrt.bo.normal,
                               kernel.group_id(self._arg(f"hbm{port}")))
+                if c.load_lanes > 1 and bo.address() % 4096:
+                    raise FlightgenError(
+                        f"core {core}: the buffer of HBM port {port} is at {bo.address():#x}, "
+                        f"not on a 4 KiB page: striped loads need the ports' buffers to start "
+                        f"at the same offset in their pages")
                 if image is not None:
                     self._put(bo, 0, np.frombuffer(binary.image_bytes(image), np.uint8))
                 ports.append(bo)

@@ -111,8 +111,9 @@ class _Writer:
             release = "" if prefetched else " release=matrix"
             meta_at = where.get("meta", {"port": where["port"],
                                          "address": where["address"] + w * c.line_bytes})
+            meta_lines = -(-(s + m) // stripe) * stripe  # padded to whole stripes
             sink.append(f"load buffer=meta line={meta} port={meta_at['port']} "
-                        f"addr={meta_at['address']:#x} length={s + m}{release}")
+                        f"addr={meta_at['address']:#x} length={meta_lines}{striped}{release}")
             waits = ([] if prefetched else ["load"]) + (list(first_wait) if position == 0
                                                          else [])
             releases = ["load"] if tile + SLOTS < self.planned else []
@@ -364,6 +365,17 @@ def build_images(graph, ctx, progress=None):
         channel = target.channel(where["core"], where["port"])
         images[channel][where["address"]:where["address"] + len(data)] = data
 
+    def put_striped(where, data):
+        """``data`` striped over ``where``'s channels: line ``i`` on its port ``+ i %
+        stripe``, at its address (zero lines to a whole number of stripes)."""
+        stripe, step = where["stripe"], c.line_bytes
+        padded = np.zeros(where["bytes"], np.uint8)
+        padded[:len(data)] = data
+        lines = padded.reshape(-1, stripe, step)
+        for i in range(stripe):
+            put({**where, "port": where["port"] + i, "bytes": where["bytes"] // stripe},
+                lines[:, i])
+
     matrices = graph.matrices()
     for number, tensor in enumerate(matrices):
         if progress is not None:
@@ -389,13 +401,9 @@ def build_images(graph, ctx, progress=None):
                                        f"{stream} has {len(beats)} beats, planned "
                                        f"{count_lines} lines")
                 parts.append(padded.ravel())
-            if "meta" in where:  # line i of the weights on channel port + i % stripe
-                stripe = where["stripe"]
-                lines = parts[0].reshape(-1, stripe, c.line_bytes)
-                for i in range(stripe):
-                    put({**where, "port": where["port"] + i, "bytes": where["bytes"] // stripe},
-                        lines[:, i])
-                put(where["meta"], np.concatenate(parts[1:]))
+            if "meta" in where:  # line i of each on channel port + i % stripe
+                put_striped(where, parts[0])
+                put_striped(where["meta"], np.concatenate(parts[1:]))
             else:
                 put(where, np.concatenate(parts))
     for tensor in graph.tensors.values():

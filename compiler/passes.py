@@ -513,9 +513,9 @@ class Place:
     """HBM addresses for everything a core reads or writes, each item on the channel of its
     core that a decode step uses least so far (balanced traffic) and that has room: weight
     tiles (weights, then scales and masks; consecutive tiles land on different channels; on a
-    core whose load unit takes ``s = load_lanes`` lines a cycle, a tile's weights are striped
-    over an aligned group of ``s`` channels, at the same address on each, and its scales and
-    masks go to a channel of their own),
+    core whose load unit takes ``s = load_lanes`` lines a cycle, a tile's weights, and its
+    scales and masks (padded to whole stripes), are each striped over an aligned group of
+    ``s`` channels, at the same address on each),
     norm weights, the RoPE phase table, the KV caches, the input slot, the hand-over slots of
     the sync points, the logits; then the embedding table (one row read per step) in the
     space left on the first core's channels."""
@@ -584,9 +584,9 @@ class Place:
                     plan = plans[name]
                     tiles = []
                     for w, s, k in plan.lines:
-                        if stripe > 1:  # weights striped, scales and masks on their own
+                        if stripe > 1:  # weights; scales and masks: each striped
                             where = {**place_striped(core, w),
-                                     "meta": place(core, (s + k) * line)}
+                                     "meta": place_striped(core, _up(s + k, stripe))}
                         else:  # weights, scales and masks back to back
                             where = place(core, (w + s + k) * line)
                         tiles.append(where)

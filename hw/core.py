@@ -33,7 +33,7 @@ Contract
   passes to a unit's queue or takes itself (a ``SYS``), in program order.
 * ``buffer_writes``: each buffer bank's write port as the bank sees it (``en``, ``line``:
   the buffer's line, ``data``), in the order of :func:`write_monitors` (one per buffer, and
-  one per bank of ``WGT``), so a bench can mirror the buffers and check what each
+  one per bank of ``WGT`` and ``META``), so a bench can mirror the buffers and check what each
   instruction wrote (the C++ harness's ``--check``).
 
 These three are outputs for simulation only; the Vitis top leaves them unconnected and
@@ -47,9 +47,9 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..isa.instructions import FORMATS, REGISTERS, WORD_BITS, Buffer, Opcode, SysOp, Unit
-from ..isa.machine import ErrorCode
+from ..isa.machine import BANKED, ErrorCode
 from .axi import BURST_INCR, RESP_OKAY, axi4_lite_signature, axi4_signature, beats_to_boundary
-from .beats import LINE_ADDR_BITS, WriteArbiter
+from .beats import LINE_ADDR_BITS, WriteArbiter, read_port_signature
 from .buffers import BankedBuffer
 from .control import ControlSlave, RegisterMap
 from .dispatch import UNITS, Decoder, TokenMatrix, decoded_layout
@@ -82,10 +82,10 @@ def buffer_write_signature(line_bits):
 
 def write_monitors(config):
     """``(buffer, bank)`` of each entry of the core's ``buffer_writes``: every buffer in
-    :class:`~flightgen.isa.instructions.Buffer` order, ``WGT`` with its ``load_lanes`` banks
-    (line ``l`` in bank ``l % load_lanes``), the others with one."""
+    :class:`~flightgen.isa.instructions.Buffer` order, ``WGT`` and ``META`` with their
+    ``load_lanes`` banks (line ``l`` in bank ``l % load_lanes``), the others with one."""
     return tuple((b, bank) for b in Buffer
-                 for bank in range(config.load_lanes if b == Buffer.WGT else 1))
+                 for bank in range(config.load_lanes if b in BANKED else 1))
 
 
 fetch_layout = data.StructLayout({"word": WORD_BITS, "pc": 32, "end": 1, "bad": 1})
@@ -297,10 +297,10 @@ class Core(wiring.Component):
                     m.d.comb += getattr(source.axi[p], name).eq(getattr(port, name))
 
         # -- buffers: one write port each (arbitrated), read ports per reader -------------------
-        # WGT has load_lanes banks (line l in bank l % load_lanes, row l // load_lanes) written
-        # by the load engine alone, a striped load's lines in one cycle; the others one bank.
-        writers = {Buffer.VEC: ["load", "matrix", "vector"],
-                   Buffer.ACT: ["load", "quant", "lo"], Buffer.META: ["load"]}
+        # WGT and META (BANKED) have load_lanes banks (line l in bank l % load_lanes, row
+        # l // load_lanes) written by the load engine alone, a striped load's lines in one
+        # cycle; VEC and ACT have one bank and an arbiter among their writers.
+        writers = {Buffer.VEC: ["load", "matrix", "vector"], Buffer.ACT: ["load", "quant", "lo"]}
         readers = {Buffer.VEC: ["store", "a", "b"], Buffer.ACT: ["store", "act"],
                    Buffer.WGT: ["store", "wgt"], Buffer.META: ["store", "mask", "scale"]}
         lanes, log_lanes = c.load_lanes, c.load_lanes.bit_length() - 1
@@ -311,14 +311,15 @@ class Core(wiring.Component):
         for b in Buffer:
             # UltraRAM: the block RAM of an SLR goes to the matrix engine's activation tiles
             # and the SFU's tables (at full size the ACT buffer in block RAM would take the
-            # core past an SLR's share)
-            banks = lanes if b == Buffer.WGT else 1
-            buf = BankedBuffer(w, c.lines(b), banks, read_ports=len(readers[b]),
-                               primitive="uram")
+            # core past an SLR's share); META in banks is short enough for block RAM (in
+            # UltraRAM each of its banks would take as many as the whole buffer)
+            banks = lanes if b in BANKED else 1
+            kind = "auto" if b == Buffer.META and banks > 1 else "uram"
+            buf = BankedBuffer(w, c.lines(b), banks, read_ports=len(readers[b]), primitive=kind)
             m.submodules[f"buffer_{b.name.lower()}"] = buffers[b] = buf
             for p, name in enumerate(readers[b]):
                 read_ports[b, name] = buf.read[p]
-            if b == Buffer.WGT:
+            if b in BANKED:
                 continue
             arbiter = WriteArbiter(len(writers[b]), w)
             m.submodules[f"arbiter_{b.name.lower()}"] = arbiter
@@ -331,71 +332,76 @@ class Core(wiring.Component):
                 write_inputs[b, name] = getattr(arbiter, f"i{k}")
 
         # the load engine's lines go to the buffer they name: lane 0 through the arbiters, all
-        # lanes straight into WGT's banks (a transfer of 2**stripe lines from an aligned line)
+        # lanes straight into the banks of WGT and META (2**stripe lines from an aligned line)
         lw = load.write.payload
         lane_data = [lw.data[i * w:(i + 1) * w] for i in range(lanes)]
         first_bank = lw.line[:log_lanes] if log_lanes else Const(0, 1)
-        to_wgt = lw.buffer == Buffer.WGT
-        for bank, port in enumerate(buffers[Buffer.WGT].write):
-            selected = Signal(name=f"wgt_sel{bank}")
-            bank_data = Signal(w, name=f"wgt_data{bank}")
-            with m.Switch(lw.stripe):
-                for code in range(log_lanes + 1):
-                    with m.Case(code):
-                        m.d.comb += [selected.eq((first_bank >> code) == (bank >> code)),
-                                     bank_data.eq(lane_data[bank % (1 << code)])]
-            line = Cat(Const(bank, log_lanes), lw.line[log_lanes:])
-            m.d.comb += [port.en.eq(load.write.valid & to_wgt & selected),
-                         port.addr.eq(lw.line[log_lanes:]), port.data.eq(bank_data)]
-            monitor = monitors[Buffer.WGT, bank]
-            m.d.comb += [monitor.en.eq(port.en), monitor.line.eq(line),
-                         monitor.data.eq(bank_data)]
-        with m.If(to_wgt):
-            m.d.comb += load.write.ready.eq(1)
-        for b in Buffer:
-            if b == Buffer.WGT:
-                continue
+        selected = [Signal(name=f"bank_sel{bank}") for bank in range(lanes)]
+        bank_data = [Signal(w, name=f"bank_data{bank}") for bank in range(lanes)]
+        with m.Switch(lw.stripe):
+            for code in range(log_lanes + 1):
+                with m.Case(code):
+                    for bank in range(lanes):
+                        m.d.comb += [selected[bank].eq((first_bank >> code) == (bank >> code)),
+                                     bank_data[bank].eq(lane_data[bank % (1 << code)])]
+        for b in BANKED:
+            for bank, port in enumerate(buffers[b].write):
+                m.d.comb += [port.en.eq(load.write.valid & (lw.buffer == b.value)
+                                        & selected[bank]),
+                             port.addr.eq(lw.line[log_lanes:]), port.data.eq(bank_data[bank])]
+                monitor = monitors[b, bank]
+                m.d.comb += [monitor.en.eq(port.en),
+                             monitor.line.eq(Cat(Const(bank, log_lanes), lw.line[log_lanes:])),
+                             monitor.data.eq(bank_data[bank])]
+            with m.If(lw.buffer == b.value):
+                m.d.comb += load.write.ready.eq(1)
+        for b in writers:
             target = write_inputs[b, "load"]
             m.d.comb += [target.valid.eq(load.write.valid & (lw.buffer == b.value)),
                          target.payload.line.eq(lw.line), target.payload.data.eq(lane_data[0])]
             with m.If(lw.buffer == b.value):
                 m.d.comb += load.write.ready.eq(target.ready)
 
-        def connect_read(ports, client):
+        def connect_rows(ports, client):
             """A client reads a row of every bank of ``ports`` (the banks side by side)."""
-            m.d.comb += [client.data.eq(Cat(port.data for port in ports))]
+            m.d.comb += client.data.eq(Cat(port.data for port in ports))
             for port in ports:
                 m.d.comb += [port.en.eq(client.en), port.addr.eq(client.addr)]
 
-        for name, b in (("act", Buffer.ACT), ("wgt", Buffer.WGT), ("mask", Buffer.META),
-                        ("scale", Buffer.META)):
-            connect_read(read_ports[b, name], getattr(matrix, name))
-        connect_read(read_ports[Buffer.VEC, "a"], vector.a)
-        connect_read(read_ports[Buffer.VEC, "b"], vector.b)
+        def connect_lines(ports, client, name):
+            """A client reads single lines: line ``l`` is row ``l // banks`` of bank ``l %
+            banks`` (the bank of the line read last drives ``data``)."""
+            if len(ports) == 1:
+                return connect_rows(ports, client)
+            bank = Signal(log_lanes, name=f"{name}_bank")
+            with m.If(client.en):
+                m.d.sync += bank.eq(client.addr[:log_lanes])
+            for k, port in enumerate(ports):
+                m.d.comb += [port.en.eq(client.en), port.addr.eq(client.addr >> log_lanes)]
+                with m.If(bank == k):
+                    m.d.comb += client.data.eq(port.data)
+
+        connect_rows(read_ports[Buffer.ACT, "act"], matrix.act)
+        connect_rows(read_ports[Buffer.WGT, "wgt"], matrix.wgt)
+        connect_lines(read_ports[Buffer.META, "mask"], matrix.mask, "mask")
+        connect_lines(read_ports[Buffer.META, "scale"], matrix.scale, "scale")
+        connect_rows(read_ports[Buffer.VEC, "a"], vector.a)
+        connect_rows(read_ports[Buffer.VEC, "b"], vector.b)
         wiring.connect(m, matrix.w, write_inputs[Buffer.VEC, "matrix"])
         wiring.connect(m, vector.w_vec, write_inputs[Buffer.VEC, "vector"])
         wiring.connect(m, vector.w_act, write_inputs[Buffer.ACT, "quant"])
         wiring.connect(m, vector.w_lo, write_inputs[Buffer.ACT, "lo"])
-        # the store engine reads the buffer (and bank) it names (data from the one read last)
+        # the store engine reads the buffer it names (data from the buffer read last)
         store_buffer = Signal(2)
-        store_bank = Signal(max(1, log_lanes))
         with m.If(store.read_en):
-            m.d.sync += [store_buffer.eq(store.read_buffer),
-                         store_bank.eq(store.read_line[:log_lanes] if log_lanes else 0)]
+            m.d.sync += store_buffer.eq(store.read_buffer)
         for b in Buffer:
-            ports = read_ports[b, "store"]
-            shift = log_lanes if b == Buffer.WGT else 0
-            for port in ports:
-                m.d.comb += [port.en.eq(store.read_en & (store.read_buffer == b.value)),
-                             port.addr.eq(store.read_line >> shift)]
+            client = read_port_signature(w).create(path=("store", b.name.lower()))
+            connect_lines(read_ports[b, "store"], client, f"store_{b.name.lower()}")
+            m.d.comb += [client.en.eq(store.read_en & (store.read_buffer == b.value)),
+                         client.addr.eq(store.read_line)]
             with m.If(store_buffer == b.value):
-                if len(ports) == 1:
-                    m.d.comb += store.read_data.eq(ports[0].data)
-                else:
-                    with m.Switch(store_bank):
-                        for bank, port in enumerate(ports):
-                            with m.Case(bank):
-                                m.d.comb += store.read_data.eq(port.data)
+                m.d.comb += store.read_data.eq(client.data)
 
         # -- engine adapters: queue entry -> engine command; engine answer -> ErrorCode --------
         issue_valid, issue_ready, answer_valid, answer_ready, answer_code = {}, {}, {}, {}, {}

@@ -21,7 +21,7 @@ from ..isa.instructions import (
     SysOp,
     Unit,
 )
-from ..isa.machine import ErrorCode
+from ..isa.machine import BANKED, ErrorCode
 from ..isa.matrix import BITS_CODES, KEEP_CODES, MatrixMode
 from ..isa.numerics import ACT_GROUP
 from ..isa.vector import B_IS_VECTOR, READS_B, VectorOp
@@ -145,7 +145,7 @@ class Decoder(wiring.Component):
                               (load.count3 == 0))
         items = Signal(_COUNT_BITS + 24)
         m.d.comb += items.eq(load.length * load.count2 * load.count3)
-        # a striped LOAD: into WGT, at most load_lanes ports, port, line, length aligned
+        # a striped LOAD: into WGT or META, at most load_lanes ports, port, line, length aligned
         stripe_low = Signal(3)  # 2**stripe - 1
         with m.Switch(load.stripe):
             for code in range(4):
@@ -153,7 +153,8 @@ class Decoder(wiring.Component):
                     m.d.comb += stripe_low.eq((1 << code) - 1)
         stripe_bad = Signal()
         m.d.comb += stripe_bad.eq((load.stripe != 0) & (
-            (load.stripe > c.load_lanes.bit_length() - 1) | (load.buffer != Buffer.WGT) |
+            (load.stripe > c.load_lanes.bit_length() - 1) |
+            ~load.buffer.as_value().matches(*(b.value for b in BANKED)) |
             ((load.port | load.line | load.length) & stripe_low).any() |
             (load.port + stripe_low >= c.hbm_ports)))
         depth = Signal(17)

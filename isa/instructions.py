@@ -103,11 +103,11 @@ class TransferInstruction(data.Struct):
     * ``STORE`` writes rows of ``length`` **bytes** taken from consecutive bytes of the buffer
       (from the start of ``line``), at any alignment.
 
-    A ``LOAD`` into ``WGT`` may be **striped** over ``s = 2**stripe`` ports (up to the core's
-    ``load_lanes``): line ``i`` of a row then comes from port ``port + i % s`` at byte
-    ``addr + i3 stride3 + i2 stride2 + (i // s)`` lines, so the load unit takes ``s`` lines a
-    cycle, one from each port. ``port``, ``line`` and ``length`` are multiples of ``s``.
-    ``STORE`` has ``stripe = 0``.
+    A ``LOAD`` into ``WGT`` or ``META`` may be **striped** over ``s = 2**stripe`` ports (up to
+    the core's ``load_lanes``): line ``i`` of a row then comes from port ``port + i % s`` at
+    byte ``addr + i3 stride3 + i2 stride2 + (i // s)`` lines, so the load unit takes ``s``
+    lines a cycle, one from each port. ``port``, ``line`` and ``length`` are multiples of
+    ``s``. ``STORE`` has ``stripe = 0``.
 
     Adaptive: ``addr``, ``length``.
     """

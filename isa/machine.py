@@ -80,7 +80,8 @@ from .numerics import ACT_GROUP, quantize_per_group, quantize_per_token
 from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
 __all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
-           "Machine", "RunResult", "TraceEntry", "HBM_SPAN", "written_spans", "resolve_program"]
+           "Machine", "RunResult", "TraceEntry", "HBM_SPAN", "BANKED", "written_spans",
+           "resolve_program"]
 
 _LINE_BITS = (256, 512)
 
@@ -147,8 +148,9 @@ class CoreConfig:
     load_lanes : int
         Lines the load unit can move in one cycle (1, 2, 4 or 8, at most ``hbm_ports``, and a
         weight beat holds whole rows of them): the widest ``LOAD`` stripe and the banks of
-        ``WGT`` (line ``l`` in bank ``l % load_lanes``). The matrix unit reads ``load_lanes``
-        weight lines a cycle, so a ``MATRIX``'s ``wgt`` is a multiple of ``load_lanes``.
+        ``WGT`` and ``META`` (:data:`BANKED`; line ``l`` in bank ``l % load_lanes``). The
+        matrix unit reads ``load_lanes`` weight lines a cycle, so a ``MATRIX``'s ``wgt`` is a
+        multiple of ``load_lanes``.
     """
 
     line_bits: int = 256
@@ -200,12 +202,13 @@ class CoreConfig:
                 or self.sfu_lanes > self.lanes or self.sfu_lanes & (self.sfu_lanes - 1)):
             raise ValueError(f"sfu_lanes must be 0 or a power of two from 2 to {self.lanes}, "
                              f"not {self.sfu_lanes!r}")
-        widest = min(8, self.hbm_ports, geometry.weight_bits // self.line_bits, self.wgt_lines)
+        widest = min(8, self.hbm_ports, geometry.weight_bits // self.line_bits, self.wgt_lines,
+                     self.meta_lines)
         if (not isinstance(self.load_lanes, int) or not 1 <= self.load_lanes <= max(1, widest)
                 or self.load_lanes & (self.load_lanes - 1)):
             raise ValueError(f"load_lanes must be a power of two from 1 to {max(1, widest)} (8, "
-                             f"the HBM ports, the weight beat's lines and WGT's lines), not "
-                             f"{self.load_lanes!r}")
+                             f"the HBM ports, the weight beat's lines, WGT's and META's lines), "
+                             f"not {self.load_lanes!r}")
 
     def flight(self, unit):
         """Instructions a unit may have started and not yet released: ``load_flight`` for
@@ -261,6 +264,9 @@ class CoreConfig:
 
 #: The configuration the simulation tests build.
 SIM_CORE = CoreConfig()
+
+#: The buffers in ``load_lanes`` banks, which a striped ``LOAD`` may fill.
+BANKED = (Buffer.WGT, Buffer.META)
 
 
 class IllegalInstruction(Exception):
@@ -348,8 +354,8 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
                 if stripe > config.load_lanes:
                     bad(f"a stripe of {stripe} ports but the load unit takes "
                         f"{config.load_lanes} line(s) a cycle")
-                if buffer != Buffer.WGT:
-                    bad(f"only WGT is banked for striped loads, not {buffer.name}")
+                if buffer not in BANKED:
+                    bad(f"only WGT and META are banked for striped loads, not {buffer.name}")
                 for key in ("port", "line", "length"):
                     if f[key] % stripe:
                         bad(f"{key} = {f[key]} is not a multiple of the stripe {stripe}")

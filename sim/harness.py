@@ -283,8 +283,10 @@ def _stop(process, log):
             process.kill()
             process.wait()
     for stream in (process.stdin, process.stdout):
-        if not stream.closed:
+        try:
             stream.close()
+        except OSError:  # a dead process: stdin's buffered request has nowhere to go
+            pass
     log.close()
 
 

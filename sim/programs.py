@@ -92,17 +92,21 @@ class ProgramBuilder:
     def put_striped(self, port, beats, bits, stripe):
         """Place beats as a ``LOAD`` striped over ``stripe`` ports from ``port`` brings them:
         line ``i`` of the stream at line ``i // stripe`` of port ``port + i % stripe``, at
-        the same address on every port; return ``(address, lines)``."""
+        the same address on every port, padded with zero lines to a multiple of ``stripe``;
+        return ``(address, lines)`` (the padded count)."""
         c = self.config
         size = c.beat_lines(bits) * c.line_bytes
-        data = np.frombuffer(b"".join(int(b).to_bytes(size, "little") for b in beats), np.uint8)
-        lines = data.reshape(-1, stripe, c.line_bytes)
+        data = b"".join(int(b).to_bytes(size, "little") for b in beats)
+        count = -(-len(data) // (stripe * c.line_bytes)) * stripe
+        padded = np.zeros(count * c.line_bytes, np.uint8)
+        padded[:len(data)] = np.frombuffer(data, np.uint8)
+        lines = padded.reshape(-1, stripe, c.line_bytes)
         ports = range(port, port + stripe)
         address = max(self._hbm_next[p] for p in ports)
         for i, p in enumerate(ports):
             self._hbm_next[p] = address
             self.put(p, lines[:, i].tobytes())
-        return address, len(beats) * c.beat_lines(bits)
+        return address, count
 
     def alloc(self, buffer, lines):
         """Allocate ``lines`` lines of ``buffer``; return the first."""
@@ -140,18 +144,11 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
     n, k = weight.shape
     dummy = np.zeros((1, k), np.int8)
     scale = (np.zeros((1, k // ACT_GROUP), np.int64),) * 2
-    whole = MatrixOperation(g, MatrixMode.MV, weight, dummy, scale)
+    whole, tile_groups = _tiling(c, weight, builder.tile_lines)
     bits = c.beat_bits
     groups = whole.groups
-    # rows per tile: as many row groups as half of WGT and META hold
-    per_group_w = -(-whole.steps // groups * g.codes_per_step(MatrixMode.MV) *
-                    weight.bits // g.weight_bits) * c.beat_lines(bits["weights"])
-    per_group_s = whole.blocks * c.beat_lines(bits["scales"])
-    per_group_m = 0
-    if weight.mask is not None:
-        per_group_m = -(-len(whole.beats["masks"]) // groups) * c.beat_lines(bits["masks"])
+    stripe = c.load_lanes  # weights, scales and masks stream striped when above 1
     half_w, half_m = builder.tile_lines // SLOTS, c.meta_lines // SLOTS
-    tile_groups = max(1, min(half_w // max(per_group_w, 1), half_m // (per_group_s + per_group_m)))
     keep = whole.keep
     tiles = []
     for first in range(0, groups, tile_groups):
@@ -168,28 +165,29 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
         builder.tiles += 1
         slot = tile % SLOTS
         wgt, meta = slot * half_w, slot * half_m
-        stripe = c.load_lanes
-        if stripe > 1:
-            w_addr, w_lines = builder.put_striped(port, op.beats["weights"], bits["weights"],
-                                                  stripe)
-        else:
-            w_addr, w_lines = builder.put_beats(port, op.beats["weights"], bits["weights"])
-        s_addr, s_lines = builder.put_beats(port, op.beats["scales"], bits["scales"])
+
+        def put(stream, op=op):
+            if stripe > 1:
+                return builder.put_striped(port, op.beats[stream], bits[stream], stripe)
+            return builder.put_beats(port, op.beats[stream], bits[stream])
+
+        striped = f" stripe={stripe.bit_length() - 1}" if stripe > 1 else ""
+        w_addr, w_lines = put("weights")
+        s_addr, s_lines = put("scales")
         builder.weight_bytes += (w_lines + s_lines) * c.line_bytes
         waits = (["matrix"] if tile >= SLOTS else []) + (
             [load_wait] if index == 0 and load_wait else [])
         wait = f" wait={','.join(waits)}" if waits else ""
-        striped = f" stripe={stripe.bit_length() - 1}" if stripe > 1 else ""
         builder.emit(f"load buffer=wgt line={wgt} port={port} addr={w_addr:#x} length={w_lines}"
                      f"{striped}{wait}")
         mask_line = meta + s_lines
         if op.beats["masks"]:
-            m_addr, m_lines = builder.put_beats(port, op.beats["masks"], bits["masks"])
+            m_addr, m_lines = put("masks")
             builder.weight_bytes += m_lines * c.line_bytes
             builder.emit(f"load buffer=meta line={mask_line} port={port} addr={m_addr:#x} "
-                         f"length={m_lines}")
+                         f"length={m_lines}{striped}")
         builder.emit(f"load buffer=meta line={meta} port={port} addr={s_addr:#x} "
-                     f"length={s_lines} release=matrix")
+                     f"length={s_lines}{striped} release=matrix")
         waits = ["load"] + ([first_wait] if index == 0 and first_wait else [])
         releases = []
         if tile + SLOTS < builder.planned_tiles:
@@ -207,7 +205,10 @@ def mv_layer(builder, weight, act, out, *, port=0, first_wait="vector", last_rel
     return groups
 
 
-def _count_tiles(config, weight, tile_lines=None):
+def _tiling(config, weight, tile_lines):
+    """``(operation, row groups per tile)`` of a decode layer's weight streamed through the
+    :data:`SLOTS` slots of ``tile_lines`` lines of ``WGT`` and of ``META`` (striped streams
+    pad scales and masks to whole stripes)."""
     g = config.geometry
     k = weight.shape[1]
     op = MatrixOperation(g, MatrixMode.MV, weight, np.zeros((1, k), np.int8),
@@ -219,9 +220,15 @@ def _count_tiles(config, weight, tile_lines=None):
     per_group_m = 0
     if weight.mask is not None:
         per_group_m = -(-len(op.beats["masks"]) // op.groups) * config.beat_lines(bits["masks"])
-    tile_lines = config.wgt_lines if tile_lines is None else tile_lines
+    room_m = config.meta_lines // SLOTS - 2 * (config.load_lanes - 1)
     tile_groups = max(1, min(tile_lines // SLOTS // max(per_group_w, 1),
-                             config.meta_lines // SLOTS // (per_group_s + per_group_m)))
+                             room_m // (per_group_s + per_group_m)))
+    return op, tile_groups
+
+
+def _count_tiles(config, weight, tile_lines=None):
+    op, tile_groups = _tiling(config, weight,
+                              config.wgt_lines if tile_lines is None else tile_lines)
     return -(-op.groups // tile_groups)
 
 

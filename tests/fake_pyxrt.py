@@ -36,11 +36,19 @@ class device:  # noqa: N801
 
 class bo:  # noqa: N801
     normal = 0
+    #: Device address of the next buffer (pages of 4 KiB, as XRT allocates; a test may
+    #: misalign it).
+    next_address = 0x4000_0000
 
     def __init__(self, dev, size, flags, group):
         self.data = np.zeros(size, np.uint8)
         self.group = group
         self.device = dev
+        self._address = bo.next_address
+        bo.next_address += -(-size // 4096) * 4096
+
+    def address(self):
+        return self._address
 
     def write(self, data, offset):
         data = np.frombuffer(bytes(data), np.uint8)

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import fake_pyxrt
 import pytest
+from configs import STRIPED
 from model_files import write_gguf
 
 from flightgen.boards.alveo import BOARDS, U50, U55C, U280, Resources, get_board
@@ -17,10 +18,12 @@ from flightgen.boards.vitis import KERNEL_NAME, VitisKernel, channel_map, kernel
 from flightgen.boards.xrt import XrtBackend
 from flightgen.boards.xrt import main as host_main
 from flightgen.cli import main
+from flightgen.compile import _config_only
 from flightgen.compiler.binary import write_binary
 from flightgen.compiler.build import compile_model
 from flightgen.compiler.frontends import load_model
-from flightgen.compiler.target import TARGETS, board_target
+from flightgen.compiler.passes import CompileConfig
+from flightgen.compiler.target import TARGETS, Target, board_target
 from flightgen.errors import FlightgenError
 from flightgen.hardware import lint
 from flightgen.hw.core import register_map
@@ -100,8 +103,8 @@ def test_link_cfg_gives_every_core_its_own_pseudo_channels_and_slr():
 
 
 #: The board configuration's features at simulation size: MV only, dense and 8:16, an SFU
-#: narrower than the beats.
-BOARD_LIKE = dataclasses.replace(SIM_CORE, keeps=(16, 8), modes=("mv",), sfu_lanes=2)
+#: narrower than the beats, striped loads into a banked WGT.
+BOARD_LIKE = dataclasses.replace(STRIPED, keeps=(16, 8), modes=("mv",), sfu_lanes=2)
 
 
 @pytest.mark.verilator
@@ -146,6 +149,20 @@ def test_xrt_host_runs_the_host_sequence(two_cores):
     names = [name for name, _ in fake_pyxrt.kernel.runs]
     assert names[:2] == [f"{KERNEL_NAME}:{{{KERNEL_NAME}_0}}", f"{KERNEL_NAME}:{{{KERNEL_NAME}_1}}"]
     assert len(names) == 2 * len(got.steps)
+
+
+def test_xrt_host_refuses_port_buffers_off_their_pages(tmp_path, monkeypatch):
+    """A core with striped loads needs every port's buffer at the same offset in its 4 KiB
+    page (a burst on one port must not cross a boundary another port's does not)."""
+    target = Target("striped", STRIPED, channel_bytes=1 << 24)
+    binary = compile_model(target, model=load_model(write_gguf(tmp_path / "m.gguf")))
+    (tmp_path / "kernel.xml").write_text(kernel_xml(STRIPED, register_map(STRIPED)))
+    monkeypatch.setattr(fake_pyxrt.device, "config", STRIPED)
+    XrtBackend(binary, tmp_path / "kernel.xml", pyxrt=fake_pyxrt)  # pages: accepted
+    monkeypatch.setattr(fake_pyxrt.bo, "next_address", 0x4000_0040)
+    with pytest.raises(FlightgenError, match=r"core 0: the buffer of HBM port 0 is at "
+                                             r"0x40000040, not on a 4 KiB page"):
+        XrtBackend(binary, tmp_path / "kernel.xml", pyxrt=fake_pyxrt)
 
 
 def test_xrt_host_script(two_cores, capsys):
@@ -278,10 +295,15 @@ def test_bench_decode_script(tmp_path):
     assert 0 < w4["tokens_per_s"] < w4["roofline_tokens_per_s"]
     assert w4["cycles"] == sum(w4["core_cycles"])
     # symmetric scales are paired, 16 bits per group: a group of 128 instead of 32 saves
-    # 16 * (1/32 - 1/128) = 3/8 bit per weight, and nothing else changes
+    # 16 * (1/32 - 1/128) = 3/8 bit per weight; a tile's scales load in whole stripes of 4
+    # lines, and with groups of 128 up to 3 zero lines of a tile pad them (with 32, none)
     lean = rows["LLaMA2-7B", "W4 dense, g128"]
     weights = 32 * (4 * 4096**2 + 3 * 4096 * 11008) + 32000 * 4096
-    assert w4["hbm_bytes"] - lean["hbm_bytes"] == weights * 3 // 64
+    binary = compile_model(board_target(U280), CompileConfig(weights="int4-g128-sym"),
+                           model_config=_config_only("llama2-7b"), verify=False)
+    tiles = sum(len(where["tiles"]) for where in binary.places.values() if "tiles" in where)
+    padding = weights * 3 // 64 - (w4["hbm_bytes"] - lean["hbm_bytes"])
+    assert padding % 64 == 0 and 0 <= padding <= tiles * 3 * 64, (padding, tiles)
     assert lean["tokens_per_s"] > w4["tokens_per_s"]
     assert result["flightllm_tokens_per_s"] == 55.0
     for row in result["rows"]:

@@ -100,20 +100,22 @@ def test_pruned_mixed_precision_model_equals_reference(tiny):
     CompileConfig(weights="int4-g32-sym", precision=(("attn", "int8-g32-sym"),),
                   sparsity="8:16", sparse="ffn")])
 def test_striped_weights_equal_reference(tiny, config):
-    """A core whose load unit takes two lines a cycle: every weight tile's LOAD is striped
-    over an aligned pair of channels (its scales and masks on a channel of their own), and
-    generation still equals the reference."""
+    """A core whose load unit takes two lines a cycle: every weight tile's weights, and its
+    scales and masks, load striped over aligned pairs of channels, and generation still
+    equals the reference."""
     target = Target("striped", STRIPED, channel_bytes=1 << 24)
     binary = compile_model(target, config, model=tiny)
     check_generation(binary, _reference_of(binary, tiny), PROMPT[:5], 3)
     tiles = [t for where in binary.places.values() if "tiles" in where
              for t in where["tiles"]]
-    assert tiles and all(t["stripe"] == 2 and t["port"] % 2 == 0 for t in tiles)
+    for where in (t for tile in tiles for t in (tile, tile["meta"])):
+        assert where["stripe"] == 2 and where["port"] % 2 == 0
     assert {t["port"] for t in tiles} == {0, 2}
     raw = np.frombuffer(binary.program(0, "decode").words, np.uint8).reshape(-1, 32)
     text = disassemble([int.from_bytes(row.tobytes(), "little") for row in raw])
-    loads = [line for line in text.splitlines() if line.startswith("load buffer=wgt")]
-    assert sum("stripe=1" in line for line in loads) == len(tiles)
+    for buffer in ("wgt", "meta"):
+        loads = [line for line in text.splitlines() if line.startswith(f"load buffer={buffer}")]
+        assert sum("stripe=1" in line for line in loads) == len(tiles)
 
 
 def test_ir_is_dumped_after_every_pass(tiny, tmp_path):

@@ -167,7 +167,7 @@ def test_decoder_checks_striped_loads_like_the_isa():
     config = CoreConfig(chain=16, vpus=4, hbm_ports=6, load_lanes=4)
     words = assemble("""
         load buffer=wgt line=8 port=2 stripe=1 addr=0x400 length=6+r1*2 count2=2
-        load buffer=wgt line=4 port=0 stripe=2 length=8
+        load buffer=meta line=4 port=0 stripe=2 length=8
         load buffer=wgt stripe=3 length=8
         load buffer=vec stripe=1 length=2
         load buffer=wgt port=1 stripe=1 length=2

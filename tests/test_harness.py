@@ -198,6 +198,10 @@ def test_harness_errors_are_flightgen_errors(executable):
         harness.process.kill()
         with pytest.raises(HarnessError, match=r"the core harness exited with status -9"):
             harness.read(0, 0, 8)
+        harness.process.stdin.write(b"\0" * 8)  # a request left in the pipe's buffer
+    # closing flushed it into the dead process: no BrokenPipeError, nothing left open
+    assert harness.process.stdin.closed and harness.process.stdout.closed
+    assert harness._log.closed
 
 
 @pytest.mark.slow

@@ -174,7 +174,8 @@ STRIPED = CoreConfig(chain=16, vpus=4, hbm_ports=6, load_lanes=4)
 
 @pytest.mark.parametrize("line, message", [
     ("load buffer=wgt stripe=3 length=8", "a stripe of 8 ports but the load unit takes 4"),
-    ("load buffer=act stripe=1 length=2", "only WGT is banked for striped loads, not ACT"),
+    ("load buffer=act stripe=1 length=2", "only WGT and META are banked for striped loads, "
+                                          "not ACT"),
     ("load buffer=wgt port=1 stripe=1 length=2", "port = 1 is not a multiple of the stripe 2"),
     ("load buffer=wgt line=2 stripe=2 length=4", "line = 2 is not a multiple of the stripe 4"),
     ("load buffer=wgt stripe=2 length=2+r1*1", r"length = 3 is not a multiple of the stripe 4"),
