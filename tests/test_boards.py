@@ -243,15 +243,19 @@ def test_split_counts_instances_through_the_hierarchy():
 def test_resource_report_holds_one_core_against_every_slr(tmp_path, monkeypatch):
     """`flightgen hw`'s estimate step: one kernel's counts against each SLR's share less the
     shell, per block as well, in resources.json; a share too small is reported as not
-    fitting; LUTs are null with the WebAssembly Yosys, and said so."""
+    fitting; LUTs are null with the WebAssembly Yosys, and said so. The kernel comes as the
+    RTLIL text `flightgen hw` also writes its Verilog from."""
     import json
     from types import SimpleNamespace
+
+    from amaranth.back import rtlil
 
     from flightgen.hardware import _estimate
     from flightgen.hw.memory import LoadEngine
 
     monkeypatch.setenv("FLIGHTGEN_YOSYS", "wasm")
-    report = _estimate(U280, board_target(U280), LoadEngine(512, 10), tmp_path, lambda _: None)
+    design = rtlil.convert(LoadEngine(512, 10), name="flightgen_core")
+    report = _estimate(U280, board_target(U280), design, tmp_path, lambda _: None)
     assert json.loads((tmp_path / "resources.json").read_text()) == report
     assert [row["slr"] for row in report["slrs"]] == [0, 1, 2]
     for row in report["slrs"]:

@@ -3,13 +3,15 @@ AXI4-Lite as a host does, with HBM and program memories answering under random l
 backpressure on every AXI channel, against the ISA simulator: error codes and pcs, each
 unit's retired instructions in order, every HBM byte. Also the decode read bandwidth, the
 always-on-chip property (AXI traffic of chained decode FFN layers) and random instruction
-words."""
+words. The 512-bit and striped cores run on the C++ harness by default and on the cocotb
+bench in the slow tier (tests/rtl.py)."""
 
 import os
 
 import numpy as np
 import pytest
 from configs import STRIPED
+from rtl import BENCHES, run_checked
 
 from flightgen.isa.assembly import assemble
 from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode
@@ -180,20 +182,18 @@ def test_random_words_stop_the_core_with_the_isa_error(model):
 WIDE = CoreConfig(line_bits=512)
 
 
-def test_512_bit_lines():
+@pytest.mark.parametrize("bench", BENCHES)
+def test_512_bit_lines(bench):
     """The same core at the U280's port width (512-bit lines and AXI data): load/store
     patterns and a decode FFN under stalls, equal to the ISA simulator."""
-    model = core_model(WIDE)
     rng = np.random.default_rng(SEED)
     hbm = [rng.integers(0, 256, 1 << 14, dtype=np.uint8) for _ in range(WIDE.hbm_ports)]
     words = assemble(LOAD_STORE.replace("r1*32", "r1*64").replace("0xfe0", "0xfc0"))
     builder, _ = ffn_block(WIDE, rng, 128, 256, bits=4, pattern=(8, 16), hbm_bytes=1 << 18)
     for program, images, regs in ((words, hbm, (3, 0, 0, 0, 0, 0, 0)),
                                   (builder.words(), builder.hbm, (0,) * 7)):
-        runs, out = run_core(model, WIDE, [program], images, [regs], stall=0.3,
-                             latency=(1, 40), name="core-512")
-        machine, expected = simulate(WIDE, program, images, regs)
-        compare(runs[0], expected, out, machine)
+        run_checked(bench, WIDE, program, images, regs, stall=0.3, latency=(1, 40),
+                    seed=SEED, name="core-512")
 
 
 STRIPED_LOADS = """
@@ -212,12 +212,12 @@ wait=store release=store
 """.replace("\\\n", "")
 
 
-def test_striped_loads():
+@pytest.mark.parametrize("bench", BENCHES)
+def test_striped_loads(bench):
     """A core whose load unit takes two lines a cycle (``WGT`` and ``META`` in two banks):
     striped loads on either pair of ports and plain ones into both banks, stores back from
     every bank, and decode FFNs whose weights, scales and masks stream striped (INT8 dense,
     INT4 8:16) under stalls on every channel, equal to the ISA simulator."""
-    model = core_model(STRIPED)
     rng = np.random.default_rng(SEED + 2)
     hbm = [rng.integers(0, 256, 1 << 14, dtype=np.uint8) for _ in range(STRIPED.hbm_ports)]
     programs = [(assemble(STRIPED_LOADS), hbm, (3, 0, 0, 0, 0, 0, 0))]
@@ -227,11 +227,9 @@ def test_striped_loads():
         assert any("stripe=1" in line for line in builder.text)
         programs.append((builder.words(), builder.hbm, (0,) * 7))
     for program, images, regs in programs:
-        runs, out = run_core(model, STRIPED, [program], images, [regs], stall=0.3,
-                             latency=(1, 40), name="core-striped")
-        machine, expected = simulate(STRIPED, program, images, regs)
-        compare(runs[0], expected, out, machine)
-        assert runs[0].error == ErrorCode.NONE
+        run = run_checked(bench, STRIPED, program, images, regs, stall=0.3, latency=(1, 40),
+                          seed=SEED, name="core-striped")
+        assert run.error == ErrorCode.NONE
 
 
 @pytest.mark.slow

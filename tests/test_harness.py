@@ -21,11 +21,12 @@ from flightgen.sim.harness import (
     HarnessTimeout,
     RtlBackend,
     build_harness,
+    run_program,
 )
 from flightgen.sim.host import Host, IsaBackend
 from flightgen.sim.programs import decoder_layer, ffn_block
 from flightgen.sim.stimulus import random_programs
-from flightgen.sim.system import simulate
+from flightgen.sim.system import program_bytes, simulate
 
 pytestmark = pytest.mark.verilator
 
@@ -43,21 +44,6 @@ def executable():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return load_model(write_gguf(tmp_path_factory.mktemp("tiny") / "m.gguf"))
-
-
-def _words(words):
-    return b"".join(int(w).to_bytes(32, "little") for w in words)
-
-
-def _run(executable, words, hbm, registers=(0,) * 7, **options):
-    """Run ``words`` on the harness with ``hbm``; return the run and the final memories."""
-    with CoreHarness(executable, SIM_CORE, **options) as harness:
-        for port, memory in enumerate(hbm):
-            harness.resize(port, len(memory))
-            harness.write(port, 0, memory)
-        harness.load_program(_words(words))
-        run = harness.run(registers)
-        return run, [harness.read(port, 0, len(memory)) for port, memory in enumerate(hbm)]
 
 
 def _check_generation(binary):
@@ -120,7 +106,7 @@ def test_decode_workloads_take_the_cocotb_bench_cycles(executable):
             (ffn, (0,) * 7, 8_437, 7_808, 7_898),
             (layer, layer.registers, 19_506, 15_568, 18_967)):
         words = builder.words()
-        run, hbm = _run(executable, words, builder.hbm, registers, latency=40)
+        run, hbm = run_program(executable, SIM_CORE, words, builder.hbm, registers, latency=40)
         machine, expected = simulate(SIM_CORE, words, builder.hbm, registers)
         assert (run.error, run.error_pc) == (ErrorCode.NONE, 0)
         for got, want in zip(hbm, machine.hbm, strict=True):
@@ -137,8 +123,8 @@ def test_decoder_layer_under_stalls(executable, position):
     builder = decoder_layer(SIM_CORE, rng, dim=64, heads=4, kv_heads=2, head_dim=16,
                             hidden=128, capacity=64, position=position, hbm_bytes=1 << 18)
     words = builder.words()
-    run, hbm = _run(executable, words, builder.hbm, builder.registers, latency=(1, 40),
-                    stall=0.3, seed=SEED + position)
+    run, hbm = run_program(executable, SIM_CORE, words, builder.hbm, builder.registers,
+                           latency=(1, 40), stall=0.3, seed=SEED + position)
     machine, expected = simulate(SIM_CORE, words, builder.hbm, builder.registers)
     assert (run.error, run.error_pc) == (expected.error, expected.error_pc) == (ErrorCode.NONE, 0)
     for got, want in zip(hbm, machine.hbm, strict=True):
@@ -165,7 +151,7 @@ def test_errors_stop_the_core_where_the_isa_simulator_stops(executable):
             harness.write(port, 0, memory)
         for index, words in enumerate(programs):
             registers = tuple(int(v) for v in rng.integers(0, 4, 7))
-            harness.load_program(_words(words))
+            harness.load_program(program_bytes(words))
             run = harness.run(registers)
             machine, expected = simulate(SIM_CORE, words,
                                          [harness.read(p, 0, 1 << 13) for p in range(2)],
@@ -184,7 +170,7 @@ def test_harness_errors_are_flightgen_errors(executable):
     :class:`HarnessError`; the harness keeps serving after the first two."""
     deadlock = assemble("sync wait=load")  # a token nobody sends
     with CoreHarness(executable, SIM_CORE, timeout=20) as harness:
-        harness.load_program(_words(assemble("halt")))  # fetching alone takes 40 cycles
+        harness.load_program(program_bytes(assemble("halt")))  # fetching alone takes 40 cycles
         with pytest.raises(HarnessTimeout, match=r"did not finish in 20 cycles"):
             harness.run()
         with pytest.raises(HarnessError, match=r"reach past port 0's memory of 0 bytes"):
@@ -192,7 +178,7 @@ def test_harness_errors_are_flightgen_errors(executable):
         harness.resize(0, 4096)
         harness.write(0, 4, b"\x01\x02")
         assert harness.read(0, 0, 8).tolist() == [0, 0, 0, 0, 1, 2, 0, 0]
-        harness.load_program(_words(deadlock))
+        harness.load_program(program_bytes(deadlock))
         run = harness.run(timeout=10_000)
         assert (run.error, run.error_pc) == (ErrorCode.DEADLOCK, 0)
         harness.process.kill()

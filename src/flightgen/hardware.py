@@ -99,7 +99,7 @@ def _host_script():
 
 def main(args, out=None, err=None):
     """Run the ``hw`` verb; returns the exit status."""
-    from amaranth.back import verilog
+    from amaranth.back import rtlil
 
     from .boards.alveo import Resources, get_board
     from .boards.vitis import (
@@ -132,10 +132,11 @@ def main(args, out=None, err=None):
         say(f"{board.name}: {target.cores} cores x {config.hbm_ports} HBM ports "
             f"({target.cores * config.hbm_ports} pseudo-channels), {config.line_bits}-bit lines, "
             f"{config.geometry.macs} MACs/cycle per core")
-        say("converting the kernel to Verilog")
-        kernel = VitisKernel(config)
+        say("converting the kernel to RTLIL")
+        design = rtlil.convert(VitisKernel(config), name=KERNEL_NAME)
+        say("writing the Verilog")
         top = staging / f"{KERNEL_NAME}.v"
-        top.write_text(verilog.convert(kernel, name=KERNEL_NAME, emit_src=False))
+        top.write_text(_verilog(design))
         registers = register_map(config)
         files = {
             "kernel.xml": kernel_xml(config, registers),
@@ -156,7 +157,7 @@ def main(args, out=None, err=None):
                                  f"{len(warnings)} warning(s) beyond the waivers: {shown}")
         report = None
         if not args.no_estimate:
-            report = _estimate(board, target, kernel, staging, say)
+            report = _estimate(board, target, design, staging, say)
         shutil.rmtree(output, ignore_errors=True)
         staging.rename(output)
     except BaseException:
@@ -180,9 +181,21 @@ def main(args, out=None, err=None):
     return 0
 
 
+def _verilog(design):
+    """The Verilog of a design's RTLIL text, as ``amaranth.back.verilog.convert(...,
+    emit_src=False)`` writes it. The design is elaborated once and its RTLIL serves both the
+    Verilog and the resource estimate (elaboration is most of a conversion: minutes at full
+    size); ``_convert_rtlil_text`` is that function's second half in Amaranth 0.5, the
+    version ``pyproject.toml`` pins."""
+    from amaranth.back.verilog import _convert_rtlil_text
+
+    return _convert_rtlil_text(design, strip_internal_attrs=True)
+
+
 def _estimate(board, target, kernel, folder, say):
-    """Yosys ``synth_xilinx`` of one kernel (every SLR holds one), compared with each SLR's
-    capacity less the shell; writes ``resources.json``."""
+    """Yosys ``synth_xilinx`` of one kernel (every SLR holds one; an elaboratable or its
+    RTLIL text), compared with each SLR's capacity less the shell; writes
+    ``resources.json``."""
     from .boards.alveo import Resources
     from .boards.synth import SPLIT_CHARS, estimate
 
