@@ -26,12 +26,9 @@ BENCHES = ["harness", pytest.param("cocotb", marks=pytest.mark.slow)]
 
 @cache
 def _cocotb(config):
+    """The cocotb model of ``config``, converted once per process (build_harness keeps its
+    own table)."""
     return core_model(config)
-
-
-@cache
-def _harness(config):
-    return build_harness(config)
 
 
 def run_checked(bench, config, program, hbm, registers=(0,) * 7, *, stall=0.0,
@@ -47,7 +44,7 @@ def run_checked(bench, config, program, hbm, registers=(0,) * 7, *, stall=0.0,
                                 stall=stall, latency=latency, name=name)
         run = runs[0]
     else:
-        run, images = run_program(_harness(config), config, program, hbm, registers,
+        run, images = run_program(build_harness(config), config, program, hbm, registers,
                                   check=True, stall=stall, latency=latency, seed=seed)
         if expected.error == ErrorCode.NONE:
             difference = first_difference(run.retirements, expected.trace)
