@@ -212,6 +212,10 @@ class Core(wiring.Component):
     """
 
     def __init__(self, config):
+        if config.barrier:
+            raise ValueError("the barrier engine (BARRIER, tensor-parallel groups) is not built "
+                             "in the RTL yet: a core with barrier=True runs on the ISA "
+                             "simulator and the cycle model only")
         self.config = config
         self.registers = register_map(config)
         super().__init__({

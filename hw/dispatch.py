@@ -286,8 +286,18 @@ class Decoder(wiring.Component):
                     span(res.a, 1, bb["vector"], c.vec_lines) |
                     span(res.out, count, bb["vector"], c.vec_lines)))
             with m.Case(Opcode.SYS.value):
-                m.d.comb += bad_field.eq(~sys.op.as_value().matches(
-                    *(o.value for o in SysOp)))
+                operands = (sys.peers != 0) | (sys.slot != 0) | (sys.addr != 0) | \
+                    (sys.value != 0)
+                plain = sys.op.as_value().matches(SysOp.SYNC.value, SysOp.HALT.value)
+                if c.barrier:
+                    barrier = sys.op == SysOp.BARRIER.value
+                    m.d.comb += [
+                        bad_field.eq(Mux(barrier, (sys.peers == 0) | (sys.peers > c.max_peers) |
+                                         (sys.slot >= sys.peers), ~plain | operands)),
+                        misaligned.eq(barrier & (sys.addr[:step] != 0)),
+                    ]
+                else:  # BARRIER is illegal on a core without the barrier
+                    m.d.comb += bad_field.eq(~plain | operands)
 
         rh = FORMATS[Opcode.SYS](r).header
         unit = Signal(Unit)

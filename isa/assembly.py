@@ -11,6 +11,7 @@ comment. Fields left out are 0 (``count2`` and ``count3`` default to 1). ::
     rescale output=1 length=64 x=480 y=496 a=513 out=336
     store  buffer=vec line=0 port=0 addr=4096+r2*64 length=64 count2=1
     sync   wait=store
+    barrier peers=3 slot=1 addr=0 value=2+r5*256 wait=store release=load
     halt
 
 * Values are decimal or ``0x`` hexadecimal.
@@ -38,7 +39,7 @@ __all__ = ["AssemblyError", "assemble", "assemble_line", "disassemble", "disasse
 _MNEMONICS = {"load": Opcode.LOAD, "store": Opcode.STORE, "matrix": Opcode.MATRIX,
               "vector": Opcode.VECTOR, "quant": Opcode.QUANT, "token": Opcode.TOKEN,
               "rescale": Opcode.RESCALE}
-_SYS = {"sync": SysOp.SYNC, "halt": SysOp.HALT}
+_SYS = {op.name.lower(): op for op in SysOp}
 #: Fields whose text is a name rather than a number: field -> {name: code}.
 _NAMED = {
     "buffer": {b.name.lower(): b.value for b in Buffer},

@@ -78,9 +78,11 @@ class Buffer(enum.Enum, shape=2):
 
 
 class SysOp(enum.Enum, shape=4):
-    """``SYNC`` only waits for and releases tokens; ``HALT`` ends the program."""
+    """``SYNC`` only waits for and releases tokens; ``HALT`` ends the program; ``BARRIER``
+    meets the other cores of a tensor-parallel group (see :class:`SysInstruction`)."""
     SYNC = 0
     HALT = 1
+    BARRIER = 2
 
 
 class Header(data.Struct):
@@ -241,10 +243,27 @@ class RescaleInstruction(data.Struct):
 class SysInstruction(data.Struct):
     """``SYS``: executed by the dispatcher, in program order: it waits for its tokens, releases
     its tokens, then ``SYNC`` goes on and ``HALT`` ends the program (the run finishes once every
-    queue has drained)."""
+    queue has drained). Their other fields are 0.
+
+    ``BARRIER`` (a core with ``CoreConfig.barrier``): the cores of a tensor-parallel group meet.
+    After its tokens, the dispatcher writes ``value`` as a 32-bit little-endian word at byte
+    ``addr + 4 slot`` of the core's **exchange port** (its last HBM port; the cores of a group
+    share that channel), then reads the flag line at ``addr`` until each of its first
+    ``peers`` words is at least ``value`` (unsigned), then releases its tokens and goes on.
+    ``value`` numbers the barriers of a run and grows from one barrier to the next (the
+    compiler writes ``k + 256 r5``, the barrier's number in the step and the token's position),
+    so a flag left by an earlier step never satisfies a later barrier. The flag write is
+    complete (every peer reads it) before the barrier passes. ``addr`` is a multiple of the
+    line size; ``slot < peers <= min(8, line_bytes / 4)``. Adaptive: ``value``.
+    """
     header: Header
     op: SysOp
-    reserved: 228
+    peers: 4
+    slot: 3
+    addr: 40
+    value: 32
+    value_mul: 16
+    reserved: 133
 
 
 #: Opcode -> format.
@@ -257,7 +276,7 @@ FORMATS = {Opcode.LOAD: TransferInstruction, Opcode.STORE: TransferInstruction,
 ADAPTIVE = {Opcode.LOAD: ("addr", "length"), Opcode.STORE: ("addr", "length"),
             Opcode.MATRIX: ("blocks", "groups"),
             Opcode.VECTOR: ("length", "valid", "position"), Opcode.QUANT: ("length",),
-            Opcode.TOKEN: ("length",), Opcode.RESCALE: ("length",), Opcode.SYS: ()}
+            Opcode.TOKEN: ("length",), Opcode.RESCALE: ("length",), Opcode.SYS: ("value",)}
 
 for _format in FORMATS.values():
     assert data.Layout.cast(_format).size == WORD_BITS, _format

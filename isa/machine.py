@@ -81,7 +81,7 @@ from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
 __all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
            "Machine", "RunResult", "TraceEntry", "HBM_SPAN", "BANKED", "written_spans",
-           "resolve_program"]
+           "resolve_program", "run_group"]
 
 _LINE_BITS = (256, 512)
 
@@ -108,6 +108,9 @@ class ErrorCode(enum.Enum, shape=4):
     DEADLOCK = 7
     #: The dispatcher read past the end of the program without meeting ``HALT``.
     PROGRAM_END = 8
+    #: A ``BARRIER``'s peers never arrived (the ISA simulator: no core of the group can move;
+    #: the hardware: it waited ``BARRIER_TIMEOUT`` cycles).
+    BARRIER = 9
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,10 @@ class CoreConfig:
         Datapath lanes of the SFU, a power of two below ``2 vpus``; 0 (the default): one per
         beat element, ``2 vpus``. A narrower SFU takes each beat in parts: the same results,
         more cycles (timing only; no instruction changes meaning).
+    barrier : bool
+        The core meets the other cores of a tensor-parallel group with ``BARRIER``, whose flags
+        live on its last HBM port, the **exchange port** (the cores of a group share that
+        channel). Without it a ``BARRIER`` is illegal.
     load_lanes : int
         Lines the load unit can move in one cycle (1, 2, 4 or 8, at most ``hbm_ports``, and a
         weight beat holds whole rows of them): the widest ``LOAD`` stripe and the banks of
@@ -170,6 +177,7 @@ class CoreConfig:
     modes: tuple = ("mv", "mm")
     sfu_lanes: int = 0
     load_lanes: int = 1
+    barrier: bool = False
 
     def __post_init__(self):
         geometry = Geometry(self.chain, self.vpus)
@@ -220,6 +228,16 @@ class CoreConfig:
         return Geometry(self.chain, self.vpus)
 
     @property
+    def exchange_port(self):
+        """The HBM port the cores of a tensor-parallel group share: the last one."""
+        return self.hbm_ports - 1
+
+    @property
+    def max_peers(self):
+        """Most cores a ``BARRIER`` can meet: 32-bit flags of one line, at most 8."""
+        return min(8, self.line_bytes // 4)
+
+    @property
     def lanes(self):
         return 2 * self.vpus
 
@@ -259,7 +277,10 @@ class CoreConfig:
         return check_modes(self.modes)
 
     def to_dict(self):
-        return {**asdict(self), "keeps": list(self.keeps), "modes": list(self.modes)}
+        out = {**asdict(self), "keeps": list(self.keeps), "modes": list(self.modes)}
+        if not self.barrier:  # binaries of cores without the barrier read as before
+            del out["barrier"]
+        return out
 
 
 #: The configuration the simulation tests build.
@@ -439,6 +460,20 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
             writes = (_span(config, Buffer.VEC, f["out"], count, beats["vector"]),)
     elif f["op"] not in {o.value for o in SysOp}:
         bad(f"unknown operation {f['op']}")
+    elif f["op"] == SysOp.BARRIER.value:
+        if not config.barrier:
+            bad("the core has no barrier (it is not part of a tensor-parallel group)")
+        if not 1 <= f["peers"] <= config.max_peers:
+            bad(f"peers = {f['peers']}: a barrier meets 1 to {config.max_peers} cores")
+        if f["slot"] >= f["peers"]:
+            bad(f"slot {f['slot']} but the barrier meets {f['peers']} cores")
+        if f["addr"] % config.line_bytes:
+            raise IllegalInstruction(ErrorCode.MISALIGNED,
+                                     f"sys: barrier addr = {f['addr']:#x} is not a multiple of "
+                                     f"the {config.line_bytes}-byte line")
+        f["port"] = config.exchange_port  # where the flags live (not an encoded field)
+    elif f["peers"] or f["slot"] or f["addr"] or f["value"]:
+        bad(f"{SysOp(f['op']).name.lower()} has no operands (peers, slot, addr, value are 0)")
     return Resolved(pc, opcode, unit, f["wait"], f["release"], f, reads, writes)
 
 
@@ -711,8 +746,33 @@ class Machine:
     def run(self, program, registers=(0,) * (REGISTERS - 1), max_instructions=1 << 24):
         """Run ``program`` (bytes, 32 per instruction, or a list of words) to the end.
 
-        Returns a :class:`RunResult`.
+        Returns a :class:`RunResult`. A ``BARRIER`` that waits for other cores ends the run
+        with :attr:`ErrorCode.BARRIER` (a group runs with :func:`run_group`).
         """
+        return _drive([self._run(program, registers, max_instructions)])[0]
+
+    def _arrive(self, instruction):
+        """A ``BARRIER`` writes its flag: the error code."""
+        f = instruction.fields
+        memory = self.hbm[f["port"]]
+        if f["addr"] + self.config.line_bytes > len(memory):
+            return ErrorCode.AXI
+        at = f["addr"] + 4 * f["slot"]
+        memory[at:at + 4] = np.frombuffer(int(f["value"]).to_bytes(4, "little"), np.uint8)
+        return ErrorCode.NONE
+
+    def _flags_met(self, instruction):
+        """Whether every peer's flag of a ``BARRIER`` has reached its value."""
+        f = instruction.fields
+        at = f["addr"]
+        flags = self.hbm[f["port"]][at:at + 4 * f["peers"]].view("<u4")
+        return bool((flags >= f["value"]).all())
+
+    def _run(self, program, registers, max_instructions):
+        """The run as a generator: it yields (whether it moved since its last yield) when
+        only a ``BARRIER`` waiting for its peers is left to move; sending True resumes it,
+        False ends the barrier with :attr:`ErrorCode.BARRIER`. Returns the
+        :class:`RunResult`."""
         words = _words(program)
         c = self.config
         registers = tuple(int(r) & 0xFFFFFFFF for r in registers)
@@ -725,7 +785,7 @@ class Machine:
         flight = {u: deque() for u in units}  # executed, not yet releasing
         result = RunResult()
         errors = []
-        pc, dispatching, sys_current = 0, True, None
+        pc, dispatching, sys_current, arrived = 0, True, None, False
 
         def can_take(waits, unit):
             return all(tokens[s, unit.value] > 0 for s in range(len(Unit)) if waits >> s & 1)
@@ -746,6 +806,7 @@ class Machine:
             return left != instruction.release
 
         executed = 0
+        moved = False
         while True:
             progress = False
             # the dispatcher
@@ -773,10 +834,24 @@ class Machine:
                     sys_current = instruction
                     pc += 1
                     progress = True
-                if not can_take(sys_current.wait, Unit.SYS):
+                barrier = sys_current.fields["op"] == SysOp.BARRIER.value
+                if not arrived:
+                    if not can_take(sys_current.wait, Unit.SYS):
+                        break
+                    take(sys_current.wait, Unit.SYS)
+                    progress = True
+                if barrier and not arrived:
+                    arrived = True
+                    error = self._arrive(sys_current)
+                    if error != ErrorCode.NONE:
+                        errors.append((sys_current.pc, error, "sys: barrier: axi"))
+                        sys_current, arrived, dispatching = None, False, False
+                        break
+                if barrier and not self._flags_met(sys_current):
                     break
-                take(sys_current.wait, Unit.SYS)
-                result.trace.append(TraceEntry(sys_current.pc, Unit.SYS, Opcode.SYS, 0))
+                arrived = False
+                result.trace.append(TraceEntry(sys_current.pc, Unit.SYS, Opcode.SYS,
+                                               self.written_crc(sys_current)))
                 if sys_current.fields["op"] == SysOp.HALT.value:
                     dispatching = False
                 pending[Unit.SYS] = sys_current if sys_current.release else None
@@ -813,7 +888,17 @@ class Machine:
                     progress = True
             if executed > max_instructions:
                 raise RuntimeError(f"more than {max_instructions} instructions executed")
+            moved |= progress
             if not progress:
+                if arrived:  # only the barrier can move: the peers must
+                    go_on = yield moved
+                    moved = False
+                    if not go_on:
+                        errors.append((sys_current.pc, ErrorCode.BARRIER,
+                                       "sys: barrier: the other cores of the group never "
+                                       "arrived"))
+                        sys_current, arrived, dispatching = None, False, False
+                    continue
                 break
         blocked = [q[0].pc for q in queues.values() if q]
         blocked += [i.pc for i in pending.values() if i is not None]
@@ -825,6 +910,46 @@ class Machine:
         if errors:
             result.error_pc, result.error, result.message = min(errors, key=lambda e: e[0])
         return result
+
+
+def run_group(machines, programs, registers=(0,) * (REGISTERS - 1), max_instructions=1 << 24):
+    """Run the cores of a tensor-parallel group together: ``programs[i]`` on
+    ``machines[i]``, each machine's exchange port (its last ``hbm`` memory) the same array.
+    Returns their :class:`RunResult` s.
+
+    The cores run by turns, each until only a ``BARRIER`` waiting for its peers is left to
+    move; when a whole round moves nobody, the waiting barriers end with
+    :attr:`ErrorCode.BARRIER`. The outcome does not depend on the turns when every
+    exchange through HBM is ordered by barriers (the compiler's contract)."""
+    exchange = {id(m.hbm[m.config.exchange_port]) for m in machines}
+    if len(exchange) != 1:
+        raise ValueError("the cores of a group must share their exchange port's memory")
+    return _drive([m._run(p, registers, max_instructions)
+                   for m, p in zip(machines, programs, strict=True)])
+
+
+def _drive(runs):
+    """Run the generators of :meth:`Machine._run` by turns; their results."""
+    results = [None] * len(runs)
+    alive = {}
+    for index, run in enumerate(runs):
+        try:
+            next(run)
+            alive[index] = run
+        except StopIteration as stop:
+            results[index] = stop.value
+    go_on = True
+    while alive:
+        moved = False
+        for index in list(alive):
+            try:
+                moved |= alive[index].send(go_on)
+            except StopIteration as stop:
+                results[index] = stop.value
+                del alive[index]
+                moved = True
+        go_on = moved
+    return results
 
 
 #: The kind of a :func:`written_spans` span on HBM port ``p`` is ``HBM_SPAN + p``; a buffer's
@@ -843,6 +968,9 @@ def written_spans(instruction):
         if not f["length"]:
             return []
         return [(HBM_SPAN + f["port"], int(a), f["length"]) for a in _row_addresses(f)]
+    if instruction.opcode == Opcode.SYS and instruction.fields["op"] == SysOp.BARRIER.value:
+        f = instruction.fields
+        return [(HBM_SPAN + f["port"], f["addr"] + 4 * f["slot"], 4)]
     return [(Buffer(b).value, line, lines) for b, line, lines in instruction.writes]
 
 

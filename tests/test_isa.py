@@ -27,6 +27,7 @@ from flightgen.isa.machine import (
     IllegalInstruction,
     Machine,
     resolve,
+    run_group,
 )
 from flightgen.isa.matrix import BITS_CODES, MatrixMode, MatrixOperation, scale_blocks
 from flightgen.isa.numerics import quantize_per_group
@@ -159,7 +160,10 @@ def _check(line, registers=(0,) * 7, config=SIM_CORE):
     ("vector op=rope length=7", ErrorCode.BAD_FIELD, "the length must be even, not 7"),
     ("vector op=add length=257", ErrorCode.BAD_FIELD, "length 257 but the SFU holds 256"),
     ("quant length=2049", ErrorCode.BAD_FIELD, "length 2049 but the engine holds 2048"),
-    (".word 0x200000f", ErrorCode.BAD_FIELD, "sys: unknown operation 2"),
+    (".word 0x300000f", ErrorCode.BAD_FIELD, "sys: unknown operation 3"),
+    ("barrier peers=1", ErrorCode.BAD_FIELD, "sys: the core has no barrier"),
+    ("sync peers=1", ErrorCode.BAD_FIELD, "sync has no operands"),
+    ("halt value=r1", ErrorCode.BAD_FIELD, "halt has no operands"),
 ])
 def test_dispatcher_checks(line, code, message):
     registers = (256, 0, 0, 0, 0, 0, 0)
@@ -475,3 +479,81 @@ def test_docs_match_the_definitions():
     example = example[:example.index("```")]
     words = assemble(example)
     assert [assemble_line(disassemble_word(w)) for w in words] == words
+
+
+# -- BARRIER: the cores of a tensor-parallel group -------------------------------------------
+
+_BARRIER_CORE = CoreConfig(barrier=True)
+
+
+@pytest.mark.parametrize("line, code, message", [
+    ("barrier peers=0", ErrorCode.BAD_FIELD, r"peers = 0: a barrier meets 1 to 8 cores"),
+    ("barrier peers=9", ErrorCode.BAD_FIELD, r"peers = 9"),
+    ("barrier peers=2 slot=2", ErrorCode.BAD_FIELD, "slot 2 but the barrier meets 2 cores"),
+    ("barrier peers=2 addr=0x10", ErrorCode.MISALIGNED, "addr = 0x10 is not a multiple"),
+    ("barrier peers=2 value=0x10000+r1*0xffff", ErrorCode.BAD_FIELD, "value = 4294967296"),
+])
+def test_barrier_checks(line, code, message):
+    registers = (0x10000, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(IllegalInstruction, match=message) as error:
+        _check(line, registers, _BARRIER_CORE)
+    assert error.value.code == code
+
+
+def _exchange_programs(cores):
+    """Each core stores one line of its own to the exchange port, meets the others, then
+    loads every core's line."""
+    return [assemble(f"""
+        store buffer=vec line=0 port=1 addr={64 + 32 * slot} length=32 release=sys
+        barrier peers={cores} slot={slot} addr=0 value=1+r5*256 wait=store release=load
+        load buffer=vec line=1 port=1 addr=64 length={cores} wait=sys
+        halt""") for slot in range(cores)]
+
+
+def _group(cores, shared):
+    machines = []
+    for slot in range(cores):
+        machine = Machine(_BARRIER_CORE, 4096)
+        machine.hbm[_BARRIER_CORE.exchange_port] = shared
+        machine.buffers[Buffer.VEC][0] = np.arange(32) + 100 * slot
+        machines.append(machine)
+    return machines
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0)])
+def test_a_group_exchanges_through_hbm_behind_a_barrier(order):
+    shared = np.zeros(4096, np.uint8)
+    machines = _group(3, shared)
+    programs = _exchange_programs(3)
+    results = run_group([machines[i] for i in order], [programs[i] for i in order],
+                        (0, 0, 0, 0, 2, 0, 0))
+    lines = (np.arange(32)[None, :] + 100 * np.arange(3)[:, None]).astype(np.uint8)
+    for machine, result in zip([machines[i] for i in order], results, strict=True):
+        assert result.error == ErrorCode.NONE, result.message
+        np.testing.assert_array_equal(machine.buffers[Buffer.VEC][1:4], lines)
+        assert [e.pc for e in result.unit_trace(Unit.SYS)] == [1, 3]
+    # every flag holds the barrier's value: 1 + 256 * r5
+    np.testing.assert_array_equal(shared[:12].view("<u4"), [513] * 3)
+
+
+def test_a_barrier_whose_peers_never_come_is_an_error():
+    shared = np.zeros(4096, np.uint8)
+    machine = _group(1, shared)[0]
+    result = machine.run(_exchange_programs(3)[0], (0,) * 7)
+    assert (result.error, result.error_pc) == (ErrorCode.BARRIER, 1)
+    # two of a group of three: both stop at their barrier
+    results = run_group(_group(2, shared), _exchange_programs(3)[:2], (0,) * 7)
+    assert [(r.error, r.error_pc) for r in results] == [(ErrorCode.BARRIER, 1)] * 2
+    # a stale flag of an earlier step (value 1 + 256 * 2) does not satisfy a later one
+    shared[:12] = np.array([513] * 3, "<u4").view(np.uint8)
+    result = _group(1, shared)[0].run(_exchange_programs(3)[0], (0, 0, 0, 0, 3, 0, 0))
+    assert result.error == ErrorCode.BARRIER
+
+
+def test_a_barrier_flag_past_the_memory_is_an_axi_error():
+    machine = Machine(_BARRIER_CORE, 4096)
+    result = machine.run(assemble("barrier peers=1 addr=0x1000\nhalt"), (0,) * 7)
+    assert (result.error, result.error_pc) == (ErrorCode.AXI, 0)
+    result = machine.run(assemble("barrier peers=1 addr=0xfe0 value=7\nhalt"), (0,) * 7)
+    assert result.error == ErrorCode.NONE
+    assert int(machine.hbm[1][0xfe0:0xfe4].view("<u4")[0]) == 7
