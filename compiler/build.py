@@ -14,9 +14,13 @@ The binary's ``layout`` is the host's contract (the ISA-simulator host in
   ``capacity``) at the token's position, the same for every core.
 * Each core runs its program of the step's phase (``decode`` for the last prompt token and
   every generated one, ``prefill`` for the others) and bucket (dynamic: 0; else the smallest
-  bucket of that phase holding ``position + 1``), in core order; after core ``c`` the host
-  copies ``handoffs[c]`` (the hidden state, ``bytes`` long) to core ``c + 1``.
-* ``logits``: after a decode step, ``count`` FX logits in line format on the last core.
+  bucket of that phase holding ``position + 1``). A layer pipeline: in core order; after
+  core ``c`` the host copies ``handoffs[c]`` (the hidden state, ``bytes`` long) to core
+  ``c + 1``. A tensor-parallel target (``target.parallel``): every core at once (they meet
+  at barriers); before the first step of a sequence the host zeroes the barrier ``flags``
+  (a line on the shared channel).
+* ``logits``: after a decode step, ``count`` FX logits in line format on the last core (on
+  the shared channel of a tensor-parallel target).
 """
 
 import time
@@ -86,12 +90,13 @@ def compile_model(target, config=None, *, model=None, model_config=None,
         "embedding": places["embedding"],
         "input": places["input"],
         "handoffs": [{"from": places[f"handoff.{c}.out"], "to": places[f"handoff.{c + 1}.in"],
-                      "bytes": row} for c in range(target.cores - 1)],
+                      "bytes": row} for c in range(target.cores - 1) if not target.tensor],
         "logits": {**places["logits"], "count": llama.vocab_size},
         "caches": [[{part: places[f"kv.{layer}.{kv}.{part}"] for part in ("k", "v", "ks", "vs")}
                     for kv in range(llama.n_kv_heads)] for layer in range(llama.n_layers)],
         "buckets": {phase: buckets(config.mode, phase, capacity) for phase in PHASES},
         "partition": graph.attrs["partition"],
+        **({"flags": places["exchange.flags"]} if target.tensor else {}),
         "channels": {str(k): v for k, v in sorted(sizes.items())},
     }
     tokenizer = None

@@ -160,26 +160,64 @@ def _norm(tensor):
     return np.asarray(values, np.int64) << 32, frac
 
 
+def barrier_span(model):
+    """Barriers of one tensor-parallel step, plus one: barrier ``k`` (from 0) of the step at
+    position ``p`` has the value ``k + 1 + span * p``, above every flag an earlier step left."""
+    return 4 * model.n_layers + 1
+
+
 def step_program(graph, ctx, core, phase, bucket):
-    """The instruction words of one step of ``core`` in ``phase`` (``bucket`` 0: dynamic)."""
+    """The instruction words of one step of ``core`` in ``phase`` (``bucket`` 0: dynamic).
+
+    On a tensor-parallel target every core runs every layer on its share (its heads, its row
+    groups of each other matrix, :func:`~flightgen.compiler.passes.row_shares`); after each
+    of the four matrix stages of a layer whose output every core needs (attention's output,
+    the output projection, gate and up, down) the cores trade their slices: each stores its
+    slice to the exchange buffer of the turn, meets the others at a ``BARRIER`` and loads the
+    whole vector back (:func:`_Trade`). Norms, RoPE tables and the residual stream are
+    computed by every core alike; the logits go to the shared channel."""
     target, m = ctx.target, graph.config
     c, g = target.core, target.core.geometry
     buffers, places = ctx.results["buffers"], ctx.results["places"]
     layout = buffers.layout
     V, A = buffers.vec, buffers.act
-    last = core == target.cores - 1
+    tensor = target.tensor
+    last = tensor or core == target.cores - 1
     head = last and phase == "decode"
-    kernels = [n for n in graph.nodes if n.attrs["core"] == core and n.op != "embed"
+    kernels = [n for n in graph.nodes if n.attrs["core"] in (core, None) and n.op != "embed"
                and (n.op != "head" or head)]
     plans = ctx.results["plans"]
-    planned = sum(len(plans[name].tiles) for n in kernels for name in n.inputs
-                  if name in plans)
+    share = core if tensor else 0
+
+    def own(name):
+        return plans[name].owned(share)
+
+    planned = sum(len(own(name)) for n in kernels for name in n.inputs if name in plans)
     w = _Writer(ctx, planned)
     lengths = _Lengths(c, bucket)
     eps = eps_fixed(m.norm_eps)
     hd, heads, kv_heads = m.head_dim, m.n_heads, m.n_kv_heads
     hd_lines = c.vector_lines(hd)
+    out_lines = c.beat_lines(c.beat_bits["out"])
     attn_mult, attn_exp = (int(v[0]) for v in rsqrt(np.array([hd])))
+    if tensor:
+        part = graph.attrs["partition"][core]
+        my_heads, my_kv = range(*part["heads"]), range(*part["kv_heads"])
+    else:
+        my_heads, my_kv = range(heads), range(kv_heads)
+    trade = _Trade(w, ctx, core, barrier_span(m)) if tensor else None
+
+    def rows(name):
+        """``(first value, end value)`` of this core's rows of ``name``."""
+        tiles = own(name)
+        first = plans[name].tiles[tiles[0]][0]
+        end = sum(plans[name].tiles[tiles[-1]])
+        return first * c.lanes, min(end * c.lanes, graph.tensors[name].shape[0])
+
+    def linear(name, out, **options):
+        """The core's tiles of ``name``, its rows to their place in ``out``."""
+        first = plans[name].tiles[own(name)[0]][0]
+        return w.linear(name, A["a"], out + first * out_lines, tiles=own(name), **options)
 
     def load(buffer, line, where, lines, extra=""):
         w.emit(f"load buffer={buffer} line={line} port={where['port']} "
@@ -206,14 +244,16 @@ def step_program(graph, ctx, core, phase, bucket):
 
     def rmsnorm(norm_name, region):
         _, frac = _norm(graph.tensors[norm_name])
-        load("vec", V[region], places[norm_name], c.vector_lines(m.dim, 48), " release=vector")
+        where = places[norm_name]
+        where = where["copies"][core] if "copies" in where else where
+        load("vec", V[region], where, c.vector_lines(m.dim, 48), " release=vector")
         w.emit(f"vector op=rmsnorm length={m.dim} frac={frac & 0xFF} eps={eps} a={V['x']} "
                f"b={V[region]} out={V['h']} wait=load")
         quant(m.dim, V["h"], A["a"], last=" release=matrix")
 
     # the RoPE phases and the hidden state
     load("vec", V["fr"], places[f"rope.{core}"], c.vector_lines(hd, 48))
-    source = places["input"] if core == 0 else places[f"handoff.{core}.in"]
+    source = places["input"] if core == 0 or tensor else places[f"handoff.{core}.in"]
     load("vec", V["x"], source, c.vector_lines(m.dim))
     key_lines = layout.key_group // c.line_bytes
     value_lines = (ACT_GROUP // g.chain) * layout.beat // c.line_bytes
@@ -224,23 +264,22 @@ def step_program(graph, ctx, core, phase, bucket):
             rmsnorm(f"blk.{i}.attn_norm.weight", "nw")
             names = {k: f"blk.{i}.{k}.weight" for k in ("attn_q", "attn_k", "attn_v",
                                                         "attn_output")}
-            w.linear(names["attn_q"], A["a"], V["q"], first_wait=["vector"])
-            w.linear(names["attn_k"], A["a"], V["k"], load_tile=False)
-            w.linear(names["attn_v"], A["a"], V["v"], load_tile=False,
-                     last_release=["vector"])
-            early, late = w.linear(names["attn_output"], A["a"], V["d"],
-                                   first_wait=["vector"], last_release=["vector"],
-                                   early=SLOTS)
-            for index, line in enumerate([V["q"] + h * hd_lines for h in range(heads)]
-                                         + [V["k"] + k * hd_lines for k in range(kv_heads)]):
+            linear(names["attn_q"], V["q"], first_wait=["vector"])
+            linear(names["attn_k"], V["k"], load_tile=False)
+            linear(names["attn_v"], V["v"], load_tile=False, last_release=["vector"])
+            early, late = linear(names["attn_output"], V["d"], first_wait=["vector"],
+                                 last_release=["store" if tensor else "vector"], early=SLOTS)
+            for index, line in enumerate([V["q"] + h * hd_lines for h in my_heads]
+                                         + [V["k"] + k * hd_lines for k in my_kv]):
                 w.emit(f"vector op=rope length={hd} position=r5 a={line} b={V['fr']} "
                        f"out={line}" + (" wait=matrix" if index == 0 else ""))
-            cache = [{part: places[f"kv.{i}.{kv}.{part}"] for part in ("k", "v", "ks", "vs")}
-                     for kv in range(kv_heads)]
-            for kv in range(kv_heads):
+            cache = {kv: {part: places[f"kv.{i}.{kv}.{part}"] for part in ("k", "v", "ks", "vs")}
+                     for kv in my_kv}
+            for kv in my_kv:
                 base = cache[kv]
                 w.emit(f"token length={hd} src={V['k'] + kv * hd_lines} dst={A['aq']} "
-                       f"scale={V['ksw']} " + ("wait=store " if kv else "") + "release=store")
+                       f"scale={V['ksw']} " + ("wait=store " if kv != my_kv[0] else "")
+                       + "release=store")
                 w.emit(f"store buffer=act line={A['aq']} port={base['k']['port']} "
                        f"addr={base['k']['address']:#x}+r3 length=1 count2={g.chain} "
                        f"stride2=2 count3={layout.key_steps} stride3={layout.beat} "
@@ -255,19 +294,19 @@ def step_program(graph, ctx, core, phase, bucket):
                        f"wait=vector")
                 w.emit(f"store buffer=vec line={V['vsw']} port={base['vs']['port']} "
                        f"addr={base['vs']['address']:#x}+r7 length=4 "
-                       f"release={'vector,load' if kv == kv_heads - 1 else 'vector'}")
+                       f"release={'vector,load' if kv == my_kv[-1] else 'vector'}")
             w.text += early
             kw, vw = buffers.kw, buffers.vw
             blocks_k = -(-hd // ACT_GROUP)
             group = heads // kv_heads
-            for h in range(heads):
+            for h in my_heads:
                 base = cache[h // group]
                 w.emit(f"token length={hd} src={V['q'] + h * hd_lines} dst={A['aq']} "
-                       f"scale={V['qs']} " + ("wait=store " if h == 0 else "")
+                       f"scale={V['qs']} " + ("wait=store " if h == my_heads[0] else "")
                        + "release=matrix")
                 w.emit(f"load buffer=wgt line={kw} port={base['k']['port']} "
                        f"addr={base['k']['address']:#x} length={lengths.groups(key_lines)} "
-                       f"wait={'store' if h == 0 else 'vector'} release=matrix")
+                       f"wait={'store' if h == my_heads[0] else 'vector'} release=matrix")
                 w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={blocks_k} "
                        f"groups={lengths.groups()} act={A['aq']} wgt={kw} out={V['acc']} "
                        f"wait=load,vector release=vector")
@@ -293,54 +332,109 @@ def step_program(graph, ctx, core, phase, bucket):
                        f"groups={g_v} act={A['al']} wgt={vw} out={V['ol']} release=vector")
                 w.emit(f"rescale output=1 length={hd} x={V['oh']} y={V['ol']} a={V['ws']} "
                        f"out={V['out'] + h * hd_lines} wait=matrix"
-                       + (" release=load" if h < heads - 1 else ""))
-            quant(heads * hd, V["out"], A["a"], last=" release=matrix")
+                       + (" release=load" if h != my_heads[-1] else
+                          " release=store" if tensor else ""))
+            if tensor:
+                trade(V["out"], heads * hd, my_heads[0] * hd, (my_heads[-1] + 1) * hd,
+                      "vector")
+            quant(heads * hd, V["out"], A["a"], first=" wait=load" if tensor else "",
+                  last=" release=matrix")
             w.text += late
+            if tensor:
+                trade(V["d"], m.dim, *rows(names["attn_output"]), "matrix")
             w.emit(f"vector op=add length={m.dim} a={V['d']} b={V['x']} out={V['x']} "
-                   f"wait=matrix")
+                   f"wait={'load' if tensor else 'matrix'}")
         elif node.op == "ffn_block":
             rmsnorm(f"blk.{i}.ffn_norm.weight", "nf")
-            w.linear(f"blk.{i}.ffn_gate.weight", A["a"], V["g"], first_wait=["vector"])
-            w.linear(f"blk.{i}.ffn_up.weight", A["a"], V["u"], load_tile=False,
-                     last_release=["vector"])
-            elementwise("silu", m.ffn_dim, V["g"], first=" wait=matrix")
-            elementwise("mul", m.ffn_dim, V["g"], V["u"])
-            quant(m.ffn_dim, V["g"], A["a"], last=" release=matrix")
-            w.linear(f"blk.{i}.ffn_down.weight", A["a"], V["d"], first_wait=["vector"],
-                     last_release=["vector"])
+            gate, down = f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_down.weight"
+            linear(gate, V["g"], first_wait=["vector"])
+            linear(f"blk.{i}.ffn_up.weight", V["u"], load_tile=False, last_release=["vector"])
+            lo, hi = rows(gate)
+            offset = c.vector_lines(lo)
+            elementwise("silu", hi - lo, V["g"] + offset, first=" wait=matrix")
+            elementwise("mul", hi - lo, V["g"] + offset, V["u"] + offset,
+                        last=" release=store" if tensor else "")
+            if tensor:
+                trade(V["g"], m.ffn_dim, lo, hi, "vector")
+            quant(m.ffn_dim, V["g"], A["a"], first=" wait=load" if tensor else "",
+                  last=" release=matrix")
+            linear(down, V["d"], first_wait=["vector"],
+                   last_release=["store" if tensor else "vector"])
+            if tensor:
+                trade(V["d"], m.dim, *rows(down), "matrix")
             final = node is kernels[-1] and not last
             w.emit(f"vector op=add length={m.dim} a={V['d']} b={V['x']} out={V['x']} "
-                   f"wait=matrix" + (" release=store" if final else ""))
+                   f"wait={'load' if tensor else 'matrix'}" + (" release=store" if final else ""))
         elif node.op == "head":
             rmsnorm("output_norm.weight", "nw")
-            _head(w, ctx, V, A, places["logits"])
+            _head(w, ctx, V, A, places["logits"], own("output.weight"))
     if not last:
         out = places[f"handoff.{core}.out"]
         w.emit(f"store buffer=vec line={V['x']} port={out['port']} addr={out['address']:#x} "
                f"length={c.vector_lines(m.dim) * c.line_bytes} wait=vector")
     w.emit("halt")
+    if tensor and trade.count != barrier_span(m) - 1:
+        raise CompileError(f"internal: {trade.count} barriers, {barrier_span(m) - 1} planned")
     if w.tiles != planned:
         raise CompileError(f"internal: {w.tiles} tiles emitted, {planned} planned")
     return assemble("\n".join(w.text))
 
 
-def _head(w, ctx, V, A, logits):
-    """The LM head in chunks of row groups whose outputs fit the free VEC lines; each chunk's
-    logits are stored before the next chunk overwrites them."""
+class _Trade:
+    """The exchange of a tensor-parallel core: ``trade(line, n, lo, hi, wait)`` gives every
+    core the whole ``n``-value vector at VEC ``line`` of which this core computed values
+    ``lo`` to ``hi`` (produced by unit ``wait``, which released a token to ``STORE``): store
+    the slice to its place in the exchange buffer of the turn, meet the others at a
+    ``BARRIER``, load the whole vector (releasing a token to ``VECTOR``). The two buffers
+    take turns: a core writes a buffer again only after the next barrier, which every core
+    reaches only after loading what it needed from it."""
+
+    def __init__(self, w, ctx, core, span):
+        self.w, self.core, self.span = w, core, span
+        self.target = ctx.target
+        self.places = ctx.results["places"]
+        self.count = 0
+
+    def __call__(self, line, n, lo, hi, wait):
+        c = self.target.core
+        buffer = self.places[f"exchange.{self.count % 2}"]
+        flags = self.places["exchange.flags"]
+        offset = c.vector_lines(lo)
+        size = c.vector_lines(hi - lo) * c.line_bytes
+        if size >= 1 << 16:
+            raise CompileError(f"a slice of {hi - lo} values is {size} bytes: a STORE moves "
+                               f"fewer than 65536")
+        port = c.exchange_port
+        self.w.emit(f"store buffer=vec line={line + offset} port={port} "
+                    f"addr={buffer['address'] + offset * c.line_bytes:#x} length={size} "
+                    f"wait={wait} release=sys")
+        self.w.emit(f"barrier peers={self.target.cores} slot={self.core} "
+                    f"addr={flags['address']:#x} value={self.count + 1}+r5*{self.span} "
+                    f"wait=store release=load")
+        self.w.emit(f"load buffer=vec line={line} port={port} addr={buffer['address']:#x} "
+                    f"length={c.vector_lines(n)} wait=sys release=vector")
+        self.count += 1
+
+
+def _head(w, ctx, V, A, logits, tiles):
+    """The LM head (this core's ``tiles`` of it) in chunks of row groups whose outputs fit
+    the free VEC lines; each chunk's logits are stored, at their rows' place, before the
+    next chunk overwrites them."""
     c = ctx.target.core
     name = "output.weight"
     plan = ctx.results["plans"][name]
     chunk = ctx.results["head_chunk"]
     out_lines = c.beat_lines(c.beat_bits["out"])
-    starts = sorted({first // chunk for first, _ in plan.tiles})
+    base = plan.tiles[tiles[0]][0]
+    starts = sorted({(plan.tiles[i][0] - base) // chunk for i in tiles})
     for number, block in enumerate(starts):
-        tiles = [i for i, (first, _) in enumerate(plan.tiles) if first // chunk == block]
-        groups = sum(plan.tiles[i][1] for i in tiles)
+        chosen = [i for i in tiles if (plan.tiles[i][0] - base) // chunk == block]
+        groups = sum(plan.tiles[i][1] for i in chosen)
         last = number == len(starts) - 1
         w.linear(name, A["a"], V["logits"], first_wait=["vector" if number == 0 else "store"],
-                 last_release=["store"], load_tile=number == 0, tiles=tiles)
+                 last_release=["store"], load_tile=number == 0, tiles=chosen)
         size = out_lines * c.line_bytes
-        address = logits["address"] + block * chunk * size
+        address = logits["address"] + (base + block * chunk) * size
         w.emit(f"store buffer=vec line={V['logits']} port={logits['port']} addr={address:#x} "
                f"length={size} count2={groups} stride2={size} wait=matrix"
                + ("" if last else " release=matrix"))
@@ -409,7 +503,9 @@ def build_images(graph, ctx, progress=None):
     for tensor in graph.tensors.values():
         if tensor.role == "norm":
             values, _ = _norm(tensor)
-            put(places[tensor.name], vector_bytes(c, values, 48))
+            where = places[tensor.name]
+            for copy in where.get("copies", [where]):
+                put(copy, vector_bytes(c, values, 48))
     phases = np.repeat(rope_frequencies(m.head_dim, m.rope_theta), 2)
     for core in range(target.cores):
         put(places[f"rope.{core}"], vector_bytes(c, phases, 48))

@@ -9,9 +9,11 @@ Each pass is a small class with a ``name`` and ``run(graph, context)`` that anno
 3. :class:`Fuse`: the always-on-chip decode kernels: RMSNorm + q/k/v, RoPE chains + KV-cache
    store, attention + softmax, linear + residual, linear + SiLU (gate/up/mul), final norm +
    LM head.
-4. :class:`Partition`: contiguous layer ranges per core (one per SLR on the U280), balanced
-   by weight bytes; the embedding on the first core and the head on the last; a sync point
-   (the hidden state handed over through HBM) between consecutive cores.
+4. :class:`Partition`: how the cores (one per SLR on the U280) share the model. A layer
+   pipeline: contiguous layer ranges per core, balanced by weight bytes; the embedding on the
+   first core and the head on the last; a sync point (the hidden state handed over through
+   HBM) between consecutive cores. Tensor parallel: every core runs every layer on its share
+   of the KV heads (and their query heads) and of every other matrix's row groups.
 5. :class:`Allocate`: the KV-cache capacity and every on-chip buffer region.
 6. :class:`Tile`: each matrix split into weight tiles that fit a slot of ``WGT``/``META``.
 7. :class:`Place`: every tile, norm, cache and I/O slot at an HBM address, each on the
@@ -238,11 +240,14 @@ def matrix_bytes(tensor):
 
 
 class Partition:
-    """Contiguous layer ranges per core, balanced by weight bytes."""
+    """Contiguous layer ranges per core, balanced by weight bytes; or, on a tensor-parallel
+    target, every layer on every core with a share of the heads."""
 
     name = "partition"
 
     def run(self, graph, ctx):
+        if ctx.target.tensor:
+            return self._tensor(graph, ctx)
         cores, layers = ctx.target.cores, graph.config.n_layers
         if cores > layers:
             raise CompileError(f"{cores} cores but the model has {layers} layers")
@@ -283,6 +288,39 @@ class Partition:
             else:
                 node.attrs["core"] = next(c for c, (a, b) in enumerate(ranges)
                                           if a <= node.layer < b)
+
+
+    @staticmethod
+    def _tensor(graph, ctx):
+        cores, m = ctx.target.cores, graph.config
+        if cores > m.n_kv_heads:
+            raise CompileError(f"{cores} tensor-parallel cores but the model has "
+                               f"{m.n_kv_heads} KV heads to share")
+        group = m.n_heads // m.n_kv_heads
+        graph.attrs["partition"] = [
+            {"core": c, "layers": [0, m.n_layers], "kv_heads": [a, b],
+             "heads": [a * group, b * group]}
+            for c, (a, b) in enumerate(_even(m.n_kv_heads, cores))]
+        graph.attrs["sync_points"] = []
+        for node in graph.nodes:
+            node.attrs["core"] = None  # every core
+
+
+def row_shares(graph, target, name, groups):
+    """The row groups ``[(first, end)]`` of each core of matrix ``name`` (``groups`` row
+    groups): one share of all of them on a layer pipeline; on a tensor-parallel target the
+    query, key and value rows of each core's heads and an even split of the others."""
+    if not target.tensor:
+        return [(0, groups)]
+    per_head = graph.config.head_dim // target.core.lanes
+    short = name.split(".", 2)[2] if name.startswith("blk.") else name
+    part = graph.attrs["partition"]
+    if short.startswith(("attn_q", "attn_k", "attn_v")):
+        key = "heads" if short.startswith("attn_q") else "kv_heads"
+        return [(p[key][0] * per_head, p[key][1] * per_head) for p in part]
+    if groups < target.cores:
+        raise CompileError(f"{name} has {groups} row groups for {target.cores} cores")
+    return _even(groups, target.cores)
 
 
 def _even(layers, cores):
@@ -415,9 +453,11 @@ class TilePlan:
         The matrix command's fields except ``groups`` (and the buffer lines).
     tiles : list of (first_group, groups)
     lines : list of (weight lines, scale lines, mask lines)
+    owners : list of int
+        The share (:func:`row_shares`: the core on a tensor-parallel target) of each tile.
     """
 
-    def __init__(self, core, spec, shape, slot_w, slot_m, chunk_groups=None):
+    def __init__(self, core, spec, shape, slot_w, slot_m, chunk_groups=None, shares=None):
         g = core.geometry
         n, k = shape
         keep = spec["keep"]
@@ -449,14 +489,20 @@ class TilePlan:
         per_tile = max(1, min(slot_w // w1, slot_m // (s1 + m1)))
         while not fits(per_tile):
             per_tile -= 1
-        self.tiles, self.lines = [], []
+        self.tiles, self.lines, self.owners = [], [], []
         chunk = chunk_groups or self.groups
-        for start in range(0, self.groups, chunk):
-            end = min(start + chunk, self.groups)
-            for first in range(start, end, per_tile):
-                count = min(per_tile, end - first)
-                self.tiles.append((first, count))
-                self.lines.append(lines(count))
+        for owner, (share, share_end) in enumerate(shares or [(0, self.groups)]):
+            for start in range(share, share_end, chunk):
+                end = min(start + chunk, share_end)
+                for first in range(start, end, per_tile):
+                    count = min(per_tile, end - first)
+                    self.tiles.append((first, count))
+                    self.lines.append(lines(count))
+                    self.owners.append(owner)
+
+    def owned(self, share):
+        """Indices of the tiles of ``share``."""
+        return [i for i, owner in enumerate(self.owners) if owner == share]
 
 
 class Tile:
@@ -474,8 +520,11 @@ class Tile:
         chunk = min(buffers.logit_lines // out_lines, 4095)  # a STORE's count2 limit
         plans = {}
         for tensor in graph.matrices():
+            rows, _ = padded_shape(core.geometry, MatrixMode.MV, *tensor.shape,
+                                   tensor.attrs["spec"]["group"], tensor.attrs["spec"]["keep"])
+            shares = row_shares(graph, ctx.target, tensor.name, rows // core.lanes)
             plan = TilePlan(core, tensor.attrs["spec"], tensor.shape, slot_w, slot_m,
-                            chunk if tensor.name == "output.weight" else None)
+                            chunk if tensor.name == "output.weight" else None, shares)
             plans[tensor.name] = plan
             tensor.attrs["tiles"] = len(plan.tiles)
         if chunk < 1:
@@ -518,7 +567,13 @@ class Place:
     ``s`` channels, at the same address on each),
     norm weights, the RoPE phase table, the KV caches, the input slot, the hand-over slots of
     the sync points, the logits; then the embedding table (one row read per step) in the
-    space left on the first core's channels."""
+    space left on the first core's channels.
+
+    On a tensor-parallel target each tile goes to its owner's channels, every core gets a
+    copy of each norm weight (``{"copies": [place per core]}``), each KV head goes to the core
+    of its heads, and the shared channel of the exchange ports holds the barrier flags
+    (``exchange.flags``), two exchange buffers for partial vectors (``exchange.0``,
+    ``exchange.1``, used by turns), the input slot and the logits."""
 
     name = "place"
 
@@ -526,13 +581,18 @@ class Place:
         target, m = ctx.target, graph.config
         c = target.core
         buffers, plans = ctx.results["buffers"], ctx.results["plans"]
+        local = target.local_ports
         channels = [[Channel(target.channel(core, p), target.channel_bytes)
-                     for p in range(c.hbm_ports)] for core in range(target.cores)]
+                     for p in range(local)] for core in range(target.cores)]
         line = c.line_bytes
+        if target.tensor:
+            shared = Channel(target.channel(0, c.exchange_port), target.channel_bytes)
+            for row_ in channels:
+                row_.append(shared)
 
         def place(core, size, align=line):
             """On the channel of ``core`` with the least step traffic that has room."""
-            free = [p for p in range(c.hbm_ports) if channels[core][p].fits(size, align)]
+            free = [p for p in range(local) if channels[core][p].fits(size, align)]
             if not free:
                 raise CompileError(f"the HBM channels of core {core} are full: {size} more "
                                    f"bytes needed")
@@ -543,7 +603,7 @@ class Place:
 
         stripe = c.load_lanes
         groups = [range(first, first + stripe)
-                  for first in range(0, c.hbm_ports - stripe + 1, stripe)]
+                  for first in range(0, local - stripe + 1, stripe)]
 
         def place_striped(core, lines):
             """``lines`` weight lines striped over the aligned group of ``stripe`` channels
@@ -574,38 +634,59 @@ class Place:
         for core in range(target.cores):
             places[f"rope.{core}"] = place(core, vector_size(m.head_dim, 48), 4096)
         layout = buffers.layout
+        def exchange(size, align=4096):
+            """On the channel the exchange ports share."""
+            return {"core": 0, "port": c.exchange_port, "address": shared.take(size, align),
+                    "bytes": size}
+
+        partition = graph.attrs["partition"]
         for node in graph.nodes:
             core = node.attrs["core"]
             for name in node.inputs:
                 tensor = graph.tensors[name]
                 if tensor.role == "norm":
-                    places[name] = place(core, vector_size(m.dim, 48))
+                    if target.tensor:
+                        places[name] = {"core": None, "copies": [
+                            place(c_, vector_size(m.dim, 48)) for c_ in range(target.cores)]}
+                    else:
+                        places[name] = place(core, vector_size(m.dim, 48))
                 elif tensor.role == "matrix":
                     plan = plans[name]
                     tiles = []
-                    for w, s, k in plan.lines:
+                    for (w, s, k), owner in zip(plan.lines, plan.owners, strict=True):
+                        at = owner if target.tensor else core
                         if stripe > 1:  # weights; scales and masks: each striped
-                            where = {**place_striped(core, w),
-                                     "meta": place_striped(core, _up(s + k, stripe))}
+                            where = {**place_striped(at, w),
+                                     "meta": place_striped(at, _up(s + k, stripe))}
                         else:  # weights, scales and masks back to back
-                            where = place(core, (w + s + k) * line)
+                            where = place(at, (w + s + k) * line)
                         tiles.append(where)
                     places[name] = {"core": core, "tiles": tiles}
             if node.op == "attention_block":
                 for kv in range(m.n_kv_heads):
+                    at = core if not target.tensor else next(
+                        p["core"] for p in partition if p["kv_heads"][0] <= kv < p["kv_heads"][1])
                     for part, size in (("k", layout.key_bytes), ("v", layout.value_bytes),
                                        ("ks", layout.scale_bytes), ("vs", layout.scale_bytes)):
-                        places[f"kv.{node.layer}.{kv}.{part}"] = place(core, size, 4096)
+                        places[f"kv.{node.layer}.{kv}.{part}"] = place(at, size, 4096)
         row = vector_size(m.dim)
-        places["input"] = place(0, row, 4096)
-        for sync in graph.attrs["sync_points"]:
-            places[f"handoff.{sync['from_core']}.out"] = place(sync["from_core"], row, 4096)
-            places[f"handoff.{sync['to_core']}.in"] = place(sync["to_core"], row, 4096)
-        places["logits"] = place(target.cores - 1, vector_size(m.vocab_size), 4096)
+        if target.tensor:
+            places["exchange.flags"] = exchange(line)
+            widest = vector_size(max(m.dim, m.n_heads * m.head_dim, m.ffn_dim))
+            for turn in range(2):
+                places[f"exchange.{turn}"] = exchange(widest)
+            places["input"] = exchange(row)
+            places["logits"] = exchange(vector_size(m.vocab_size))
+        else:
+            places["input"] = place(0, row, 4096)
+            for sync in graph.attrs["sync_points"]:
+                places[f"handoff.{sync['from_core']}.out"] = place(sync["from_core"], row, 4096)
+                places[f"handoff.{sync['to_core']}.in"] = place(sync["to_core"], row, 4096)
+            places["logits"] = place(target.cores - 1, vector_size(m.vocab_size), 4096)
         # the embedding table (FX rows; one row is read per step) in the space left on the
         # first core's channels, most free first, split when one cannot hold it
         pieces, first = [], 0
-        for port in sorted(range(c.hbm_ports), key=lambda p: channels[0][p].used):
+        for port in sorted(range(local), key=lambda p: channels[0][p].used):
             channel = channels[0][port]
             rows = min(m.vocab_size - first,
                        max(0, channel.size - -(-channel.used // 4096) * 4096) // row)

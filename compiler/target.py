@@ -6,6 +6,17 @@ port ``p`` of core ``c`` reaching HBM pseudo-channel ``c * hbm_ports + p`` (chan
 placement), each channel ``channel_bytes`` long. The binary records the target; running it on
 another configuration is an error.
 
+How the cores share a model (``parallel``):
+
+* ``layers``: a layer pipeline: each core runs a contiguous range of layers, one after the
+  other, the host handing the hidden state from core to core;
+* ``tensor``: tensor parallelism: every core runs every layer on its share of each matrix's
+  rows and of the attention heads, all at once, and the cores trade partial vectors through
+  one shared pseudo-channel behind ``BARRIER`` s. Every core then has one more port, its
+  **exchange port** (the last, ``CoreConfig.exchange_port``), and all of them reach channel
+  ``cores * (hbm_ports - 1)``; port ``p`` of core ``c`` below it reaches
+  ``c * (hbm_ports - 1) + p``. :func:`tensor_parallel` makes such a target.
+
 Presets (:data:`TARGETS`):
 
 * ``sim``: the simulation configuration that real models (SmolLM2-135M) run on under the ISA
@@ -29,7 +40,11 @@ from ..boards.alveo import BOARDS
 from ..errors import FlightgenError
 from ..isa.machine import SIM_CORE, CoreConfig
 
-__all__ = ["Target", "TARGETS", "load_target", "TargetError", "board_target", "BOARD_CORE"]
+__all__ = ["Target", "TARGETS", "load_target", "TargetError", "board_target", "BOARD_CORE",
+           "PARALLEL", "tensor_parallel"]
+
+#: How the cores of a target share a model.
+PARALLEL = ("layers", "tensor")
 
 
 class TargetError(FlightgenError):
@@ -51,6 +66,8 @@ class Target:
         Bytes of each HBM pseudo-channel.
     clock_mhz : float
         Clock the performance figures assume.
+    parallel : str
+        ``layers`` or ``tensor`` (see the module's documentation).
     """
 
     name: str
@@ -58,29 +75,61 @@ class Target:
     cores: int = 1
     channel_bytes: int = 1 << 28
     clock_mhz: float = 225.0
+    parallel: str = "layers"
 
     def __post_init__(self):
         if not isinstance(self.cores, int) or not 1 <= self.cores <= 8:
             raise TargetError(f"cores must be 1 to 8, not {self.cores!r}")
+        if self.parallel not in PARALLEL:
+            raise TargetError(f"parallel must be one of {', '.join(PARALLEL)}, not "
+                              f"{self.parallel!r}")
+        if self.tensor:
+            if not self.core.barrier or self.core.hbm_ports < 2:
+                raise TargetError("a tensor-parallel target needs cores with the barrier and "
+                                  "an exchange port besides their own")
+            if self.cores > self.core.max_peers:
+                raise TargetError(f"a barrier meets at most {self.core.max_peers} cores, not "
+                                  f"{self.cores}")
         if self.channel_bytes < 1 << 20 or self.channel_bytes % 4096:
             raise TargetError(f"channel_bytes must be a multiple of 4096 of at least 1 MiB, "
                               f"not {self.channel_bytes!r}")
 
     @property
     def ports(self):
-        """HBM ports (and channels) per core."""
+        """HBM ports per core."""
         return self.core.hbm_ports
+
+    @property
+    def tensor(self):
+        """Whether the cores are a tensor-parallel group."""
+        return self.parallel == "tensor"
+
+    @property
+    def local_ports(self):
+        """The ports of a core that reach channels of its own (all but a tensor-parallel
+        group's exchange port)."""
+        return self.core.hbm_ports - 1 if self.tensor else self.core.hbm_ports
+
+    @property
+    def channels(self):
+        """Pseudo-channels the target reaches."""
+        return self.cores * self.local_ports + (1 if self.tensor else 0)
 
     def channel(self, core, port):
         """Global HBM pseudo-channel of ``port`` of ``core``."""
-        return core * self.core.hbm_ports + port
+        if self.tensor and port == self.core.exchange_port:
+            return self.cores * self.local_ports
+        return core * self.local_ports + port
 
     def with_cores(self, cores):
         return dataclasses.replace(self, cores=cores)
 
     def to_dict(self):
-        return {"name": self.name, "core": self.core.to_dict(), "cores": self.cores,
-                "channel_bytes": self.channel_bytes, "clock_mhz": self.clock_mhz}
+        out = {"name": self.name, "core": self.core.to_dict(), "cores": self.cores,
+               "channel_bytes": self.channel_bytes, "clock_mhz": self.clock_mhz}
+        if self.tensor:
+            out["parallel"] = self.parallel
+        return out
 
     @classmethod
     def from_dict(cls, data, source="target"):
@@ -120,6 +169,15 @@ def board_target(board):
                   clock_mhz=board.kernel_mhz)
 
 
+def tensor_parallel(target):
+    """``target`` with its cores as a tensor-parallel group: each core gets the barrier and one
+    more port, the exchange port, on the channel the group shares."""
+    if target.tensor:
+        return target
+    core = dataclasses.replace(target.core, barrier=True, hbm_ports=target.core.hbm_ports + 1)
+    return dataclasses.replace(target, core=core, parallel="tensor")
+
+
 TARGETS = {
     "sim": Target("sim", SIM_LLM_CORE, channel_bytes=1 << 28),
     "sim-small": Target("sim-small", SIM_CORE, channel_bytes=1 << 24),
@@ -127,9 +185,10 @@ TARGETS = {
 }
 
 
-def load_target(spec, cores=None):
+def load_target(spec, cores=None, parallel=None):
     """The target named ``spec`` (a preset) or read from a JSON file ``spec`` (the dict of
-    :meth:`Target.to_dict`); ``cores`` overrides its core count."""
+    :meth:`Target.to_dict`); ``cores`` overrides its core count, ``parallel="tensor"`` makes
+    its cores a tensor-parallel group (:func:`tensor_parallel`)."""
     if spec in TARGETS:
         target = TARGETS[spec]
     else:
@@ -142,4 +201,11 @@ def load_target(spec, cores=None):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise TargetError(f"{path}: not a readable JSON file ({error})") from None
         target = Target.from_dict(data, str(path))
-    return target if cores is None else target.with_cores(cores)
+    target = target if cores is None else target.with_cores(cores)
+    if parallel not in (None, *PARALLEL):
+        raise TargetError(f"parallel must be one of {', '.join(PARALLEL)}, not {parallel!r}")
+    if parallel == "tensor":
+        target = tensor_parallel(target)
+    elif parallel == "layers" and target.tensor:
+        raise TargetError(f"{spec} is a tensor-parallel configuration")
+    return target

@@ -4,7 +4,10 @@ per 128 weights), W8 and 8:16-sparse W4, and OPT-6.7B, against the HBM roofline 
 FlightLLM's reported figure.
 
 Each LLaMA2-7B row is :func:`flightgen.sim.projection.project`: the model compiled
-config-only for the ``u280`` configuration (3 cores, 30 pseudo-channels, 225 MHz), the cycle
+config-only for the ``u280`` configuration (3 cores, 30 pseudo-channels, 225 MHz) with its
+cores a tensor-parallel group (all at once, each on its share of every layer, meeting at
+barriers on a 31st, shared channel: the barrier is modelled and ISA-simulated, not yet in the
+RTL), and one row as the layer pipeline ``flightgen hw`` builds today; the cycle
 model (within 3% of the RTL, ``tests/test_perf.py``) over every core's decode program at the
 context length, the HBM bytes the programs move, the roofline of the connected channels at
 :data:`~flightgen.sim.projection.HBM_EFFICIENCY`, and the instruction storage. OPT-6.7B does
@@ -25,7 +28,7 @@ import sys
 from flightgen.boards.alveo import U280
 from flightgen.compile import _configs
 from flightgen.compiler.passes import CompileConfig
-from flightgen.compiler.target import board_target
+from flightgen.compiler.target import board_target, tensor_parallel
 from flightgen.errors import FlightgenError
 from flightgen.files import write_atomic
 from flightgen.sim.projection import HBM_EFFICIENCY, project
@@ -48,16 +51,19 @@ def main(argv=None):
                         help="Context length of the decode step (default 512).")
     parser.add_argument("-o", "--output", default="bench_decode.json")
     args = parser.parse_args(argv)
-    target = board_target(U280)
+    layers = board_target(U280)
+    target = tensor_parallel(layers)
     llama = _configs()["llama2-7b"]
-    configs = [("W4 dense", CompileConfig(weights="int4-g32-sym")),
-               ("W4 dense, g128", CompileConfig(weights="int4-g128-sym")),
-               ("W8 dense", CompileConfig(weights="int8-g32-sym")),
-               ("W4 + 8:16 FFN", CompileConfig(weights="int4-g32-sym", sparsity="8:16"))]
+    configs = [("W4 dense", CompileConfig(weights="int4-g32-sym"), target),
+               ("W4 dense, g128", CompileConfig(weights="int4-g128-sym"), target),
+               ("W4 g128, pipeline", CompileConfig(weights="int4-g128-sym"), layers),
+               ("W8 dense", CompileConfig(weights="int8-g32-sym"), target),
+               ("W4 + 8:16 FFN", CompileConfig(weights="int4-g32-sym", sparsity="8:16"),
+                target)]
     rows = []
-    for label, config in configs:
+    for label, config, chosen in configs:
         try:
-            p = project("llama2-7b", llama, U280, target, config, args.context,
+            p = project("llama2-7b", llama, U280, chosen, config, args.context,
                         progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
         except FlightgenError as error:  # a configuration the compiler refuses: say why
             rows.append({"model": "LLaMA2-7B", "config": label, "tokens_per_s": None,
@@ -65,7 +71,7 @@ def main(argv=None):
                          "note": f"not compiled: {error}"})
             continue
         rows.append({**p.to_dict(), "model": "LLaMA2-7B", "config": label})
-    ports = target.cores * target.core.hbm_ports
+    ports = target.cores * target.local_ports
     bandwidth = ports * U280.hbm.channel_gbps * HBM_EFFICIENCY * 1e9
     for label, bits in (("W4 (weights only)", 4.5), ("W8 (weights only)", 8.5)):
         rows.append({"model": "OPT-6.7B", "config": label, "tokens_per_s": None,
@@ -75,8 +81,9 @@ def main(argv=None):
                              "positions"})
     header = (f"{'model':<10} {'config':<18} {'tok/s':>7} {'roofline':>9} {'of roof':>8} "
               f"{'MB/token':>9} {'HBM util':>9} {'DSP util':>9} {'instr MB':>9}")
-    print(f"U280, 3 cores x {target.core.hbm_ports} HBM ports at {target.clock_mhz:.0f} MHz, "
-          f"context {args.context}; FlightLLM reports {FLIGHTLLM_TOKENS_PER_S:.0f} tok/s")
+    print(f"U280, 3 cores x {target.local_ports} HBM ports (tensor parallel: one more each, to "
+          f"a shared channel) at {target.clock_mhz:.0f} MHz, context {args.context}; "
+          f"FlightLLM reports {FLIGHTLLM_TOKENS_PER_S:.0f} tok/s")
     print(header)
     for r in rows:
         speed = r.get("tokens_per_s")

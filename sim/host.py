@@ -2,10 +2,12 @@
 
 :class:`Host` follows the binary's ``layout`` (see :mod:`flightgen.compiler.build`): it copies
 the token's embedding row to the input slot, sets the length registers, runs each core's
-program for the step's phase and bucket in core order, hands the hidden state from core to
-core, and reads the logits. The backend runs one program on one core: :class:`IsaBackend`
-is the ISA simulator (one :class:`~flightgen.isa.machine.Machine` per core); the RTL backend
-(Verilator) uses the same sequence.
+program for the step's phase and bucket (a layer pipeline: in core order, handing the hidden
+state from core to core; a tensor-parallel group: all at once, with ``run_group``), and
+reads the logits. The backend runs one program on one core: :class:`IsaBackend` is the ISA
+simulator (one :class:`~flightgen.isa.machine.Machine` per core, a group with
+:func:`~flightgen.isa.machine.run_group`); the RTL backend (Verilator) uses the same
+sequence for a layer pipeline.
 """
 
 import numpy as np
@@ -14,7 +16,7 @@ from ..compiler.binary import BinaryError
 from ..compiler.layout import KVLayout, decode_registers
 from ..compiler.target import Target
 from ..errors import FlightgenError
-from ..isa.machine import ErrorCode, Machine
+from ..isa.machine import ErrorCode, Machine, run_group
 
 __all__ = ["Host", "IsaBackend", "StepError"]
 
@@ -46,6 +48,8 @@ class IsaBackend:
         self._words = {}
         #: The last run's :class:`~flightgen.isa.machine.RunResult` (its trace included).
         self.last_result = None
+        #: The last group run's results, one per core.
+        self.last_results = None
 
     def memory(self, core, port):
         """The bytes of ``port`` of ``core`` (its channel)."""
@@ -63,17 +67,28 @@ class IsaBackend:
         data = np.frombuffer(bytes(data), np.uint8)
         self.memory(core, port)[address:address + len(data)] = data
 
-    def run(self, core, program, registers):
-        """Run ``program`` (a :class:`~flightgen.compiler.binary.Program`) on ``core``;
-        return ``(error code, error pc, message, instructions)``."""
+    def _program_words(self, program):
         key = id(program)
         if key not in self._words:
             raw = np.frombuffer(program.words, np.uint8).reshape(-1, 32)
             self._words[key] = [int.from_bytes(row.tobytes(), "little") for row in raw]
-        words = self._words[key]
+        return self._words[key]
+
+    def run(self, core, program, registers):
+        """Run ``program`` (a :class:`~flightgen.compiler.binary.Program`) on ``core``;
+        return ``(error code, error pc, message, instructions)``."""
+        words = self._program_words(program)
         result = self.machines[core].run(words, registers)
         self.last_result = result
         return result.error, result.error_pc, result.message, len(result.trace)
+
+    def run_group(self, programs, registers):
+        """Run ``programs[c]`` on every core ``c`` of a tensor-parallel group at once; return
+        ``(error code, error pc, message, instructions)`` per core."""
+        results = run_group(self.machines, [self._program_words(p) for p in programs],
+                            registers)
+        self.last_results = results
+        return [(r.error, r.error_pc, r.message, len(r.trace)) for r in results]
 
 
 class Host:
@@ -122,6 +137,10 @@ class Host:
         self._copy({**piece, "address": piece["address"] + (token - piece["first"]) * row},
                    self.layout["input"], row)
         registers = decode_registers(self.kv, self.position)
+        if self.target.tensor:
+            self._group_step(phase, registers)
+            self.position += 1
+            return self.logits() if phase == "decode" else None
         for core in range(self.target.cores):
             program = self._program(core, phase, self.position + 1)
             error, pc, message, count = self.backend.run(core, program, registers)
@@ -134,6 +153,23 @@ class Host:
                 self._copy(handoff["from"], handoff["to"], handoff["bytes"])
         self.position += 1
         return self.logits() if phase == "decode" else None
+
+    def _group_step(self, phase, registers):
+        if not hasattr(self.backend, "run_group"):
+            raise StepError(f"{type(self.backend).__name__} runs one core at a time: a "
+                            f"tensor-parallel binary needs a backend that runs the group")
+        if self.position == 0:  # a new sequence: no flag of an earlier one may remain
+            flags = self.layout["flags"]
+            self.backend.write(flags["core"], flags["port"], flags["address"],
+                               bytes(flags["bytes"]))
+        programs = [self._program(core, phase, self.position + 1)
+                    for core in range(self.target.cores)]
+        outcomes = self.backend.run_group(programs, registers)
+        self.instructions += sum(outcome[3] for outcome in outcomes)
+        for core, (error, pc, message, _) in enumerate(outcomes):
+            if error != ErrorCode.NONE:
+                raise StepError(f"core {core} stopped with {ErrorCode(error).name} at pc {pc} "
+                                f"({phase}): {message}")
 
     def logits(self):
         """The FX logits the last decode step stored."""

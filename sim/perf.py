@@ -30,12 +30,12 @@ from ..hw.mpe import MatrixEngine
 from ..hw.rescale import AttentionRescaler
 from ..hw.sfu import SpecialFunctionUnit
 from ..hw.token_quantizer import TokenQuantizer
-from ..isa.instructions import REGISTERS, Opcode, Unit
+from ..isa.instructions import REGISTERS, Opcode, SysOp, Unit
 from ..isa.machine import resolve_program
 from ..isa.matrix import MatrixStreams
 from ..isa.vector import VectorOp
 
-__all__ = ["Timing", "estimate", "Estimate"]
+__all__ = ["Timing", "estimate", "estimate_group", "Estimate"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,9 @@ class Timing:
     store: int = 4
     #: A release to the waiting unit's start.
     token: int = 1
+    #: A ``BARRIER`` from its last core's arrival to its end (its flag write and one read of
+    #: the flags, each a memory round trip).
+    barrier: int = 90
 
 
 @dataclass
@@ -130,96 +133,178 @@ def _duration(units, timing, instruction):
 
 def estimate(config, program, registers=(0,) * (REGISTERS - 1), timing=None):
     """Estimate the cycles of ``program`` on a core with ``config`` (a run that ends without an
-    error) with ``timing`` (default :class:`Timing`); returns an :class:`Estimate`."""
-    timing = Timing() if timing is None else timing
-    units = _Units(config)
-    instructions = list(resolve_program(config, program, registers))
-    line_words = max(1, config.line_bits // 256)
-    # dispatch: one per cycle, after fetch; a unit's queue holds queue_depth instructions
-    per_unit = {u: [] for u in Unit}
-    orders = {}
-    for instruction in instructions:
-        orders[instruction.pc] = len(per_unit[instruction.unit])
-        per_unit[instruction.unit].append(instruction)
-    start, end = {}, {}
-    releases = {(s, d): [] for s in range(len(Unit)) for d in range(len(Unit))}
-    taken = {(s, d): 0 for s in range(len(Unit)) for d in range(len(Unit))}
-    # the load engine receives the lines of its oldest command only, whatever the port: one R
-    # path and one count of bursts in flight for all ports
-    r_free = 0
-    burst_ends = []  # last beat of each load burst
-    position = {u: 0 for u in Unit}
-    dispatched = {}
-    pc = 0
-    last_dispatch = timing.latency + timing.fetch - 1
-    trace = []
-    while True:
-        progress = False
-        # the dispatcher
-        while pc < len(instructions):
-            instruction = instructions[pc]
-            unit = instruction.unit
-            order = orders[pc]
-            t = max(last_dispatch + 1, timing.latency + timing.fetch + pc // line_words)
-            if unit != Unit.SYS and order >= config.queue_depth:
-                earlier = per_unit[unit][order - config.queue_depth]
-                if earlier.pc not in start:
-                    break
-                t = max(t, start[earlier.pc] + 1)
-            dispatched[pc] = t
-            last_dispatch = t
-            pc += 1
-            progress = True
-        for unit in Unit:
-            queue = per_unit[unit]
-            while position[unit] < len(queue):
-                instruction = queue[position[unit]]
-                if instruction.pc not in dispatched:
-                    break
-                waits = [s for s in range(len(Unit)) if instruction.wait >> s & 1]
-                if any(taken[(s, unit.value)] >= len(releases[(s, unit.value)]) for s in waits):
-                    break
-                t = dispatched[instruction.pc] + 1
-                for s in waits:
-                    t = max(t, releases[(s, unit.value)][taken[(s, unit.value)]] + timing.token)
-                    taken[(s, unit.value)] += 1
-                order = position[unit]
-                if order:
-                    previous = queue[order - 1]
-                    if unit == Unit.LOAD:
-                        t = max(t, start[previous.pc] + 1)
-                        if order >= config.load_flight:
-                            t = max(t, end[queue[order - config.load_flight].pc])
-                    else:
-                        t = max(t, end[previous.pc] + 1)
-                start[instruction.pc] = t
-                if instruction.opcode == Opcode.LOAD:
-                    f = instruction.fields
-                    finish = t
-                    address = t + timing.load_issue
-                    r_free += timing.load_gap
-                    for _, beats in units.load.bursts(f):
-                        if len(burst_ends) >= units.load.outstanding:  # one must complete first
-                            address = max(address, burst_ends[-units.load.outstanding] + 1)
-                        first = max(address + timing.latency, r_free)
-                        r_free = first + beats
-                        finish = first + beats - 1
-                        burst_ends.append(finish)
-                        address += 1
-                    finish += timing.load_release
-                    if order:
-                        finish = max(finish, end[queue[order - 1].pc])  # in-order release
-                else:
-                    finish = t + _duration(units, timing, instruction)
-                end[instruction.pc] = finish
-                trace.append((unit.value, instruction.pc, finish))
-                for d in range(len(Unit)):
-                    if instruction.release >> d & 1:
-                        releases[(unit.value, d)].append(finish)
-                position[unit] += 1
-                progress = True
-        if not progress:
-            break
-    cycles = max(end.values()) if end else 0
-    return Estimate(cycles, sorted(trace, key=lambda e: e[2]))
+    error) with ``timing`` (default :class:`Timing`); returns an :class:`Estimate`. A
+    ``BARRIER`` passes on its own (its peers there already): :func:`estimate_group` models a
+    tensor-parallel group."""
+    return estimate_group(config, [program], registers, timing)[0]
 
+
+def estimate_group(config, programs, registers=(0,) * (REGISTERS - 1), timing=None):
+    """Estimate a tensor-parallel group: ``programs[c]`` on core ``c``, all started at cycle
+    0. The ``k``-th ``BARRIER`` of every core ends :attr:`Timing.barrier` cycles after the
+    last core reached its own ``k``-th (its tokens taken); the dispatcher passes nothing
+    after a barrier before it ends. Returns an :class:`Estimate` per core."""
+    timing = Timing() if timing is None else timing
+    arrivals = []  # per barrier: {core: cycle}
+    cores = [_Timeline(config, program, registers, timing, index, arrivals, len(programs))
+             for index, program in enumerate(programs)]
+    while any([core.advance() for core in cores]):
+        pass
+    return [core.result() for core in cores]
+
+
+class _Timeline:
+    """The cycle model of one core's program (see the module), advanced as far as its
+    barriers allow."""
+
+    def __init__(self, config, program, registers, timing, index, arrivals, peers):
+        self.config, self.timing, self.index = config, timing, index
+        self.arrivals, self.peers = arrivals, peers
+        self.units = _Units(config)
+        self.instructions = list(resolve_program(config, program, registers))
+        self.line_words = max(1, config.line_bits // 256)
+        # dispatch: one per cycle, after fetch; a unit's queue holds queue_depth instructions
+        self.per_unit = {u: [] for u in Unit}
+        self.orders = {}
+        for instruction in self.instructions:
+            self.orders[instruction.pc] = len(self.per_unit[instruction.unit])
+            self.per_unit[instruction.unit].append(instruction)
+        self.start, self.end = {}, {}
+        self.releases = {(s, d): [] for s in range(len(Unit)) for d in range(len(Unit))}
+        self.taken = {(s, d): 0 for s in range(len(Unit)) for d in range(len(Unit))}
+        # the load engine receives the lines of its oldest command only, whatever the port:
+        # one R path and one count of bursts in flight for all ports
+        self.r_free = 0
+        self.burst_ends = []  # last beat of each load burst
+        self.position = {u: 0 for u in Unit}
+        self.dispatched = {}
+        self.pc = 0
+        self.last_dispatch = timing.latency + timing.fetch - 1
+        self.barrier = None  # the pc of a BARRIER the dispatcher waits for
+        self.barriers = 0  # barriers reached so far
+        self.trace = []
+
+    def _barrier_end(self, instruction, t):
+        """The end of a ``BARRIER`` this core reaches at ``t``, or None while a peer has not
+        reached it."""
+        number = self.barriers
+        if len(self.arrivals) <= number:
+            self.arrivals.append({})
+        self.arrivals[number][self.index] = t
+        if len(self.arrivals[number]) < self.peers:
+            return None
+        return max(self.arrivals[number].values()) + self.timing.barrier
+
+    def advance(self):
+        """Model as far as possible; whether anything moved."""
+        config, timing, units = self.config, self.timing, self.units
+        start, end, releases, taken = self.start, self.end, self.releases, self.taken
+        moved = False
+        while True:
+            progress = False
+            # the dispatcher
+            while self.pc < len(self.instructions):
+                if self.barrier is not None:
+                    if self.barrier not in end:
+                        break
+                    self.last_dispatch = max(self.last_dispatch, end[self.barrier])
+                    self.barrier = None
+                instruction = self.instructions[self.pc]
+                unit = instruction.unit
+                order = self.orders[self.pc]
+                t = max(self.last_dispatch + 1,
+                        timing.latency + timing.fetch + self.pc // self.line_words)
+                if unit != Unit.SYS and order >= config.queue_depth:
+                    earlier = self.per_unit[unit][order - config.queue_depth]
+                    if earlier.pc not in start:
+                        break
+                    t = max(t, start[earlier.pc] + 1)
+                self.dispatched[self.pc] = t
+                self.last_dispatch = t
+                if _is_barrier(instruction):
+                    self.barrier = instruction.pc
+                self.pc += 1
+                progress = True
+            for unit in Unit:
+                queue = self.per_unit[unit]
+                while self.position[unit] < len(queue):
+                    instruction = queue[self.position[unit]]
+                    if instruction.pc not in self.dispatched:
+                        break
+                    if instruction.pc in start:  # a BARRIER waiting for its peers
+                        finish = self._barrier_end(instruction, start[instruction.pc])
+                        if finish is None:
+                            break
+                        self._finish(unit, instruction, finish)
+                        progress = True
+                        continue
+                    waits = [s for s in range(len(Unit)) if instruction.wait >> s & 1]
+                    if any(taken[(s, unit.value)] >= len(releases[(s, unit.value)])
+                           for s in waits):
+                        break
+                    t = self.dispatched[instruction.pc] + 1
+                    for s in waits:
+                        t = max(t, releases[(s, unit.value)][taken[(s, unit.value)]]
+                                + timing.token)
+                        taken[(s, unit.value)] += 1
+                    order = self.position[unit]
+                    if order:
+                        previous = queue[order - 1]
+                        if unit == Unit.LOAD:
+                            t = max(t, start[previous.pc] + 1)
+                            if order >= config.load_flight:
+                                t = max(t, end[queue[order - config.load_flight].pc])
+                        else:
+                            t = max(t, end[previous.pc] + 1)
+                    start[instruction.pc] = t
+                    progress = True
+                    if instruction.opcode == Opcode.LOAD:
+                        finish = self._load(instruction, t, order, queue)
+                    elif _is_barrier(instruction):
+                        finish = self._barrier_end(instruction, t)
+                        if finish is None:
+                            break
+                    else:
+                        finish = t + _duration(units, timing, instruction)
+                    self._finish(unit, instruction, finish)
+            moved |= progress
+            if not progress:
+                return moved
+
+    def _load(self, instruction, t, order, queue):
+        timing, units = self.timing, self.units
+        f = instruction.fields
+        finish = t
+        address = t + timing.load_issue
+        self.r_free += timing.load_gap
+        for _, beats in units.load.bursts(f):
+            if len(self.burst_ends) >= units.load.outstanding:  # one must complete first
+                address = max(address, self.burst_ends[-units.load.outstanding] + 1)
+            first = max(address + timing.latency, self.r_free)
+            self.r_free = first + beats
+            finish = first + beats - 1
+            self.burst_ends.append(finish)
+            address += 1
+        finish += timing.load_release
+        if order:
+            finish = max(finish, self.end[queue[order - 1].pc])  # in-order release
+        return finish
+
+    def _finish(self, unit, instruction, finish):
+        if _is_barrier(instruction):
+            self.barriers += 1
+        self.end[instruction.pc] = finish
+        self.trace.append((unit.value, instruction.pc, finish))
+        for d in range(len(Unit)):
+            if instruction.release >> d & 1:
+                self.releases[(unit.value, d)].append(finish)
+        self.position[unit] += 1
+
+    def result(self):
+        cycles = max(self.end.values()) if self.end else 0
+        return Estimate(cycles, sorted(self.trace, key=lambda e: e[2]))
+
+
+def _is_barrier(instruction):
+    return (instruction.opcode == Opcode.SYS
+            and instruction.fields["op"] == SysOp.BARRIER.value)

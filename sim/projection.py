@@ -5,8 +5,10 @@ for a board's full-size configuration, runs the cycle model (:func:`flightgen.si
 estimate`, held within 3% of the RTL by ``tests/test_perf.py``) over every core's decode
 program at a context length, and adds it up:
 
-* **decode step**: the cores run one after the other (a layer pipeline, one sequence), so a
-  token takes the sum of the cores' cycles; tokens/s = clock / that;
+* **decode step**: on a layer pipeline the cores run one after the other (one sequence), so
+  a token takes the sum of the cores' cycles; a tensor-parallel group runs at once
+  (:func:`flightgen.sim.perf.estimate_group`, barriers included), so a token takes the
+  slowest core's cycles; tokens/s = clock / that;
 * **HBM bytes per token**: what the decode programs' ``LOAD`` and ``STORE`` patterns move;
 * **HBM roofline**: the connected pseudo-channels' bandwidth times :data:`HBM_EFFICIENCY`,
   divided by the bytes per token: the speed no schedule of these programs can beat;
@@ -29,7 +31,7 @@ from ..compiler.layout import KVLayout, decode_registers
 from ..compiler.passes import CompileConfig
 from ..isa.instructions import Opcode
 from ..isa.machine import resolve_program
-from .perf import estimate
+from .perf import estimate, estimate_group
 
 __all__ = ["HBM_EFFICIENCY", "Projection", "project", "macs_per_token"]
 
@@ -51,6 +53,7 @@ class Projection:
     clock_mhz: float
     core_cycles: list
     cycles: int
+    parallel: str
     tokens_per_s: float
     hbm_bytes: int
     hbm_gbps: float
@@ -104,17 +107,26 @@ def project(name, model, board, target, config=None, context=512, prompt=128, pr
                              f"this configuration holds for {name}")
     kv = KVLayout(target.core, binary.layout["head_dim"], capacity)
     decode_regs = decode_registers(kv, context - 1)
-    core_cycles, traffic, prefill_cycles = [], 0, 0
-    for core in range(target.cores):
-        program = binary.program(core, "decode").words
-        say(f"cycle model: core {core} decode program at position {context - 1}")
-        core_cycles.append(estimate(target.core, program, decode_regs).cycles)
-        traffic += _traffic(target.core, program, decode_regs)
-        prefill_cycles += estimate(target.core, binary.program(core, "prefill").words,
-                                   decode_registers(kv, prompt // 2)).cycles
-    cycles = sum(core_cycles)
+    decode = [binary.program(core, "decode").words for core in range(target.cores)]
+    prefill = [binary.program(core, "prefill").words for core in range(target.cores)]
+    traffic = sum(_traffic(target.core, program, decode_regs) for program in decode)
+    prefill_regs = decode_registers(kv, prompt // 2)
+    if target.tensor:
+        say(f"cycle model: the {target.cores} cores' decode programs at position "
+            f"{context - 1}, together")
+        core_cycles = [e.cycles for e in estimate_group(target.core, decode, decode_regs)]
+        cycles = max(core_cycles)
+        prefill_cycles = max(e.cycles for e in estimate_group(target.core, prefill,
+                                                              prefill_regs))
+    else:
+        core_cycles, prefill_cycles = [], 0
+        for core in range(target.cores):
+            say(f"cycle model: core {core} decode program at position {context - 1}")
+            core_cycles.append(estimate(target.core, decode[core], decode_regs).cycles)
+            prefill_cycles += estimate(target.core, prefill[core], prefill_regs).cycles
+        cycles = sum(core_cycles)
     hz = target.clock_mhz * 1e6
-    ports = target.cores * target.core.hbm_ports
+    ports = target.cores * target.local_ports  # the weights' channels (not the shared one)
     hbm_gbps = ports * board.hbm.channel_gbps * HBM_EFFICIENCY
     macs = macs_per_token(model, context)  # dense-equivalent: pruned zeros count as work
     return Projection(
@@ -124,6 +136,7 @@ def project(name, model, board, target, config=None, context=512, prompt=128, pr
         hbm_bytes=traffic, hbm_gbps=hbm_gbps,
         roofline_tokens_per_s=hbm_gbps * 1e9 / traffic,
         hbm_utilisation=traffic / cycles / (ports * target.core.line_bytes),
+        parallel=target.parallel,
         macs=macs,
         dsp_utilisation=macs / (cycles * target.cores * target.core.geometry.macs),
         prefill_tokens=prompt,

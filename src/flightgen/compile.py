@@ -47,8 +47,13 @@ def add_parser(verbs, positive):
                    help="Hardware configuration: sim (default), sim-small, u280, or a JSON "
                         "file of a target.")
     p.add_argument("--cores", type=positive,
-                   help="Override the configuration's core count (layers are split across "
-                        "cores).")
+                   help="Override the configuration's core count.")
+    p.add_argument("--parallel", choices=["layers", "tensor"],
+                   help="How the cores share the model: 'layers' (a layer pipeline, one core "
+                        "at a time; the presets' default) or 'tensor' (every core runs every "
+                        "layer on its share of the heads and rows, all at once, meeting at "
+                        "barriers; each core gets an exchange port on one shared channel; runs "
+                        "on the ISA simulator, not yet on the RTL).")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="Where to write the binary (written atomically).")
     p.add_argument("--mode", choices=["dynamic", "bucket"], default="dynamic",
@@ -118,7 +123,7 @@ def main(args, out=None, err=None):
     started = time.perf_counter()
     say = progress(err)
 
-    target = load_target(args.hw, args.cores)
+    target = load_target(args.hw, args.cores, args.parallel)
     config = CompileConfig(weights=args.weights, precision=_precision(args.precision),
                            sparsity=args.sparsity,
                            sparse="" if args.sparse == "all" else args.sparse,

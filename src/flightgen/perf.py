@@ -33,6 +33,12 @@ def add_parser(verbs, positive):
                    help="Weight format (default int4-g32-sym; int8-g32-sym for W8).")
     p.add_argument("--sparsity", metavar="N:M",
                    help="Prune the FFN matrices N:M (e.g. 8:16).")
+    p.add_argument("--parallel", choices=["layers", "tensor"], default="tensor",
+                   help="How the board's cores share the model: 'tensor' (default: all at "
+                        "once, each on its share of every layer, meeting at barriers; modelled "
+                        "and ISA-simulated, its barrier not yet in the RTL) or 'layers' (a "
+                        "layer pipeline, one core at a time: what 'flightgen hw' builds "
+                        "today).")
     p.add_argument("--context", type=positive, default=512,
                    help="Context length of the decode step (default 512).")
     p.add_argument("--prompt", type=positive, default=128,
@@ -88,7 +94,7 @@ def main(args, out=None, err=None):
     from .boards.alveo import get_board
     from .compile import _config_only
     from .compiler.passes import CompileConfig
-    from .compiler.target import board_target
+    from .compiler.target import board_target, tensor_parallel
     from .files import write_atomic
     from .sim.projection import HBM_EFFICIENCY, project
 
@@ -97,6 +103,8 @@ def main(args, out=None, err=None):
 
     board = get_board(args.board)
     target = board_target(board)
+    if args.parallel == "tensor":
+        target = tensor_parallel(target)
     model = _config_only(args.model)
     for path in (args.png, args.json):
         if not Path(path).parent.is_dir():
@@ -104,11 +112,14 @@ def main(args, out=None, err=None):
     config = CompileConfig(weights=args.weights, sparsity=args.sparsity)
     p = project(args.model, model, board, target, config, args.context, args.prompt, say)
     rows = [
-        ("decode step", f"{p.cycles:,} cycles ({' + '.join(f'{c:,}' for c in p.core_cycles)})"),
+        ("decode step", f"{p.cycles:,} cycles " + (
+            f"(the slowest of {', '.join(f'{c:,}' for c in p.core_cycles)}: tensor parallel)"
+            if target.tensor else
+            f"({' + '.join(f'{c:,}' for c in p.core_cycles)}: a layer pipeline)")),
         ("decode speed", f"{p.tokens_per_s:.1f} tokens/s at {p.clock_mhz:.0f} MHz"),
         ("HBM traffic", f"{p.hbm_bytes / 1e6:.1f} MB per token"),
         ("HBM roofline", f"{p.roofline_tokens_per_s:.1f} tokens/s ({p.hbm_gbps:.0f} GB/s: "
-                         f"{target.cores * target.core.hbm_ports} channels x "
+                         f"{target.cores * target.local_ports} channels x "
                          f"{board.hbm.channel_gbps} GB/s x {HBM_EFFICIENCY})"),
         ("of the roofline", f"{p.tokens_per_s / p.roofline_tokens_per_s:.1%}"),
         ("HBM utilisation", f"{p.hbm_utilisation:.1%} of the connected ports"),

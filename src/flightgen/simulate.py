@@ -227,6 +227,10 @@ def generate(binary, prompt, max_tokens, *, backend="rtl", check=False, latency=
     if trace is not None and backend != "rtl":
         raise FlightgenError("waveforms come from the RTL: use --trace-from with --backend rtl")
     target = Target.from_dict(binary.target)
+    if target.tensor and backend == "rtl":
+        raise FlightgenError("a tensor-parallel binary runs on the ISA simulator (--backend "
+                             "isa): the RTL harness runs one core per process, not a group "
+                             "sharing an exchange channel")
     if trace is not None and trace.core >= target.cores:
         raise FlightgenError(f"--trace-core {trace.core}: the binary has {target.cores} "
                              f"core(s)")
