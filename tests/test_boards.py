@@ -14,7 +14,14 @@ from configs import STRIPED
 from model_files import write_gguf
 
 from flightgen.boards.alveo import BOARDS, U50, U55C, U280, Resources, get_board
-from flightgen.boards.vitis import KERNEL_NAME, VitisKernel, channel_map, kernel_xml, link_cfg
+from flightgen.boards.vitis import (
+    KERNEL_NAME,
+    VitisKernel,
+    channel_map,
+    kernel_xml,
+    link_cfg,
+    package_tcl,
+)
 from flightgen.boards.xrt import XrtBackend
 from flightgen.boards.xrt import main as host_main
 from flightgen.cli import main
@@ -23,7 +30,7 @@ from flightgen.compiler.binary import write_binary
 from flightgen.compiler.build import compile_model
 from flightgen.compiler.frontends import load_model
 from flightgen.compiler.passes import CompileConfig
-from flightgen.compiler.target import TARGETS, Target, board_target
+from flightgen.compiler.target import TARGETS, Target, board_target, tensor_parallel
 from flightgen.errors import FlightgenError
 from flightgen.hardware import lint
 from flightgen.hw.core import register_map
@@ -89,6 +96,32 @@ def test_kernel_xml_follows_the_register_map():
     assert args[1].get("port") == "m_axi_hbm0"
 
 
+def test_a_barrier_core_has_the_sync_master_on_its_exchange_channel():
+    """A core with the barrier: ``m_axi_sync`` in kernel.xml (its pointer ``sync`` after the
+    ``hbm`` pointers), in the packaging Tcl, and in link.cfg on the channel of each core's
+    exchange port; a core without has none of it."""
+    config = dataclasses.replace(SIM_CORE, barrier=True)
+    root = ET.fromstring(kernel_xml(config, register_map(config)))
+    ports = {p.get("name") for p in root.iter("port")}
+    assert ports == {"s_axi_control", "m_axi_program", "m_axi_hbm0", "m_axi_hbm1", "m_axi_sync"}
+    args = {a.get("name"): a for a in root.iter("arg")}
+    assert args["sync"].get("port") == "m_axi_sync"
+    assert args["sync"].get("addressQualifier") == "1"
+    assert int(args["sync"].get("id")) == int(args["hbm1"].get("id")) + 1
+    assert "ipx::associate_bus_interfaces -busif m_axi_sync -clock ap_clk $core" in \
+        package_tcl(config, "top.v")
+    lines = link_cfg(U280, 3, 4, barrier=True).splitlines()
+    for c in range(3):
+        name = f"{KERNEL_NAME}_{c}"
+        assert f"sp={name}.m_axi_hbm3:HBM[{4 * c + 3}]" in lines
+        assert f"sp={name}.m_axi_sync:HBM[{4 * c + 3}]" in lines
+    assert "m_axi_sync" not in link_cfg(U280, 3, 4)
+    assert "m_axi_sync" not in kernel_xml(SIM_CORE, register_map(SIM_CORE))
+    assert "m_axi_sync" not in package_tcl(SIM_CORE, "top.v")
+    assert VitisKernel(config).bus_names[-1] == "m_axi_sync"
+    assert "m_axi_sync" not in VitisKernel(SIM_CORE).bus_names
+
+
 def test_link_cfg_gives_every_core_its_own_pseudo_channels_and_slr():
     lines = link_cfg(U280, 3, 10).splitlines()
     assert f"nk={KERNEL_NAME}:3:{KERNEL_NAME}_0.{KERNEL_NAME}_1.{KERNEL_NAME}_2" in lines
@@ -108,7 +141,9 @@ BOARD_LIKE = dataclasses.replace(STRIPED, keeps=(16, 8), modes=("mv",), sfu_lane
 
 
 @pytest.mark.verilator
-@pytest.mark.parametrize("config", [SIM_CORE, BOARD_LIKE], ids=["sim", "board-features"])
+@pytest.mark.parametrize("config", [SIM_CORE, BOARD_LIKE, dataclasses.replace(SIM_CORE,
+                                                                              barrier=True)],
+                         ids=["sim", "board-features", "barrier"])
 def test_kernel_verilog_has_vitis_ports_and_passes_lint(tmp_path, config):
     from amaranth.back import verilog
 
@@ -121,6 +156,12 @@ def test_kernel_verilog_has_vitis_ports_and_passes_lint(tmp_path, config):
     names = {n.strip() for n in header[header.index("(") + 1:].replace("\n", "").split(",")}
     assert {"ap_clk", "ap_rst_n", "interrupt", "s_axi_control_AWVALID", "s_axi_control_RDATA",
             "m_axi_program_ARADDR", "m_axi_hbm1_WSTRB", "m_axi_hbm0_RREADY"} <= names
+    sync = {n for n in names if n.startswith("m_axi_sync_")}
+    if config.barrier:  # the barrier engine's master
+        assert {"m_axi_sync_AWVALID", "m_axi_sync_WSTRB", "m_axi_sync_ARADDR",
+                "m_axi_sync_RDATA"} <= sync
+    else:
+        assert not sync
     assert not any("__" in n for n in names)  # flat: no nested Amaranth names
     assert not any(n.startswith(("retire", "dispatched", "buffer_writes")) for n in names)
     ok, warnings = lint(path, KERNEL_NAME, tmp_path)
@@ -272,15 +313,23 @@ def test_resource_report_holds_one_core_against_every_slr(tmp_path, monkeypatch)
 
 def test_perf_projection_of_smollm2_on_the_u280(tmp_path, capsys):
     """`flightgen perf` writes the figures and the roofline plot; the decode programs move at
-    least every weight once per token and the speed stays under the HBM roofline."""
+    least every weight once per token and the speed stays under the HBM roofline. The cores
+    as a tensor-parallel group (the default) take the slowest core's cycles, as a layer
+    pipeline the sum."""
     import json
 
     png, figures = tmp_path / "roofline.png", tmp_path / "perf.json"
+    pipeline = tmp_path / "pipeline.json"
+    assert main(["perf", "--model", "smollm2-135m", "--board", "u280", "--context", "256",
+                 "--parallel", "layers", "--png", str(png), "--json", str(pipeline)]) == 0
     assert main(["perf", "--model", "smollm2-135m", "--board", "u280", "--context", "256",
                  "--png", str(png), "--json", str(figures)]) == 0
-    p = json.loads(figures.read_text())
+    p, layers = json.loads(figures.read_text()), json.loads(pipeline.read_text())
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert p["cycles"] == sum(p["core_cycles"]) and len(p["core_cycles"]) == 3
+    assert (p["parallel"], layers["parallel"]) == ("tensor", "layers")
+    assert p["cycles"] == max(p["core_cycles"]) and len(p["core_cycles"]) == 3
+    assert layers["cycles"] == sum(layers["core_cycles"])
+    assert p["tokens_per_s"] > 2 * layers["tokens_per_s"]
     weights = 30 * (576 * (576 * 2 + 192 * 2) + 3 * 576 * 1536) + 49152 * 576  # parameters
     assert p["hbm_bytes"] >= weights * 4 / 8  # at least the 4-bit codes of every matrix
     assert 0 < p["tokens_per_s"] <= p["roofline_tokens_per_s"]
@@ -297,18 +346,21 @@ def test_bench_decode_script(tmp_path):
     rows = {(r["model"], r["config"]): r for r in result["rows"]}
     w4 = rows["LLaMA2-7B", "W4 dense"]
     assert 0 < w4["tokens_per_s"] < w4["roofline_tokens_per_s"]
-    assert w4["cycles"] == sum(w4["core_cycles"])
+    assert w4["cycles"] == max(w4["core_cycles"]) and w4["parallel"] == "tensor"
+    pipeline = rows["LLaMA2-7B", "W4 g128, pipeline"]
+    assert pipeline["cycles"] == sum(pipeline["core_cycles"])
     # symmetric scales are paired, 16 bits per group: a group of 128 instead of 32 saves
     # 16 * (1/32 - 1/128) = 3/8 bit per weight; a tile's scales load in whole stripes of 4
     # lines, and with groups of 128 up to 3 zero lines of a tile pad them (with 32, none)
     lean = rows["LLaMA2-7B", "W4 dense, g128"]
     weights = 32 * (4 * 4096**2 + 3 * 4096 * 11008) + 32000 * 4096
-    binary = compile_model(board_target(U280), CompileConfig(weights="int4-g128-sym"),
+    binary = compile_model(tensor_parallel(board_target(U280)),
+                           CompileConfig(weights="int4-g128-sym"),
                            model_config=_config_only("llama2-7b"), verify=False)
     tiles = sum(len(where["tiles"]) for where in binary.places.values() if "tiles" in where)
     padding = weights * 3 // 64 - (w4["hbm_bytes"] - lean["hbm_bytes"])
     assert padding % 64 == 0 and 0 <= padding <= tiles * 3 * 64, (padding, tiles)
-    assert lean["tokens_per_s"] > w4["tokens_per_s"]
+    assert lean["tokens_per_s"] > w4["tokens_per_s"] > 2 * pipeline["tokens_per_s"]
     assert result["flightllm_tokens_per_s"] == 55.0
     for row in result["rows"]:
         assert row["tokens_per_s"] or row["note"].startswith("not compiled: ")
