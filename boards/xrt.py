@@ -2,8 +2,10 @@
 
 :class:`XrtBackend` is a backend of :class:`flightgen.sim.host.Host`, as the ISA simulator and
 the RTL harness are, so the card runs the very sequence ``flightgen sim`` runs: the embedding
-row copied to the input slot, the length registers set, each core's program run in core order
-with the hidden state handed from core to core, the logits read back. Each core is one
+row copied to the input slot, the length registers set, each core's program run (a layer
+pipeline: in core order, the hidden state handed from core to core; a tensor-parallel group:
+every core started, then every core waited for, with one buffer for the channel the group's
+exchange ports share), the logits read back. Each core is one
 compute unit ``flightgen_core_<c>`` of the xclbin ``flightgen hw`` packages; its arguments are
 the register map's pointers and scalars in order (``kernel.xml``), its status registers are
 read after each run.
@@ -67,10 +69,15 @@ class XrtBackend:
                         for core in range(self.target.cores)]
         images = {image.channel: image for image in binary.images}
         self.buffers = []
+        channels = {}  # one buffer per channel: the exchange ports of a group share one
         for core, kernel in enumerate(self.kernels):
             ports = []
             for port in range(c.hbm_ports):
-                image = images.get(self.target.channel(core, port))
+                channel = self.target.channel(core, port)
+                if channel in channels:
+                    ports.append(channels[channel])
+                    continue
+                image = images.get(channel)
                 size = max(image.size if image else 0, _MIN_BYTES)
                 bo = pyxrt.bo(self.device, size, pyxrt.bo.normal,
                               kernel.group_id(self._arg(f"hbm{port}")))
@@ -81,6 +88,7 @@ class XrtBackend:
                         f"at the same offset in their pages")
                 if image is not None:
                     self._put(bo, 0, np.frombuffer(binary.image_bytes(image), np.uint8))
+                channels[channel] = bo
                 ports.append(bo)
             self.buffers.append(ports)
         self._programs = {}
@@ -117,12 +125,26 @@ class XrtBackend:
     def run(self, core, program, registers):
         """Run ``program`` on ``core`` with the length registers; return ``(error code,
         error pc, message, instructions retired)`` from the status registers."""
+        return self._finish(core, self._start(core, program, registers))
+
+    def run_group(self, programs, registers):
+        """Run a tensor-parallel group: start ``programs[c]`` on every core ``c``, then wait
+        for each (they meet at barriers, so none may wait for a run not yet started); the
+        outcome of :meth:`run` per core."""
+        runs = [self._start(core, program, registers) for core, program in enumerate(programs)]
+        return [self._finish(core, run) for core, run in enumerate(runs)]
+
+    def _start(self, core, program, registers):
         bo, length = self._program(core, program)
         values = {"program": bo, "length": length,
                   **{f"hbm{p}": b for p, b in enumerate(self.buffers[core])},
+                  # the barrier engine's master reaches the exchange port's buffer
+                  "sync": self.buffers[core][self.target.core.exchange_port],
                   **{f"r{i + 1}": int(r) & 0xFFFFFFFF for i, r in enumerate(registers)}}
+        return self.kernels[core](*(values[a.name] for a in self.args))
+
+    def _finish(self, core, run):
         kernel = self.kernels[core]
-        run = kernel(*(values[a.name] for a in self.args))
         state = run.wait()
         if state != self.xrt.ert_cmd_state.ERT_CMD_STATE_COMPLETED:
             raise FlightgenError(f"core {core}: the run ended in state {state}")

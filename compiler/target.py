@@ -26,9 +26,11 @@ Presets (:data:`TARGETS`):
   benches (toy models only).
 * ``u280``, ``u55c``, ``u50``: the full-size configuration on an Alveo board
   (:mod:`flightgen.boards.alveo`): one core per SLR, 512-bit lines, each core with
-  ``Board.ports_per_core`` HBM ports (10 on the U280: 30 pseudo-channels), the board's
-  pseudo-channel size and kernel clock. What ``flightgen hw --board`` generates. Its clock is
-  not verified (no Vivado here).
+  ``Board.ports_per_core`` HBM ports (10 on the U280: 30 pseudo-channels) and, the cores
+  being a tensor-parallel group, an exchange port to one more channel (the U280's 31st), the
+  board's pseudo-channel size and kernel clock. What ``flightgen hw --board`` generates
+  (``--parallel layers``: the layer pipeline, without the exchange port). Its clock is not
+  verified (no Vivado here).
 """
 
 import dataclasses
@@ -160,13 +162,19 @@ BOARD_CORE = CoreConfig(line_bits=512, chain=16, vpus=16, max_blocks=512, vector
                         keeps=(16, 8), modes=("mv",), sfu_lanes=4)
 
 
-def board_target(board):
-    """The full-size :class:`Target` of an Alveo :class:`~flightgen.boards.alveo.Board`."""
+def board_target(board, parallel="tensor"):
+    """The full-size :class:`Target` of an Alveo :class:`~flightgen.boards.alveo.Board`: one
+    core per SLR with the board's ports; by default a tensor-parallel group (each core one
+    more port, to the shared channel), or with ``parallel="layers"`` a layer pipeline."""
     ports = board.ports_per_core
     lanes = min(BOARD_LOAD_LANES, 1 << (ports.bit_length() - 1))
-    return Target(board.name, dataclasses.replace(BOARD_CORE, hbm_ports=ports, load_lanes=lanes),
-                  cores=len(board.slrs), channel_bytes=board.hbm.channel_bytes,
-                  clock_mhz=board.kernel_mhz)
+    target = Target(board.name, dataclasses.replace(BOARD_CORE, hbm_ports=ports,
+                                                    load_lanes=lanes),
+                    cores=len(board.slrs), channel_bytes=board.hbm.channel_bytes,
+                    clock_mhz=board.kernel_mhz)
+    if parallel not in PARALLEL:
+        raise TargetError(f"parallel must be one of {', '.join(PARALLEL)}, not {parallel!r}")
+    return tensor_parallel(target) if parallel == "tensor" and target.cores > 1 else target
 
 
 def tensor_parallel(target):

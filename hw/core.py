@@ -11,8 +11,10 @@ Block diagram::
                                                            +-> STORE queue  -> StoreEngine
                                                            +-> MATRIX queue -> MatrixUnit
                                                            +-> VECTOR queue -> VectorUnit
+                                                           +-> BarrierEngine -> m_axi_sync
     LoadEngine (AR, R) and StoreEngine (AW, W, B) share the ports m_axi_hbm0 ...
     TokenMatrix between the five units; buffers VEC, ACT, WGT, META shared by the units.
+    BarrierEngine (``CoreConfig.barrier`` only): BARRIER's flags on the exchange port's channel.
 
 Run
 ---
@@ -21,6 +23,15 @@ counters, fetches ``length`` instructions from ``program``, runs them, and signa
 when the dispatcher has stopped (``HALT`` or an error) and no unit can move; it never hangs.
 The status registers then hold the error code, the ``pc`` it belongs to, the cycles of the
 run and the instructions retired.
+
+A core with ``CoreConfig.barrier`` has one more master, ``sync`` (``m_axi_sync``), and one
+more pointer, ``sync``, after the ``hbm`` pointers: the host sets it to the same buffer as the
+exchange port's (``hbm{hbm_ports - 1}``), the channel the group shares. The dispatcher runs a
+``BARRIER`` (after its tokens) on the :class:`~flightgen.hw.barrier.BarrierEngine` and waits
+for it: the flag written, the peers' flags met, then it retires the ``BARRIER`` and releases
+its tokens. A barrier whose peers do not come within the engine's timeout ends the run with
+``BARRIER`` at its pc; an error response, with ``AXI``. While it waits the core is not idle
+(a peer may come later), so no ``DEADLOCK`` is reported.
 
 Contract
 --------
@@ -49,6 +60,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.instructions import FORMATS, REGISTERS, WORD_BITS, Buffer, Opcode, SysOp, Unit
 from ..isa.machine import BANKED, ErrorCode
 from .axi import BURST_INCR, RESP_OKAY, axi4_lite_signature, axi4_signature, beats_to_boundary
+from .barrier import BARRIER_TIMEOUT, BarrierEngine, check_timeout
 from .beats import LINE_ADDR_BITS, WriteArbiter, read_port_signature
 from .buffers import BankedBuffer
 from .control import ControlSlave, RegisterMap
@@ -69,10 +81,14 @@ _N = len(Unit)
 
 def register_map(config):
     """The control registers of a core with ``config`` (see :class:`~flightgen.hw.control.
-    RegisterMap`): pointers ``program`` and ``hbm0``.., scalars ``length`` (instructions) and
-    the length registers ``r1``..``r7``, then :data:`STATUS`."""
-    return RegisterMap(("program",) + tuple(f"hbm{p}" for p in range(config.hbm_ports)),
-                       ("length",) + tuple(f"r{i}" for i in range(1, REGISTERS)), STATUS)
+    RegisterMap`): pointers ``program`` and ``hbm0``.. (and ``sync`` with ``config.barrier``:
+    the barrier engine's master, set to the exchange port's buffer), scalars ``length``
+    (instructions) and the length registers ``r1``..``r7``, then :data:`STATUS`."""
+    pointers = ("program",) + tuple(f"hbm{p}" for p in range(config.hbm_ports))
+    if config.barrier:
+        pointers += ("sync",)
+    return RegisterMap(pointers, ("length",) + tuple(f"r{i}" for i in range(1, REGISTERS)),
+                       STATUS)
 
 
 def buffer_write_signature(line_bits):
@@ -199,29 +215,35 @@ class Core(wiring.Component):
     Parameters
     ----------
     config : flightgen.isa.machine.CoreConfig
+    barrier_timeout : int
+        Cycles a ``BARRIER`` waits for its peers before the run ends with ``BARRIER``
+        (:class:`~flightgen.hw.barrier.BarrierEngine`; only with ``config.barrier``).
 
     Members
     -------
     control : Out(axi4_lite_signature(...))  (the AXI4-Lite slave: ``s_axi_control``)
     program : Out(axi4_signature(64, line_bits))  (instruction fetch: ``m_axi_program``)
     hbm : Out(axi4_signature(64, line_bits)).array(hbm_ports)  (``m_axi_hbm{p}``)
+    sync : Out(axi4_signature(64, line_bits))  (``m_axi_sync``; only with ``config.barrier``)
     irq : Out(1)  (the Vitis ``interrupt``)
     retire : Out(ArrayLayout(StructLayout({"valid": 1, "pc": 32}), 5))  (per unit)
     dispatched : Out(StructLayout({"valid": 1, "pc": 32}))
     buffer_writes : Out(buffer_write_signature(line_bits)).array(len(write_monitors(config)))
     """
 
-    def __init__(self, config):
-        if config.barrier:
-            raise ValueError("the barrier engine (BARRIER, tensor-parallel groups) is not built "
-                             "in the RTL yet: a core with barrier=True runs on the ISA "
-                             "simulator and the cycle model only")
+    def __init__(self, config, *, barrier_timeout=BARRIER_TIMEOUT):
         self.config = config
         self.registers = register_map(config)
+        self.barrier_timeout = barrier_timeout
+        barrier = {}
+        if config.barrier:
+            check_timeout(barrier_timeout)
+            barrier = {"sync": Out(axi4_signature(ADDR_BITS, config.line_bits))}
         super().__init__({
             "control": Out(axi4_lite_signature(self.registers.addr_width)),
             "program": Out(axi4_signature(ADDR_BITS, config.line_bits)),
             "hbm": Out(axi4_signature(ADDR_BITS, config.line_bits)).array(config.hbm_ports),
+            **barrier,
             "irq": Out(1),
             "retire": Out(data.ArrayLayout(data.StructLayout({"valid": 1, "pc": 32}), _N)),
             "dispatched": Out(data.StructLayout({"valid": 1, "pc": 32})),
@@ -510,6 +532,30 @@ class Core(wiring.Component):
         disp = Module()
         m.submodules.dispatcher = fresh(disp)
         halt = Signal()
+        # a BARRIER goes to the barrier engine once its tokens are taken (the engine is idle
+        # whenever the dispatcher runs); the dispatcher waits for it, then retires it
+        ds = FORMATS[Opcode.SYS](d.word)
+        barrier_op = Signal()
+        barrier_error = Signal()
+        if c.barrier:
+            m.submodules.barrier = barrier = BarrierEngine(w, self.barrier_timeout)
+            wiring.connect(m, barrier.axi, wiring.flipped(self.sync))
+            m.d.comb += [barrier.base.eq(args.sync), barrier.stop.eq(stopped),
+                         barrier_op.eq(ds.op == SysOp.BARRIER),
+                         barrier.cmd.payload.addr.eq(ds.addr),
+                         barrier.cmd.payload.slot.eq(ds.slot),
+                         barrier.cmd.payload.peers.eq(ds.peers),
+                         barrier.cmd.payload.value.eq(ds.value)]
+            sys_ready = ~barrier_op | barrier.cmd.ready
+        else:
+            sys_ready = 1
+
+        def retire_sys(pc):
+            """The SYS at ``pc`` retires; its tokens go next."""
+            disp.d.comb += [self.retire[Unit.SYS.value].valid.eq(1),
+                            self.retire[Unit.SYS.value].pc.eq(pc)]
+            disp.next = "RELEASE"
+
         with disp.FSM(name="dispatch") as dispatch:
             with disp.State("RUN"):
                 with disp.If(running & ~stopped & decoder.o.valid):
@@ -517,16 +563,20 @@ class Core(wiring.Component):
                         disp.d.comb += [decoder.o.ready.eq(1), dispatch_error.eq(1)]
                     with disp.Elif(d.unit == Unit.SYS):
                         disp.d.comb += dispatch_blocked.eq(d.pc)
-                        with disp.If(sys_can_take):
+                        with disp.If(sys_can_take & sys_ready):
                             disp.d.comb += [decoder.o.ready.eq(1),
                                          tokens.take[Unit.SYS.value].eq(dh.wait),
-                                         self.dispatched.valid.eq(1),
-                                         self.retire[Unit.SYS.value].valid.eq(1),
-                                         self.retire[Unit.SYS.value].pc.eq(d.pc)]
-                            disp.d.sync += [sys_left.eq(dh.release),
-                                         sys_op.eq(FORMATS[Opcode.SYS](d.word).op),
+                                         self.dispatched.valid.eq(1)]
+                            disp.d.sync += [sys_left.eq(dh.release), sys_op.eq(ds.op),
                                          sys_pc.eq(d.pc)]
-                            disp.next = "RELEASE"
+                            if c.barrier:
+                                with disp.If(barrier_op):
+                                    disp.d.comb += barrier.cmd.valid.eq(1)
+                                    disp.next = "BARRIER"
+                                with disp.Else():
+                                    retire_sys(d.pc)
+                            else:
+                                retire_sys(d.pc)
                     with disp.Else():
                         for u in UNITS:
                             with disp.If(d.unit == u):
@@ -541,10 +591,21 @@ class Core(wiring.Component):
                 with disp.Else():
                     disp.next = "RUN"
                     disp.d.comb += halt.eq(sys_op == SysOp.HALT.value)
+            if c.barrier:
+                with disp.State("BARRIER"):
+                    disp.d.comb += barrier.done.ready.eq(1)
+                    with disp.If(barrier.done.valid):
+                        with disp.If(barrier.done.payload == ErrorCode.NONE):
+                            retire_sys(sys_pc)
+                        with disp.Else():  # the error stops the dispatcher; tokens stay taken
+                            disp.d.comb += barrier_error.eq(1)
+                            disp.next = "RUN"
         m.d.comb += self.dispatched.pc.eq(d.pc)
         m.d.comb += in_order.eq(decoder.i.ready & ~decoder.o.valid & dispatch.ongoing("RUN") &
                                 ~halt)
         events.append((dispatch_error, d.pc, d.error.as_value()))
+        if c.barrier:
+            events.append((barrier_error, sys_pc, barrier.done.payload.as_value()))
         events.append((running & ~stopped & fetch_error, fetch.o.payload.pc,
                        Mux(fetch.o.payload.end, ErrorCode.PROGRAM_END, ErrorCode.AXI)))
 
@@ -578,9 +639,11 @@ class Core(wiring.Component):
             for u in UNITS:
                 with m.If(d.unit == u):
                     m.d.comb += dispatch_waiting.eq(~queues[u].w_rdy)
+        # a barrier waiting for its peers is not stuck: they may come (it times out instead)
+        barrier_waiting = dispatch.ongoing("BARRIER") if c.barrier else 0
         quiet = Signal()
         m.d.comb += quiet.eq(running & (dispatcher_stuck | dispatch_waiting) & fetch.idle &
-                             Cat(*unit_stuck.values()).all())
+                             Cat(*unit_stuck.values()).all() & ~barrier_waiting)
         settled = Signal(2)
         with m.If(quiet):
             m.d.sync += settled.eq(Mux(settled == 3, 3, settled + 1))

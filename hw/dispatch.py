@@ -290,7 +290,7 @@ class Decoder(wiring.Component):
                     (sys.value != 0)
                 plain = sys.op.as_value().matches(SysOp.SYNC.value, SysOp.HALT.value)
                 if c.barrier:
-                    barrier = sys.op == SysOp.BARRIER.value
+                    barrier = sys.op == SysOp.BARRIER
                     m.d.comb += [
                         bad_field.eq(Mux(barrier, (sys.peers == 0) | (sys.peers > c.max_peers) |
                                          (sys.slot >= sys.peers), ~plain | operands)),

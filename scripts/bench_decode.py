@@ -6,8 +6,8 @@ FlightLLM's reported figure.
 Each LLaMA2-7B row is :func:`flightgen.sim.projection.project`: the model compiled
 config-only for the ``u280`` configuration (3 cores, 30 pseudo-channels, 225 MHz) with its
 cores a tensor-parallel group (all at once, each on its share of every layer, meeting at
-barriers on a 31st, shared channel: the barrier is modelled and ISA-simulated, not yet in the
-RTL), and one row as the layer pipeline ``flightgen hw`` builds today; the cycle
+barriers on a 31st, shared channel), and one row as a layer pipeline (``--parallel layers``:
+one core at a time); the cycle
 model (within 3% of the RTL, ``tests/test_perf.py``) over every core's decode program at the
 context length, the HBM bytes the programs move, the roofline of the connected channels at
 :data:`~flightgen.sim.projection.HBM_EFFICIENCY`, and the instruction storage. OPT-6.7B does
@@ -28,7 +28,7 @@ import sys
 from flightgen.boards.alveo import U280
 from flightgen.compile import _configs
 from flightgen.compiler.passes import CompileConfig
-from flightgen.compiler.target import board_target, tensor_parallel
+from flightgen.compiler.target import board_target
 from flightgen.errors import FlightgenError
 from flightgen.files import write_atomic
 from flightgen.sim.projection import HBM_EFFICIENCY, project
@@ -51,8 +51,8 @@ def main(argv=None):
                         help="Context length of the decode step (default 512).")
     parser.add_argument("-o", "--output", default="bench_decode.json")
     args = parser.parse_args(argv)
-    layers = board_target(U280)
-    target = tensor_parallel(layers)
+    layers = board_target(U280, "layers")
+    target = board_target(U280)
     llama = _configs()["llama2-7b"]
     configs = [("W4 dense", CompileConfig(weights="int4-g32-sym"), target),
                ("W4 dense, g128", CompileConfig(weights="int4-g128-sym"), target),

@@ -24,6 +24,7 @@ latency 40, no stalls); ``tests/test_perf.py`` holds the model within 3% of the 
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from ..hw.barrier import BarrierEngine
 from ..hw.gearbox import Widener
 from ..hw.memory import LoadEngine, StoreEngine
 from ..hw.mpe import MatrixEngine
@@ -66,9 +67,13 @@ class Timing:
     store: int = 4
     #: A release to the waiting unit's start.
     token: int = 1
-    #: A ``BARRIER`` from its last core's arrival to its end (its flag write and one read of
-    #: the flags, each a memory round trip).
-    barrier: int = 90
+
+    @property
+    def barrier(self):
+        """A ``BARRIER`` from its last core's arrival to its end: the barrier engine's flag
+        write and one read of the flags (:meth:`~flightgen.hw.barrier.BarrierEngine.
+        expected_cycles`; the harness's memory answers a cycle after its latency)."""
+        return BarrierEngine.expected_cycles(self.latency + 1)
 
 
 @dataclass

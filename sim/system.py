@@ -34,12 +34,15 @@ def core_name(config):
     return "core_sim" if config == SIM_CORE else f"core_{zlib.crc32(key):08x}"
 
 
-def core_model(config, log=print):
-    """The Verilator model of a core with ``config`` (built on first use, then cached)."""
+def core_model(config, log=print, *, barrier_timeout=None):
+    """The Verilator model of a core with ``config`` (built on first use, then cached);
+    ``barrier_timeout`` as :func:`flightgen.sim.harness.build_harness`'s."""
     from ..hw.core import Core
     from . import runner
 
-    return runner.build(Core(config), core_name(config), log=log)
+    options = {} if barrier_timeout is None or not config.barrier else {
+        "barrier_timeout": barrier_timeout}
+    return runner.build(Core(config, **options), core_name(config), log=log)
 
 
 @dataclass

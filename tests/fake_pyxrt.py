@@ -2,7 +2,9 @@
 (``flightgen.boards.xrt``) can run without a card: buffers are byte arrays, ``kernel(*args)``
 maps its positional arguments by the ``kernel.xml`` that ``flightgen hw`` writes (passed as the
 "xclbin"), runs the program on a per-unit :class:`~flightgen.isa.machine.Machine` (buffers
-persist between runs, as on the core) and serves the status registers of the register map."""
+persist between runs, as on the core) and serves the status registers of the register map.
+A run starts when it is first waited for, together with every run started before it (the
+cores of a tensor-parallel group meet at barriers: :func:`~flightgen.isa.machine.run_group`)."""
 
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
@@ -10,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from flightgen.hw.core import register_map
-from flightgen.isa.machine import Machine
+from flightgen.isa.machine import Machine, run_group
 
 xclBOSyncDirection = SimpleNamespace(XCL_BO_SYNC_BO_TO_DEVICE=0, XCL_BO_SYNC_BO_FROM_DEVICE=1)
 ert_cmd_state = SimpleNamespace(ERT_CMD_STATE_COMPLETED=4, ERT_CMD_STATE_ERROR=5)
@@ -63,11 +65,26 @@ class bo:  # noqa: N801
 
 
 class _Run:
-    def __init__(self, state):
-        self.state = state
+    #: Runs started and not yet executed.
+    pending = []
+
+    def __init__(self, kernel, words, registers):
+        self.kernel, self.words, self.registers = kernel, words, registers
+        self.done = False
+        _Run.pending.append(self)
 
     def wait(self):
-        return self.state
+        if not self.done:
+            group, _Run.pending = _Run.pending, []
+            results = run_group([r.kernel.machine for r in group], [r.words for r in group],
+                                self.registers) if len(group) > 1 else [
+                group[0].kernel.machine.run(self.words, self.registers)]
+            for run, result in zip(group, results, strict=True):
+                run.done = True
+                kernel.runs.append((run.kernel.name, run.registers))
+                run.kernel.status = {"error": result.error.value, "error_pc": result.error_pc,
+                                     "retired": len(result.trace)}
+        return ert_cmd_state.ERT_CMD_STATE_COMPLETED
 
 
 class kernel:  # noqa: N801
@@ -87,13 +104,10 @@ class kernel:  # noqa: N801
     def __call__(self, *args):
         named = {a.get("name"): value for a, value in zip(self.device.args, args, strict=True)}
         self.machine.hbm = [named[f"hbm{p}"].data for p in range(self.config.hbm_ports)]
+        if self.config.barrier:  # the barrier engine's master: the exchange port's buffer
+            assert named["sync"] is named[f"hbm{self.config.exchange_port}"]
         words = named["program"].data[:32 * named["length"]].tobytes()
-        registers = [named[f"r{i}"] for i in range(1, 8)]
-        result = self.machine.run(words, registers)
-        kernel.runs.append((self.name, registers))
-        self.status = {"error": result.error.value, "error_pc": result.error_pc,
-                       "retired": len(result.trace)}
-        return _Run(ert_cmd_state.ERT_CMD_STATE_COMPLETED)
+        return _Run(self, words, [named[f"r{i}"] for i in range(1, 8)])
 
     def read_register(self, offset):
         for name, value in self.status.items():

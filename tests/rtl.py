@@ -25,27 +25,28 @@ BENCHES = ["harness", pytest.param("cocotb", marks=pytest.mark.slow)]
 
 
 @cache
-def _cocotb(config):
+def _cocotb(config, barrier_timeout=None):
     """The cocotb model of ``config``, converted once per process (build_harness keeps its
     own table)."""
-    return core_model(config)
+    return core_model(config, barrier_timeout=barrier_timeout)
 
 
 def run_checked(bench, config, program, hbm, registers=(0,) * 7, *, stall=0.0,
-                latency=(1, 1), seed=1, name="core"):
+                latency=(1, 1), seed=1, name="core", barrier_timeout=None):
     """Run ``program`` with ``hbm`` and ``registers`` on ``bench``; assert that the error and
     pc, each unit's retired instructions and every HBM byte equal the ISA simulator's (on the
     harness also what each instruction wrote). ``seed`` seeds the harness's stalls (the
-    cocotb bench seeds from ``name``: :func:`flightgen.sim.runner.resolve_seed`). Returns the
-    run."""
+    cocotb bench seeds from ``name``: :func:`flightgen.sim.runner.resolve_seed`); a barrier
+    core is built with ``barrier_timeout`` (``None``: the default). Returns the run."""
     machine, expected = simulate(config, program, hbm, registers)
     if bench == "cocotb":
-        runs, images = run_core(_cocotb(config), config, [program], hbm, [registers],
-                                stall=stall, latency=latency, name=name)
+        runs, images = run_core(_cocotb(config, barrier_timeout), config, [program], hbm,
+                                [registers], stall=stall, latency=latency, name=name)
         run = runs[0]
     else:
-        run, images = run_program(build_harness(config), config, program, hbm, registers,
-                                  check=True, stall=stall, latency=latency, seed=seed)
+        executable = build_harness(config, barrier_timeout=barrier_timeout)
+        run, images = run_program(executable, config, program, hbm, registers, check=True,
+                                  stall=stall, latency=latency, seed=seed)
         if expected.error == ErrorCode.NONE:
             difference = first_difference(run.retirements, expected.trace)
             assert difference is None, (

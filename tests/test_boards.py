@@ -30,7 +30,13 @@ from flightgen.compiler.binary import write_binary
 from flightgen.compiler.build import compile_model
 from flightgen.compiler.frontends import load_model
 from flightgen.compiler.passes import CompileConfig
-from flightgen.compiler.target import TARGETS, Target, board_target, tensor_parallel
+from flightgen.compiler.target import (
+    TARGETS,
+    Target,
+    board_target,
+    load_target,
+    tensor_parallel,
+)
 from flightgen.errors import FlightgenError
 from flightgen.hardware import lint
 from flightgen.hw.core import register_map
@@ -63,8 +69,9 @@ def test_full_size_configuration_uses_at_least_28_pseudo_channels(name):
     target = TARGETS[name]
     assert target == board_target(board)
     assert target.cores == len(board.slrs)
-    used = target.cores * target.core.hbm_ports
-    assert 28 <= used <= board.hbm.channels
+    assert 28 <= target.cores * target.local_ports
+    assert target.channels <= board.hbm.channels
+    assert target.tensor == (target.cores > 1)
     assert target.channel_bytes == board.hbm.channel_bytes
     # a 512-bit port at the kernel clock moves at least one pseudo-channel's bandwidth
     assert target.core.line_bytes * board.kernel_mhz * 1e6 >= board.hbm.channel_gbps * 1e9 * 0.99
@@ -84,9 +91,9 @@ def test_kernel_xml_follows_the_register_map():
     kernel = root.find("kernel")
     assert kernel.get("name") == KERNEL_NAME and kernel.get("hwControlProtocol") == "ap_ctrl_hs"
     ports = {p.get("name"): p for p in kernel.iter("port")}
-    assert set(ports) == {"s_axi_control", "m_axi_program",
-                          *(f"m_axi_hbm{p}" for p in range(10))}
-    assert all(ports[f"m_axi_hbm{p}"].get("dataWidth") == "512" for p in range(10))
+    assert set(ports) == {"s_axi_control", "m_axi_program", "m_axi_sync",
+                          *(f"m_axi_hbm{p}" for p in range(11))}  # 10 + the exchange port
+    assert all(ports[f"m_axi_hbm{p}"].get("dataWidth") == "512" for p in range(11))
     args = sorted(kernel.iter("arg"), key=lambda a: int(a.get("id")))
     expected = [r for r in registers.registers if r.kind in ("pointer", "scalar")]
     assert [a.get("name") for a in args] == [r.name for r in expected]
@@ -110,12 +117,15 @@ def test_a_barrier_core_has_the_sync_master_on_its_exchange_channel():
     assert int(args["sync"].get("id")) == int(args["hbm1"].get("id")) + 1
     assert "ipx::associate_bus_interfaces -busif m_axi_sync -clock ap_clk $core" in \
         package_tcl(config, "top.v")
-    lines = link_cfg(U280, 3, 4, barrier=True).splitlines()
-    for c in range(3):
+    group = Target("group", dataclasses.replace(config, hbm_ports=4), cores=3,
+                   parallel="tensor")
+    lines = link_cfg(U280, group).splitlines()
+    for c in range(3):  # 3 ports of its own each, the exchange ports on channel 9
         name = f"{KERNEL_NAME}_{c}"
-        assert f"sp={name}.m_axi_hbm3:HBM[{4 * c + 3}]" in lines
-        assert f"sp={name}.m_axi_sync:HBM[{4 * c + 3}]" in lines
-    assert "m_axi_sync" not in link_cfg(U280, 3, 4)
+        assert f"sp={name}.m_axi_hbm2:HBM[{3 * c + 2}]" in lines
+        assert f"sp={name}.m_axi_hbm3:HBM[9]" in lines
+        assert f"sp={name}.m_axi_sync:HBM[9]" in lines
+    assert "m_axi_sync" not in link_cfg(U280, Target("t", SIM_CORE, cores=3))
     assert "m_axi_sync" not in kernel_xml(SIM_CORE, register_map(SIM_CORE))
     assert "m_axi_sync" not in package_tcl(SIM_CORE, "top.v")
     assert VitisKernel(config).bus_names[-1] == "m_axi_sync"
@@ -123,7 +133,7 @@ def test_a_barrier_core_has_the_sync_master_on_its_exchange_channel():
 
 
 def test_link_cfg_gives_every_core_its_own_pseudo_channels_and_slr():
-    lines = link_cfg(U280, 3, 10).splitlines()
+    lines = link_cfg(U280, board_target(U280, "layers")).splitlines()
     assert f"nk={KERNEL_NAME}:3:{KERNEL_NAME}_0.{KERNEL_NAME}_1.{KERNEL_NAME}_2" in lines
     hbm = [line for line in lines if ".m_axi_hbm" in line]
     assert len(hbm) == 30
@@ -131,8 +141,11 @@ def test_link_cfg_gives_every_core_its_own_pseudo_channels_and_slr():
     assert sorted(channels) == list(range(30))
     assert [line for line in lines if line.startswith("slr=")] == [
         f"slr={KERNEL_NAME}_{c}:SLR{c}" for c in range(3)]
+    tensor = board_target(U280)  # tensor parallel: 10 channels each and the 31st shared
+    assert channel_map(U280, tensor) == [list(range(10 * c, 10 * c + 10)) + [30]
+                                         for c in range(3)]
     with pytest.raises(FlightgenError, match="need 33 pseudo-channels"):
-        channel_map(U280, 3, 11)
+        channel_map(U280, Target("t", dataclasses.replace(SIM_CORE, hbm_ports=11), cores=3))
 
 
 #: The board configuration's features at simulation size: MV only, dense and 8:16, an SFU
@@ -169,18 +182,21 @@ def test_kernel_verilog_has_vitis_ports_and_passes_lint(tmp_path, config):
     assert "waived: WIDTHEXPAND" in (tmp_path / "lint.log").read_text()
 
 
-@pytest.fixture(scope="module")
-def two_cores(tmp_path_factory):
+@pytest.fixture(scope="module", params=["layers", "tensor"])
+def two_cores(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("xrt")
-    target = TARGETS["sim-small"].with_cores(2)
+    target = load_target("sim-small", 2, request.param)
     binary = compile_model(target, model=load_model(write_gguf(folder / "m.gguf")))
     write_binary(folder / "tiny.fgb", binary)
-    (folder / "kernel.xml").write_text(kernel_xml(SIM_CORE, register_map(SIM_CORE)))
-    fake_pyxrt.device.config = SIM_CORE
+    (folder / "kernel.xml").write_text(kernel_xml(target.core, register_map(target.core)))
+    fake_pyxrt.device.config = target.core
     return binary, folder
 
 
 def test_xrt_host_runs_the_host_sequence(two_cores):
+    """The card's host runs the step sequence of the ISA simulator's host: a layer pipeline
+    core after core, a tensor-parallel group both cores started before either is waited for
+    (one buffer for the channel their exchange ports share)."""
     binary, folder = two_cores
     fake_pyxrt.kernel.runs.clear()
     backend = XrtBackend(binary, folder / "kernel.xml", pyxrt=fake_pyxrt)
@@ -190,6 +206,8 @@ def test_xrt_host_runs_the_host_sequence(two_cores):
     names = [name for name, _ in fake_pyxrt.kernel.runs]
     assert names[:2] == [f"{KERNEL_NAME}:{{{KERNEL_NAME}_0}}", f"{KERNEL_NAME}:{{{KERNEL_NAME}_1}}"]
     assert len(names) == 2 * len(got.steps)
+    exchange = [ports[-1] for ports in backend.buffers]
+    assert (exchange[0] is exchange[1]) == (binary.target.get("parallel") == "tensor")
 
 
 def test_xrt_host_refuses_port_buffers_off_their_pages(tmp_path, monkeypatch):

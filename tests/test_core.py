@@ -50,10 +50,12 @@ async def _read(ctx, bus, addr):
 
 
 def run_core(words, hbm, registers=(0,) * 7, config=SIM_CORE, stall=0.2, latency=(1, 6),
-             max_cycles=60_000):
-    """Run a program on the core in amaranth.sim; return (status dict, HBM images, trace)."""
+             max_cycles=60_000, **options):
+    """Run a program on the core in amaranth.sim (``options`` go to :class:`Core`); return
+    (status dict, HBM images, trace). A barrier core's ``sync`` master reaches the exchange
+    port's memory (every pointer is 0 here)."""
     rng = np.random.default_rng(SEED)
-    core = Core(config)
+    core = Core(config, **options)
     regs = register_map(config)
     program = AxiMemoryModel(1 << 12, config.line_bits, rng, latency, stall)
     program.memory[:len(words) * 32] = np.frombuffer(
@@ -114,6 +116,10 @@ def run_core(words, hbm, registers=(0,) * 7, config=SIM_CORE, stall=0.2, latency
     sim.add_process(server(program, core.program))
     for p, model in enumerate(ports):
         sim.add_process(server(model, core.hbm[p]))
+    if config.barrier:
+        sync = AxiMemoryModel(0, config.line_bits, rng, latency, stall)
+        sync.memory = ports[config.exchange_port].memory  # the same bytes
+        sim.add_process(server(sync, core.sync))
     sim.run()
     return status, [m.memory for m in ports], trace
 

@@ -34,7 +34,10 @@ def test_a_tensor_parallel_target_shares_one_channel():
     assert {target.channel(c, 10) for c in range(3)} == {30}
     assert target.channels == 31 <= U280.hbm.channels
     assert Target.from_dict(target.to_dict()) == target
-    assert "parallel" not in board_target(U280).to_dict()  # layer-pipeline binaries as before
+    assert TARGETS["u280"] == target  # the board presets are tensor-parallel groups
+    layers = board_target(U280, "layers")
+    assert "parallel" not in layers.to_dict()  # layer-pipeline binaries as before
+    assert (layers.core.hbm_ports, layers.channels) == (10, 30)
 
 
 @pytest.mark.parametrize("make, message", [

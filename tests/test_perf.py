@@ -31,23 +31,26 @@ NARROW_SFU = CoreConfig(sfu_lanes=2)
 LATENCY = 40
 
 
-def _compiled_step(tmp_path):
-    """A decode step of a compiled tiny model at position 20: HBM images of its two channels
-    with the token's embedding row copied to the input slot, as the host does."""
+def compiled_step(tmp_path, target=TARGETS["sim-small"]):
+    """A decode step of a compiled tiny model at position 20 on one core of ``target``: HBM
+    images of its channels (the image of channel ``p`` for port ``p``) with the token's
+    embedding row copied to the input slot, as the host does."""
     model = load_model(write_gguf(tmp_path / "m.gguf"))
-    binary = compile_model(TARGETS["sim-small"], model=model)
+    binary = compile_model(target, model=model)
+    assert [image.channel for image in binary.images] == [target.channel(0, p) for p in
+                                                           range(target.core.hbm_ports)]
     images = [np.array(binary.image_bytes(image), np.uint8) for image in binary.images]
     layout = binary.layout
     piece = layout["embedding"]["pieces"][0]
     row = layout["embedding"]["row_bytes"]
     token = 42
     source = piece["address"] + (token - piece["first"]) * row
-    target = layout["input"]
-    images[target["port"]][target["address"]:target["address"] + row] = \
+    slot = layout["input"]
+    images[slot["port"]][slot["address"]:slot["address"] + row] = \
         images[piece["port"]][source:source + row]
     size = max(len(i) for i in images)
     hbm = [np.concatenate([i, np.zeros(size - len(i), np.uint8)]) for i in images]
-    kv = KVLayout(SIM_CORE, layout["head_dim"], layout["capacity"])
+    kv = KVLayout(target.core, layout["head_dim"], layout["capacity"])
     return binary.program(0, "decode").words, hbm, decode_registers(kv, 20)
 
 
@@ -69,7 +72,7 @@ def _workloads(tmp_path, narrow):
         b = ffn_chain(STRIPED, rng, 128, 256, layers=2, bits=bits, pattern=pattern,
                       hbm_bytes=1 << 19)
         yield f"striped loads, 2 FFN layers, INT{bits}", STRIPED, b.words(), b.hbm, (0,) * 7
-    words, hbm, registers = _compiled_step(tmp_path)
+    words, hbm, registers = compiled_step(tmp_path)
     yield "compiled tiny model, decode step", SIM_CORE, words, hbm, registers
     # loads on two ports at once: the engine still takes one line per cycle in all
     hbm = [rng.integers(0, 256, 1 << 17, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]

@@ -13,6 +13,10 @@ run to run. It saves, per run ``i``: ``error{i}``, ``error_pc{i}``, ``cycles{i}`
 order) and
 per-port statistics (``r_beats{i}_{p}``, ``r_first{i}_{p}``, ``r_last{i}_{p}``,
 ``w_bytes{i}_{p}``: bytes written); and the final ``hbm{p}``.
+
+A core with the barrier has one more master, ``sync``: its pointer is the exchange port's
+base, and a second :class:`AxiMemory` on the exchange port's array answers it (its traffic
+counts in that port's statistics), as the C++ harness does.
 """
 
 import json
@@ -71,6 +75,13 @@ async def run_job(dut):
         memory = job[f"hbm{p}"].astype(np.uint8)
         ports.append((memory, AxiMemory(dut, f"hbm__{p}", memory, HBM_BASE * (p + 1), rng,
                                         (lo, hi), stall)))
+    # the channel of each port: its own model, and a barrier core's sync master on the
+    # exchange port's
+    channels = [[model] for _, model in ports]
+    if config.barrier:
+        exchange = config.exchange_port
+        channels[exchange].append(AxiMemory(dut, "sync", ports[exchange][0],
+                                            HBM_BASE * (exchange + 1), rng, (lo, hi), stall))
     trace = []
     cocotb.start_soon(_trace(dut, 5, trace))
     host = AxiLiteHost(dut)
@@ -78,6 +89,8 @@ async def run_job(dut):
     await host.write64(regs.offset("program"), PROGRAM_BASE)
     for p in range(config.hbm_ports):
         await host.write64(regs.offset(f"hbm{p}"), HBM_BASE * (p + 1))
+    if config.barrier:  # the exchange port's buffer
+        await host.write64(regs.offset("sync"), HBM_BASE * (config.exchange_port + 1))
     timeout = int(job["timeout"])
     result = {}
     for run in range(int(job["runs"])):
@@ -88,9 +101,10 @@ async def run_job(dut):
         await host.write(regs.offset("length"), len(program) // 32)
         for index, value in enumerate(job[f"registers{run}"], 1):
             await host.write(regs.offset(f"r{index}"), int(value))
-        for _, model in ports:
-            model.r_beats, model.first_ar, model.last_r = 0, None, None
-            model.bytes_written = 0
+        for models in channels:
+            for model in models:
+                model.r_beats, model.first_ar, model.last_r = 0, None, None
+                model.bytes_written = 0
         trace.clear()
         await host.write(CONTROL, AP_START)
         waited = 0
@@ -105,11 +119,13 @@ async def run_job(dut):
             f"retired{run}": await host.read(regs.offset("retired")),
             f"trace{run}": np.array(trace, np.int64).reshape(-1, 3),
         })
-        for p, (_, model) in enumerate(ports):
-            result[f"r_beats{run}_{p}"] = model.r_beats
-            result[f"r_first{run}_{p}"] = model.first_ar or 0
-            result[f"r_last{run}_{p}"] = model.last_r or 0
-            result[f"w_bytes{run}_{p}"] = model.bytes_written
+        for p, models in enumerate(channels):
+            firsts = [m.first_ar for m in models if m.first_ar is not None]
+            lasts = [m.last_r for m in models if m.last_r is not None]
+            result[f"r_beats{run}_{p}"] = sum(m.r_beats for m in models)
+            result[f"r_first{run}_{p}"] = min(firsts, default=0)
+            result[f"r_last{run}_{p}"] = max(lasts, default=0)
+            result[f"w_bytes{run}_{p}"] = sum(m.bytes_written for m in models)
     for p, (memory, _) in enumerate(ports):
         result[f"hbm{p}"] = memory
     np.savez(os.environ["FLIGHTGEN_RESULT"], **result)

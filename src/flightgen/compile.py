@@ -151,7 +151,8 @@ def main(args, out=None, err=None):
     programs = len(binary.programs)
     code = instruction_bytes(binary)
     weights = sum(image.size for image in binary.images)
-    print(f"{output}: {target.name} x{target.cores}, {config.mode} mode, {programs} programs, "
+    shape = f"{target.name} x{target.cores}" + (" tensor parallel" if target.tensor else "")
+    print(f"{output}: {shape}, {config.mode} mode, {programs} programs, "
           f"{code / 1e6:.2f} MB of instructions, {weights / 1e6:.1f} MB of HBM images, "
           f"KV cache {binary.layout['capacity']} tokens ({time.perf_counter() - started:.1f} s)",
           file=out)

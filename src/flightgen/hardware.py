@@ -66,6 +66,10 @@ def add_parser(verbs, positive):
                    help="The build folder to write (replaced if it exists).")
     p.add_argument("--no-estimate", action="store_true",
                    help="Skip the Yosys resource estimate (the slowest step).")
+    p.add_argument("--parallel", choices=["tensor", "layers"], default="tensor",
+                   help="'tensor' (default): the cores are a tensor-parallel group, each with "
+                        "the barrier engine and an exchange port to one shared pseudo-channel. "
+                        "'layers': a layer pipeline (no exchange port, no barrier).")
     p.set_defaults(run=main)
     return p
 
@@ -119,19 +123,20 @@ def main(args, out=None, err=None):
     say = progress(err)
 
     board = get_board(args.board)
-    target = board_target(board)
+    target = board_target(board, args.parallel)
     config = target.core
     output = Path(args.output)
     if not output.parent.is_dir():
         raise FlightgenError(f"{output.parent}: no such folder")
-    channels = channel_map(board, target.cores, config.hbm_ports)
+    channels = channel_map(board, target)  # refuses a target the board cannot hold
     staging = output.with_name(f".{output.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         say(f"{board.name}: {target.cores} cores x {config.hbm_ports} HBM ports "
-            f"({target.cores * config.hbm_ports} pseudo-channels), {config.line_bits}-bit lines, "
-            f"{config.geometry.macs} MACs/cycle per core")
+            f"({target.channels} pseudo-channels" + (", the last shared: tensor parallel"
+                                                     if target.tensor else "")
+            + f"), {config.line_bits}-bit lines, {config.geometry.macs} MACs/cycle per core")
         say("converting the kernel to RTLIL")
         design = rtlil.convert(VitisKernel(config), name=KERNEL_NAME)
         say("writing the Verilog")
@@ -141,7 +146,7 @@ def main(args, out=None, err=None):
         files = {
             "kernel.xml": kernel_xml(config, registers),
             "package_kernel.tcl": package_tcl(config, top.name),
-            "link.cfg": link_cfg(board, target.cores, config.hbm_ports),
+            "link.cfg": link_cfg(board, target),
             "Makefile": makefile(board),
             "host.py": _host_script(),
             "target.json": json.dumps(target.to_dict(), indent=2) + "\n",
@@ -164,7 +169,8 @@ def main(args, out=None, err=None):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     print(f"{output}: {board.name} ({board.part}), {target.cores} x {KERNEL_NAME}, "
-          f"HBM channels {channels[0][0]}..{channels[-1][-1]}, lint clean with "
+          f"HBM channels {min(min(c) for c in channels)}..{max(max(c) for c in channels)}"
+          + (" (tensor parallel)" if target.tensor else "") + ", lint clean with "
           f"{len(LINT_WAIVERS)} documented waivers", file=out)
     if report is not None and "error" in report:
         print(f"  no resource estimate: {report['error']}", file=out)

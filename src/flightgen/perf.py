@@ -35,10 +35,8 @@ def add_parser(verbs, positive):
                    help="Prune the FFN matrices N:M (e.g. 8:16).")
     p.add_argument("--parallel", choices=["layers", "tensor"], default="tensor",
                    help="How the board's cores share the model: 'tensor' (default: all at "
-                        "once, each on its share of every layer, meeting at barriers; modelled "
-                        "and ISA-simulated, its barrier not yet in the RTL) or 'layers' (a "
-                        "layer pipeline, one core at a time: what 'flightgen hw' builds "
-                        "today).")
+                        "once, each on its share of every layer, meeting at barriers) or "
+                        "'layers' (a layer pipeline, one core at a time).")
     p.add_argument("--context", type=positive, default=512,
                    help="Context length of the decode step (default 512).")
     p.add_argument("--prompt", type=positive, default=128,
@@ -94,7 +92,7 @@ def main(args, out=None, err=None):
     from .boards.alveo import get_board
     from .compile import _config_only
     from .compiler.passes import CompileConfig
-    from .compiler.target import board_target, tensor_parallel
+    from .compiler.target import board_target
     from .files import write_atomic
     from .sim.projection import HBM_EFFICIENCY, project
 
@@ -102,9 +100,7 @@ def main(args, out=None, err=None):
     say = progress(err)
 
     board = get_board(args.board)
-    target = board_target(board)
-    if args.parallel == "tensor":
-        target = tensor_parallel(target)
+    target = board_target(board, args.parallel)
     model = _config_only(args.model)
     for path in (args.png, args.json):
         if not Path(path).parent.is_dir():

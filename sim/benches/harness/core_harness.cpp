@@ -22,7 +22,10 @@
 // that reaches past the memory answers DECERR (RRESP/BRESP = 3): reads return zeros, writes
 // are dropped. With --stall P the ready signals are low and R beats held back with probability
 // P each cycle (a splitmix64 generator seeded with --seed); the default never stalls, so runs
-// are deterministic.
+// are deterministic. A core with the barrier (FG_SYNC_PORT, the exchange port) has one more
+// master, `sync`: its pointer is the exchange port's base, and it is answered from that port's
+// memory by a second slave with its own bursts under the same rules; its traffic counts in
+// that port's counters.
 //
 // Command line: core_harness [--latency LO[:HI]] [--stall P] [--seed S] [--timeout CYCLES]
 // (defaults 40, 0, 1, 100000000).
@@ -50,8 +53,9 @@
 //             table turns checking off): kind < 16 is buffer `kind` (flightgen Buffer), lines
 //             [start, start + size); kind 16 + p is HBM port p, bytes [start, start + size).
 //             At each retirement the harness takes the CRC-32 (zlib's) of those lines of its
-//             mirror of the buffers, or of those bytes, in the table's order: what
-//             flightgen.isa.machine.Machine.written_crc computes for the same instruction.
+//             mirror of the buffers, or of those bytes, in the table's order (0 if an HBM span
+//             reaches past its memory): what flightgen.isa.machine.Machine.written_crc
+//             computes for the same instruction.
 //   7 TRACE   u32 from, u32 to, bytes path  -> ()
 //             The next RUN writes an FST waveform to `path` for the window of pcs [from, to]:
 //             from the cycle the first of them is dispatched to the cycle the last of them
@@ -247,16 +251,23 @@ struct Burst {
     uint32_t beat = 0;
 };
 
-// An AXI4 slave memory (see the file header for its rules and timing).
+// An AXI4 slave memory (see the file header for its rules and timing). One built on a
+// `shared` memory is a second slave port of it: the same bytes and counters, its own bursts
+// (the barrier engine's master on the exchange port's memory).
 class Memory {
+  private:
+    std::vector<uint8_t> own_;
+
   public:
-    std::vector<uint8_t> bytes;
-    // counters since the last clear_counters()
+    std::vector<uint8_t>& bytes;
+    // counters since the last clear_counters() (a shared memory's are its owner's)
     uint64_t r_beats = 0, first_ar = 0, last_r = 0, bytes_written = 0;
     bool seen_ar = false;
 
-    Memory(const char* name, Port port, uint64_t base, const Settings& settings, Random& random)
-        : name_(name), s_(port), base_(base), settings_(settings), random_(random) {}
+    Memory(const char* name, Port port, uint64_t base, const Settings& settings, Random& random,
+           Memory* shared = nullptr)
+        : bytes(shared ? shared->bytes : own_), name_(name), s_(port), base_(base),
+          settings_(settings), random_(random), home_(shared ? shared : this) {}
 
     void clear_counters() {
         r_beats = first_ar = last_r = bytes_written = 0;
@@ -279,16 +290,16 @@ class Memory {
             Burst burst = make("read", ar_addr_, ar_len_, ar_size_, ar_burst_);
             burst.due = cycle_ + delay();
             reads_.push_back(burst);
-            if (!seen_ar) {
-                first_ar = cycle_;
-                seen_ar = true;
+            if (!home_->seen_ar) {
+                home_->first_ar = cycle_;
+                home_->seen_ar = true;
             }
         }
         if (fire_r_) {
             Burst& head = reads_.front();
             head.beat++;
-            r_beats++;
-            last_r = cycle_;
+            home_->r_beats++;
+            home_->last_r = cycle_;
             if (head.beat == head.beats) reads_.pop_front();
         }
         if (fire_aw_) writes_.push_back(make("write", aw_addr_, aw_len_, aw_size_, aw_burst_));
@@ -363,6 +374,7 @@ class Memory {
     uint64_t base_;
     const Settings& settings_;
     Random& random_;
+    Memory* home_;  // whose counters this port's traffic counts in
     uint64_t cycle_ = 0;
     std::deque<Burst> reads_, writes_, responses_;
     bool r_offered_ = false, b_offered_ = false;
@@ -404,7 +416,7 @@ class Memory {
         for (int i = 0; i < FG_LINE_BYTES; i++) {
             if (w_strb_[i / 8] >> (i % 8) & 1) {
                 line[i] = w_data_[i];
-                bytes_written++;
+                home_->bytes_written++;
             }
         }
     }
@@ -434,6 +446,11 @@ class Harness {
                                             random_));
         FG_FOR_EACH_HBM_PORT(FG_ADD_PORT)
 #undef FG_ADD_PORT
+#ifdef FG_SYNC_PORT
+        FG_BIND(port, sync);
+        sync_ = std::make_unique<Memory>("sync", port, HBM_BASE * (FG_SYNC_PORT + 1), settings_,
+                                         random_, hbm_[FG_SYNC_PORT].get());
+#endif
 #define FG_ADD_BUFFER(b, lines) mirror_[b].assign(uint64_t(lines) * FG_LINE_BYTES, 0);
         FG_FOR_EACH_BUFFER(FG_ADD_BUFFER)
 #undef FG_ADD_BUFFER
@@ -507,7 +524,10 @@ class Harness {
             } else {
                 fail(BAD_REQUEST, "CHECK: pc %u: no buffer or port of kind %u", pc, kind);
             }
-            if (span.start > target->size() / unit || span.size > target->size() / unit - span.start)
+            // an HBM span may reach past its memory (a STORE or BARRIER the core refuses with
+            // an AXI error): its pc's CRC is then 0, as Machine.written_crc's
+            if (kind < FG_BUFFERS &&
+                (span.start > target->size() / unit || span.size > target->size() / unit - span.start))
                 fail(BAD_REQUEST, "CHECK: pc %u: span %llu+%llu of kind %u is out of range", pc,
                      (unsigned long long)span.start, (unsigned long long)span.size, kind);
             if (pc >= spans_.size()) spans_.resize(pc + 1);
@@ -538,6 +558,7 @@ class Harness {
     std::unique_ptr<FG_TOP> top;
     std::unique_ptr<Memory> program_;
     std::vector<std::unique_ptr<Memory>> hbm_;
+    std::unique_ptr<Memory> sync_;  // the barrier engine's master, on the exchange port's memory
     uint64_t words_ = 0;
     uint64_t cycle_ = 0;
     uint64_t run_start_ = 0;
@@ -633,12 +654,17 @@ class Harness {
             uint32_t crc = 0;
             if (pc < spans_.size()) {
                 for (const Span& span : spans_[pc]) {
-                    if (span.kind < FG_BUFFERS)
+                    if (span.kind < FG_BUFFERS) {
                         crc = crc32_(&mirror_[span.kind][span.start * FG_LINE_BYTES],
                                      span.size * FG_LINE_BYTES, crc);
-                    else
-                        crc = crc32_(&hbm_[span.kind - KIND_HBM]->bytes[span.start], span.size,
-                                     crc);
+                        continue;
+                    }
+                    const std::vector<uint8_t>& bytes = hbm_[span.kind - KIND_HBM]->bytes;
+                    if (span.start > bytes.size() || span.size > bytes.size() - span.start) {
+                        crc = 0;  // past the memory: nothing written
+                        break;
+                    }
+                    crc = crc32_(&bytes[span.start], span.size, crc);
                 }
             }
             retirements_.push_back({uint32_t(u), pc, cycle_ - run_start_, crc});
@@ -667,11 +693,13 @@ class Harness {
     void settle() {
         program_->after_edge();
         for (auto& memory : hbm_) memory->after_edge();
+        if (sync_) sync_->after_edge();
         top->clk = 0;
         top->eval();
         dump(10 * cycle_);
         program_->sample();
         for (auto& memory : hbm_) memory->sample();
+        if (sync_) sync_->sample();
         observe();
     }
 
@@ -694,6 +722,7 @@ class Harness {
         top->rst = 0;
         program_->clear();
         for (auto& memory : hbm_) memory->clear();
+        if (sync_) sync_->clear();
         lite_write(FG_REG_GIE, 1);
         lite_write(FG_REG_IER, 1);  // the done interrupt
     }
@@ -760,6 +789,9 @@ class Harness {
         uint64_t started = cycle_;
         lite_write64(FG_REG_PROGRAM, PROGRAM_BASE);
         for (size_t p = 0; p < hbm_.size(); p++) lite_write64(FG_REG_HBM[p], HBM_BASE * (p + 1));
+#ifdef FG_SYNC_PORT
+        lite_write64(FG_REG_SYNC, HBM_BASE * (FG_SYNC_PORT + 1));  // the exchange port's buffer
+#endif
         lite_write(FG_REG_LENGTH, uint32_t(words_));
         for (int i = 0; i < 7; i++) lite_write(FG_REG_R1 + 4 * i, registers[i]);
         for (auto& memory : hbm_) memory->clear_counters();
