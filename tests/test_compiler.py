@@ -208,7 +208,7 @@ def test_cli_config_only_and_errors(tmp_path, capsys):
     out = tmp_path / "llama.fgb"
     assert main(["compile", "--config-only", "llama2-7b", "--hw", "u280", "--weights",
                  "int4-g32-sym", "--context", "2048", "-o", str(out)]) == 0
-    assert "u280 x3, dynamic mode, 6 programs" in capsys.readouterr().out
+    assert "u280 x3 tensor parallel, dynamic mode, 6 programs" in capsys.readouterr().out
     assert out.stat().st_size < 20e6  # random fills are not stored
     for argv, message in (
             (["--config-only", "opt-6.7b"], "unknown model 'opt-6.7b'"),
