@@ -19,9 +19,12 @@ def _demo(capsys, prompt, tokens):
     return captured
 
 
+@pytest.mark.slow
 def test_demo_two_tokens_on_the_rtl(capsys):
     """Two tokens (a one-token prompt, then one decode step) with --check: about 2 steps of
-    40 s after the Verilator build."""
+    40 s after the Verilator build of `sim` (about 4 min in all; in the slow tier since the
+    default run's time went past 30 min: the default run keeps a compiled tiny model on the
+    RTL, tests/test_harness.py and tests/test_sim_cli.py, and SmolLM2 on the ISA simulator)."""
     _demo(capsys, "Hello", 2)
 
 
