@@ -49,6 +49,11 @@ __all__ = ["Target", "TARGETS", "load_target", "TargetError", "board_target", "B
 PARALLEL = ("layers", "tensor")
 
 
+def _check_parallel(value):
+    if value not in PARALLEL:
+        raise TargetError(f"parallel must be one of {', '.join(PARALLEL)}, not {value!r}")
+
+
 class TargetError(FlightgenError):
     """An unknown or invalid hardware configuration."""
 
@@ -82,9 +87,7 @@ class Target:
     def __post_init__(self):
         if not isinstance(self.cores, int) or not 1 <= self.cores <= 8:
             raise TargetError(f"cores must be 1 to 8, not {self.cores!r}")
-        if self.parallel not in PARALLEL:
-            raise TargetError(f"parallel must be one of {', '.join(PARALLEL)}, not "
-                              f"{self.parallel!r}")
+        _check_parallel(self.parallel)
         if self.tensor:
             if not self.core.barrier or self.core.hbm_ports < 2:
                 raise TargetError("a tensor-parallel target needs cores with the barrier and "
@@ -172,8 +175,7 @@ def board_target(board, parallel="tensor"):
                                                     load_lanes=lanes),
                     cores=len(board.slrs), channel_bytes=board.hbm.channel_bytes,
                     clock_mhz=board.kernel_mhz)
-    if parallel not in PARALLEL:
-        raise TargetError(f"parallel must be one of {', '.join(PARALLEL)}, not {parallel!r}")
+    _check_parallel(parallel)
     return tensor_parallel(target) if parallel == "tensor" and target.cores > 1 else target
 
 
@@ -210,8 +212,8 @@ def load_target(spec, cores=None, parallel=None):
             raise TargetError(f"{path}: not a readable JSON file ({error})") from None
         target = Target.from_dict(data, str(path))
     target = target if cores is None else target.with_cores(cores)
-    if parallel not in (None, *PARALLEL):
-        raise TargetError(f"parallel must be one of {', '.join(PARALLEL)}, not {parallel!r}")
+    if parallel is not None:
+        _check_parallel(parallel)
     if parallel == "tensor":
         target = tensor_parallel(target)
     elif parallel == "layers" and target.tensor:

@@ -170,7 +170,6 @@ def build_harness(config, *, trace=False, barrier_timeout=None, log=print):
 
     if barrier_timeout is None:
         barrier_timeout = BARRIER_TIMEOUT
-    options = {"barrier_timeout": barrier_timeout} if config.barrier else {}
     toplevel = core_name(config)
     source = _prelude(config, toplevel, barrier_timeout) + SOURCE.read_text()
     known = _BUILT.get((source, trace))
@@ -184,8 +183,8 @@ def build_harness(config, *, trace=False, barrier_timeout=None, log=print):
             log(f"reusing harness {found}")
             _BUILT[source, trace] = found
             return found
-    executable = runner.build_harness(Core(config, **options), toplevel, source, trace=trace,
-                                      log=log)
+    executable = runner.build_harness(Core(config, barrier_timeout=barrier_timeout), toplevel,
+                                      source, trace=trace, log=log)
     _BUILT[source, trace] = executable
     index.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(index, str(executable))

@@ -139,20 +139,23 @@ class Host:
         registers = decode_registers(self.kv, self.position)
         if self.target.tensor:
             self._group_step(phase, registers)
-            self.position += 1
-            return self.logits() if phase == "decode" else None
-        for core in range(self.target.cores):
-            program = self._program(core, phase, self.position + 1)
-            error, pc, message, count = self.backend.run(core, program, registers)
-            self.instructions += count
-            if error != ErrorCode.NONE:
-                raise StepError(f"core {core} stopped with {ErrorCode(error).name} at pc {pc} "
-                                f"({program.phase}): {message}")
-            if core < self.target.cores - 1:
-                handoff = self.layout["handoffs"][core]
-                self._copy(handoff["from"], handoff["to"], handoff["bytes"])
+        else:
+            for core in range(self.target.cores):
+                program = self._program(core, phase, self.position + 1)
+                self._finished(core, phase, self.backend.run(core, program, registers))
+                if core < self.target.cores - 1:
+                    handoff = self.layout["handoffs"][core]
+                    self._copy(handoff["from"], handoff["to"], handoff["bytes"])
         self.position += 1
         return self.logits() if phase == "decode" else None
+
+    def _finished(self, core, phase, outcome):
+        """Count a core's run ``(error, pc, message, instructions)``; raise on its error."""
+        error, pc, message, count = outcome
+        self.instructions += count
+        if error != ErrorCode.NONE:
+            raise StepError(f"core {core} stopped with {ErrorCode(error).name} at pc {pc} "
+                            f"({phase}): {message}")
 
     def _group_step(self, phase, registers):
         if not hasattr(self.backend, "run_group"):
@@ -164,12 +167,8 @@ class Host:
                                bytes(flags["bytes"]))
         programs = [self._program(core, phase, self.position + 1)
                     for core in range(self.target.cores)]
-        outcomes = self.backend.run_group(programs, registers)
-        self.instructions += sum(outcome[3] for outcome in outcomes)
-        for core, (error, pc, message, _) in enumerate(outcomes):
-            if error != ErrorCode.NONE:
-                raise StepError(f"core {core} stopped with {ErrorCode(error).name} at pc {pc} "
-                                f"({phase}): {message}")
+        for core, outcome in enumerate(self.backend.run_group(programs, registers)):
+            self._finished(core, phase, outcome)
 
     def logits(self):
         """The FX logits the last decode step stored."""

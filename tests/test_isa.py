@@ -166,9 +166,13 @@ def _check(line, registers=(0,) * 7, config=SIM_CORE):
     ("halt value=r1", ErrorCode.BAD_FIELD, "halt has no operands"),
 ])
 def test_dispatcher_checks(line, code, message):
-    registers = (256, 0, 0, 0, 0, 0, 0)
+    _refused(line, code, message, (256, 0, 0, 0, 0, 0, 0))
+
+
+def _refused(line, code, message, registers, config=SIM_CORE):
+    """The dispatcher refuses ``line`` with ``code`` and a message matching ``message``."""
     with pytest.raises(IllegalInstruction, match=message) as error:
-        _check(line, registers)
+        _check(line, registers, config)
     assert error.value.code == code
 
 
@@ -494,10 +498,7 @@ _BARRIER_CORE = CoreConfig(barrier=True)
     ("barrier peers=2 value=0x10000+r1*0xffff", ErrorCode.BAD_FIELD, "value = 4294967296"),
 ])
 def test_barrier_checks(line, code, message):
-    registers = (0x10000, 0, 0, 0, 0, 0, 0)
-    with pytest.raises(IllegalInstruction, match=message) as error:
-        _check(line, registers, _BARRIER_CORE)
-    assert error.value.code == code
+    _refused(line, code, message, (0x10000, 0, 0, 0, 0, 0, 0), _BARRIER_CORE)
 
 
 def _exchange_programs(cores):
