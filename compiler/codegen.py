@@ -269,44 +269,58 @@ def step_program(graph, ctx, core, phase, bucket):
             linear(names["attn_v"], V["v"], load_tile=False, last_release=["vector"])
             early, late = linear(names["attn_output"], V["d"], first_wait=["vector"],
                                  last_release=["store" if tensor else "vector"], early=SLOTS)
+            # the output projection's first tiles stream in while the keys are rotated and
+            # appended to the cache (the load queue's order is the same: they precede the
+            # attention's loads; only the dispatcher reaches them sooner)
+            w.text += early
             for index, line in enumerate([V["q"] + h * hd_lines for h in my_heads]
                                          + [V["k"] + k * hd_lines for k in my_kv]):
                 w.emit(f"vector op=rope length={hd} position=r5 a={line} b={V['fr']} "
                        f"out={line}" + (" wait=matrix" if index == 0 else ""))
             cache = {kv: {part: places[f"kv.{i}.{kv}.{part}"] for part in ("k", "v", "ks", "vs")}
                      for kv in my_kv}
+            # keys staged in ACT at aq, values at ah (free until the attention's fold), so a
+            # value's TOKEN runs while its key is stored
             for kv in my_kv:
                 base = cache[kv]
+                wait = "" if kv == my_kv[0] else "wait=store "
                 w.emit(f"token length={hd} src={V['k'] + kv * hd_lines} dst={A['aq']} "
-                       f"scale={V['ksw']} " + ("wait=store " if kv != my_kv[0] else "")
-                       + "release=store")
+                       f"scale={V['ksw']} {wait}release=store")
                 w.emit(f"store buffer=act line={A['aq']} port={base['k']['port']} "
                        f"addr={base['k']['address']:#x}+r3 length=1 count2={g.chain} "
                        f"stride2=2 count3={layout.key_steps} stride3={layout.beat} "
                        f"wait=vector")
                 w.emit(f"store buffer=vec line={V['ksw']} port={base['ks']['port']} "
-                       f"addr={base['ks']['address']:#x}+r7 length=4 release=vector")
-                w.emit(f"token length={hd} src={V['v'] + kv * hd_lines} dst={A['aq']} "
-                       f"scale={V['vsw']} wait=store release=store")
-                w.emit(f"store buffer=act line={A['aq']} port={base['v']['port']} "
+                       f"addr={base['ks']['address']:#x}+r7 length=4"
+                       + ("" if kv == my_kv[-1] else " release=vector"))
+                w.emit(f"token length={hd} src={V['v'] + kv * hd_lines} dst={A['ah']} "
+                       f"scale={V['vsw']} {wait}release=store")
+                w.emit(f"store buffer=act line={A['ah']} port={base['v']['port']} "
                        f"addr={base['v']['address']:#x}+r4 length=2 count2={g.vpus} "
                        f"stride2={2 * g.chain} count3={g_v} stride3={layout.value_group} "
                        f"wait=vector")
                 w.emit(f"store buffer=vec line={V['vsw']} port={base['vs']['port']} "
                        f"addr={base['vs']['address']:#x}+r7 length=4 "
                        f"release={'vector,load' if kv == my_kv[-1] else 'vector'}")
-            w.text += early
             kw, vw = buffers.kw, buffers.vw
             blocks_k = -(-hd // ACT_GROUP)
             group = heads // kv_heads
+            # A head's loads wait only for the last readers of what they overwrite: its keys
+            # (and, loaded after them, its key scales) for the previous head's score rescale,
+            # its value scales for the fold, its values for the output rescale (the vector
+            # unit's tokens, in that order). So its keys stream in while the previous head's
+            # softmax runs.
             for h in my_heads:
                 base = cache[h // group]
+                head_first, head_last = h == my_heads[0], h == my_heads[-1]
+                to_load = "" if head_last else ",load"
+                after = "" if head_first else " wait=vector"
                 w.emit(f"token length={hd} src={V['q'] + h * hd_lines} dst={A['aq']} "
-                       f"scale={V['qs']} " + ("wait=store " if h == my_heads[0] else "")
+                       f"scale={V['qs']} " + ("wait=store " if head_first else "")
                        + "release=matrix")
                 w.emit(f"load buffer=wgt line={kw} port={base['k']['port']} "
                        f"addr={base['k']['address']:#x} length={lengths.groups(key_lines)} "
-                       f"wait={'store' if h == my_heads[0] else 'vector'} release=matrix")
+                       f"wait={'store' if head_first else 'vector'} release=matrix")
                 w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={blocks_k} "
                        f"groups={lengths.groups()} act={A['aq']} wgt={kw} out={V['acc']} "
                        f"wait=load,vector release=vector")
@@ -315,24 +329,25 @@ def step_program(graph, ctx, core, phase, bucket):
                        f"release=vector")
                 w.emit(f"rescale length={lengths.length()} x={V['acc']} y={V['ks']} "
                        f"a={V['qs']} c_mult={attn_mult} c_exp={attn_exp & 0xFF} out={V['s']} "
-                       f"wait=matrix,load")
+                       f"wait=matrix,load" + ("" if head_last else " release=load"))
                 w.emit(f"vector op=softmax length={lengths.length()} valid=r1 a={V['s']} "
                        f"out={V['p']}")
                 w.emit(f"load buffer=vec line={V['vs']} port={base['vs']['port']} "
-                       f"addr={base['vs']['address']:#x} length={lengths.groups()} "
+                       f"addr={base['vs']['address']:#x} length={lengths.groups()}{after} "
                        f"release=vector")
                 w.emit(f"token fold=1 length={lengths.length()} src={V['p']} sc={V['vs']} "
-                       f"dst={A['ah']} lo={A['al']} scale={V['ws']} wait=load release=matrix")
+                       f"dst={A['ah']} lo={A['al']} scale={V['ws']} wait=load "
+                       f"release=matrix{to_load}")
                 w.emit(f"load buffer=wgt line={vw} port={base['v']['port']} "
                        f"addr={base['v']['address']:#x} length={lengths.blocks(value_lines)} "
-                       f"count2={g_v} stride2={layout.value_group} release=matrix")
+                       f"count2={g_v} stride2={layout.value_group}{after} release=matrix")
                 w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
                        f"groups={g_v} act={A['ah']} wgt={vw} out={V['oh']} wait=vector,load")
                 w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
                        f"groups={g_v} act={A['al']} wgt={vw} out={V['ol']} release=vector")
                 w.emit(f"rescale output=1 length={hd} x={V['oh']} y={V['ol']} a={V['ws']} "
                        f"out={V['out'] + h * hd_lines} wait=matrix"
-                       + (" release=load" if h != my_heads[-1] else
+                       + (" release=load" if not head_last else
                           " release=store" if tensor else ""))
             if tensor:
                 trade(V["out"], heads * hd, my_heads[0] * hd, (my_heads[-1] + 1) * hd,

@@ -151,18 +151,20 @@ SIM_LLM_CORE = CoreConfig(vector_max=2048, vec_lines=4096, act_lines=256, wgt_li
                           meta_lines=2048)
 
 #: Lines a board core's load unit takes a cycle: its weight tiles stream striped over groups
-#: of this many HBM channels (an INT4 matrix step of the board engine is four lines).
-BOARD_LOAD_LANES = 4
+#: of this many HBM channels (an INT4 matrix step of the board engine is eight lines).
+BOARD_LOAD_LANES = 8
 
 #: The core of a board's full-size configuration (its HBM ports and its load lanes,
 #: :data:`BOARD_LOAD_LANES` or the board's ports if fewer, come from the board). Its
-#: matrix engine runs MV (the compiler's decode and token-serial prefill) with dense and 8:16
-#: (and 2:4) weights, and its SFU takes each 32-element beat in eight parts of 4: the sparse
-#: MUXes of 4:16 and 2:16, the MM activation tiles of 32 token lanes and 28 more SFU lanes
-#: would not fit an SLR's LUTs next to the striped load unit (docs/boards.md).
-BOARD_CORE = CoreConfig(line_bits=512, chain=16, vpus=16, max_blocks=512, vector_max=4096,
+#: matrix engine of 16 chains of 32 packed DSPs (1,024 MACs a cycle: an INT4 step is the
+#: eight lines the load unit brings a cycle) runs MV (the compiler's decode and token-serial
+#: prefill) with dense and 8:16 (and 2:4) weights, and its SFU, token quantizer and attention
+#: rescaler take each 32-element beat in eight parts of 4: the sparse MUXes of 4:16 and 2:16,
+#: the MM activation tiles of 32 token lanes and 28 more lanes in each of those three would not
+#: fit an SLR's LUTs next to the wide engine and the striped load unit (docs/boards.md).
+BOARD_CORE = CoreConfig(line_bits=512, chain=32, vpus=16, max_blocks=512, vector_max=4096,
                         vec_lines=8192, act_lines=1024, wgt_lines=32768, meta_lines=4096,
-                        keeps=(16, 8), modes=("mv",), sfu_lanes=4)
+                        keeps=(16, 8), modes=("mv",), vector_lanes=4)
 
 
 def board_target(board, parallel="tensor"):

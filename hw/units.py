@@ -8,7 +8,7 @@ Each unit takes resolved instructions (:data:`flightgen.hw.dispatch.decoded_layo
 the sequencer may release the instruction's tokens. A count of zero answers at once.
 """
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.hdl import ResetInserter
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -22,9 +22,11 @@ from .dispatch import decoded_layout
 from .gearbox import Narrower, Widener
 from .mpe import ERROR_CODES, MatrixEngine
 from .quantizer import BlockQuantizer, quantized_layout
-from .rescale import AttentionRescaler
+from .rescale import AttentionRescaler, rescale_input_layout
 from .sfu import SpecialFunctionUnit
 from .token_quantizer import TokenQuantizer
+from .token_quantizer import input_layout as token_input_layout
+from .token_quantizer import output_layout as token_output_layout
 
 __all__ = ["MatrixUnit", "VectorUnit", "ActivationPacker"]
 
@@ -226,10 +228,10 @@ class VectorUnit(wiring.Component):
         lanes = c.lanes
         bits = c.beat_bits
         fresh = ResetInserter({"sync": self.clear})
-        sfu = SpecialFunctionUnit(c.sfu_datapath, c.vector_max)
+        sfu = SpecialFunctionUnit(c.vector_datapath, c.vector_max)
         quantizer = BlockQuantizer(lanes, ACT_GROUP)
-        token = TokenQuantizer(lanes)
-        rescaler = AttentionRescaler(lanes)
+        token = TokenQuantizer(c.vector_datapath)
+        rescaler = AttentionRescaler(c.vector_datapath)
         m.submodules.sfu = fresh(sfu)
         m.submodules.quantizer = fresh(quantizer)
         m.submodules.token = fresh(token)
@@ -242,7 +244,23 @@ class VectorUnit(wiring.Component):
         m.submodules.lo_writer = lo_writer = BeatWriter(c.line_bits, bits["act"])
         m.submodules.packer = packer = ActivationPacker(g, lanes)
         m.submodules.lo_packer = lo_packer = ActivationPacker(g, lanes)
-        sfu_a, sfu_b, sfu_o, gears = self._sfu_streams(m, sfu)
+        # the SFU, the token quantizer and the rescaler behind gearboxes when narrower
+        sfu_ports, sfu_gears = self._geared(m, "sfu", sfu, {
+            "a": (32 * lanes, (32,)), "b": (48 * lanes, (48,)), "out": (32 * lanes, (32,))})
+        sfu_a, sfu_b, sfu_o = sfu_ports["a"], sfu_ports["b"], sfu_ports["out"]
+        token_ports, token_gears = self._geared(m, "token", token, {
+            "i": (token_input_layout(lanes), (32, 24)), "o": (token_output_layout(lanes), (8, 8))})
+        token_i, token_o = token_ports["i"], token_ports["o"]
+        rescaler_ports, rescaler_gears = self._geared(m, "rescaler", rescaler, {
+            "i": (rescale_input_layout(lanes), (32, 32)),
+            "o": (data.ArrayLayout(signed(32), lanes), (32,))})
+        rescaler_i, rescaler_o = rescaler_ports["i"], rescaler_ports["o"]
+        gears = {**sfu_gears, **token_gears, **rescaler_gears}
+        log_narrow = c.vector_datapath.bit_length() - 1
+
+        def parts(length):  # a gearbox command: the parts of a vector of ``length`` elements
+            return (length + c.vector_datapath - 1) >> log_narrow
+
         wiring.connect(m, a_reader.read, wiring.flipped(self.a))
         wiring.connect(m, vec_writer.w, wiring.flipped(self.w_vec))
         wiring.connect(m, act_writer.w, wiring.flipped(self.w_act))
@@ -348,23 +366,23 @@ class VectorUnit(wiring.Component):
                 wiring.connect(m, quantizer.o, packer.i)
             with m.Case(2):
                 both = a_reader.o.valid & (bv_reader.o.valid | ~fold)
-                m.d.comb += [token.i.valid.eq(both), token.i.payload.value.eq(a_data)]
+                m.d.comb += [token_i.valid.eq(both), token_i.payload.value.eq(a_data)]
                 for lane in range(lanes):
-                    m.d.comb += token.i.payload.scale[lane].eq(bv_data[32 * lane:32 * lane + 24])
-                with m.If(token.i.valid & token.i.ready):
+                    m.d.comb += token_i.payload.scale[lane].eq(bv_data[32 * lane:32 * lane + 24])
+                with m.If(token_i.valid & token_i.ready):
                     m.d.comb += [a_reader.o.ready.eq(1), b_take.eq(fold)]
                 # codes to the packers (zero beats after the vector); the scale word to VEC
                 pad_now = (o_index == beats) & (padding != 0) & streaming  # after the vector
-                tokens_out = token.o.valid | pad_now
-                codes = Mux(token.o.valid, token.o.payload.codes.as_value(), 0)
+                tokens_out = token_o.valid | pad_now
+                codes = Mux(token_o.valid, token_o.payload.codes.as_value(), 0)
                 ready = packer.i.ready & (lo_packer.i.ready | ~fold)
                 m.d.comb += [packer.i.valid.eq(tokens_out & (lo_packer.i.ready | ~fold)),
                              packer.i.payload.codes.eq(codes),
                              lo_packer.i.valid.eq(tokens_out & fold & packer.i.ready),
-                             token.o.ready.eq(ready)]
-                with m.If(token.o.valid & ready):
+                             token_o.ready.eq(ready)]
+                with m.If(token_o.valid & ready):
                     m.d.sync += o_index.eq(o_index + 1)
-                with m.If(~token.o.valid & pad_now & ready):
+                with m.If(~token_o.valid & pad_now & ready):
                     m.d.sync += padding.eq(padding - 1)
                 m.d.comb += [token.scale.ready.eq(~sending_scale),
                              vec_writer.i.valid.eq(sending_scale),
@@ -382,25 +400,25 @@ class VectorUnit(wiring.Component):
                         m.d.sync += [a_scale.eq(a_reader.o.payload[:32]), latching.eq(0)]
                 with m.Else():
                     both = a_reader.o.valid & bv_reader.o.valid
-                    m.d.comb += [rescaler.i.valid.eq(both),
-                                 rescaler.i.payload.x.eq(a_data),
-                                 rescaler.i.payload.y.eq(bv_data)]
-                    with m.If(rescaler.i.valid & rescaler.i.ready):
+                    m.d.comb += [rescaler_i.valid.eq(both),
+                                 rescaler_i.payload.x.eq(a_data),
+                                 rescaler_i.payload.y.eq(bv_data)]
+                    with m.If(rescaler_i.valid & rescaler_i.ready):
                         m.d.comb += [a_reader.o.ready.eq(1), b_take.eq(1)]
-                m.d.comb += [vec_writer.i.valid.eq(rescaler.o.valid),
-                             vec_writer.i.payload.eq(rescaler.o.payload),
-                             rescaler.o.ready.eq(vec_writer.i.ready)]
+                m.d.comb += [vec_writer.i.valid.eq(rescaler_o.valid),
+                             vec_writer.i.payload.eq(rescaler_o.payload),
+                             rescaler_o.ready.eq(vec_writer.i.ready)]
         with m.If(sfu_o.valid & sfu_o.ready):
             m.d.sync += o_index.eq(o_index + 1)
         # the low halves carry no block scales (the whole payload is driven here, so that no
         # bit of it is a constant-only process, which Verilator rejects)
         m.d.comb += lo_packer.i.payload.eq(
-            Cat(Mux(token.o.valid, token.o.payload.lo.as_value(), 0),
+            Cat(Mux(token_o.valid, token_o.payload.lo.as_value(), 0),
                 Const(0, len(lo_packer.i.payload.as_value()) - 8 * lanes)))
 
         # commands of the blocks, readers and writers
         cmds = {name: _Command(m, port, name) for name, port in (
-            ("sfu", sfu.cmd), *((f"sfu_{g}", gear.cmd) for g, gear in gears.items()),
+            ("sfu", sfu.cmd), *((name, gear.cmd) for name, gear in gears.items()),
             ("token", token.cmd), ("rescaler", rescaler.cmd),
             ("a", a_reader.cmd), ("b", b_reader.cmd), ("bv", bv_reader.cmd),
             ("vec", vec_writer.cmd), ("act", act_writer.cmd), ("lo", lo_writer.cmd))}
@@ -429,12 +447,10 @@ class VectorUnit(wiring.Component):
                     cmds["sfu"].start(m, op=v.op, length=v.length, valid=valid, frac=v.frac,
                                       eps=v.eps, position=v.position)
                     if gears:  # the SFU takes every beat in parts
-                        parts = (v.length + c.sfu_datapath - 1) >> (
-                            c.sfu_datapath.bit_length() - 1)
-                        cmds["sfu_a"].start(m, parts=parts)
-                        cmds["sfu_out"].start(m, parts=parts)
+                        cmds["sfu_a"].start(m, parts=parts(v.length))
+                        cmds["sfu_out"].start(m, parts=parts(v.length))
                         with m.If(reads_b | b_vector):
-                            cmds["sfu_b"].start(m, parts=parts)
+                            cmds["sfu_b"].start(m, parts=parts(v.length))
                     cmds["a"].start(m, line=v.a, beats=beats)
                     with m.If(reads_b):
                         cmds["b"].start(m, line=v.b, beats=beats)
@@ -448,6 +464,9 @@ class VectorUnit(wiring.Component):
                     m.next = "RUN"
                 with m.Elif(kind == 2):
                     cmds["token"].start(m, length=t.length, fold=t.fold)
+                    if gears:  # pass 1 in parts; the codes of pass 2 joined
+                        cmds["token_i"].start(m, parts=parts(t.length))
+                        cmds["token_o"].start(m, parts=parts(t.length))
                     cmds["a"].start(m, line=t.src, beats=beats)
                     with m.If(fold):
                         cmds["bv"].start(m, line=t.sc, beats=beats)
@@ -462,6 +481,8 @@ class VectorUnit(wiring.Component):
                 m.d.comb += streaming.eq(1)
                 with m.If(~cmds["a"].pending & ~cmds["bv"].pending & readers_idle):
                     m.d.sync += reset_indices()
+                    if gears:
+                        cmds["token_i"].start(m, parts=parts(t.length))
                     cmds["a"].start(m, line=t.src, beats=beats)
                     with m.If(fold):
                         cmds["bv"].start(m, line=t.sc, beats=beats)
@@ -473,6 +494,9 @@ class VectorUnit(wiring.Component):
                     cmds["rescaler"].start(m, mode=r.output, length=r.length,
                                            a_mult=a_scale[:16], a_exp=a_scale[16:24],
                                            c_mult=r.c_mult, c_exp=r.c_exp)
+                    if gears:
+                        cmds["rescaler_i"].start(m, parts=parts(r.length))
+                        cmds["rescaler_o"].start(m, parts=parts(r.length))
                     cmds["a"].start(m, line=r.x, beats=beats)
                     cmds["bv"].start(m, line=r.y, beats=beats)
                     cmds["vec"].start(m, line=r.out, beats=beats)
@@ -487,20 +511,34 @@ class VectorUnit(wiring.Component):
                     m.next = "IDLE"
         return m
 
-    def _sfu_streams(self, m, sfu):
-        """The SFU's ``a``, ``b`` and ``out`` streams as the unit sees them (beats of ``lanes``
-        elements), and the gearboxes between, by stream name (none when the SFU has as many
-        lanes as a beat)."""
+    def _geared(self, m, name, block, streams):
+        """``block``'s ``streams`` as the unit sees them, with beats of ``lanes`` elements: the
+        block's own when its datapath is as wide, otherwise the wide side of a gearbox to a
+        datapath of ``vector_datapath`` lanes (a :class:`Narrower` for an input, a
+        :class:`Widener` for an output). ``streams`` maps a port name to ``(shape of a wide
+        beat, bits of an element of each of its fields)``. Returns the streams by port name and
+        the gearboxes by ``"{name}_{port}"``."""
         c = self.config
-        if c.sfu_datapath == c.lanes:
-            return sfu.a, sfu.b, sfu.out, {}
-        lanes, narrow = c.lanes, c.sfu_datapath
-        gears = {"a": Narrower(32 * lanes, 32 * narrow), "b": Narrower(48 * lanes, 48 * narrow),
-                 "out": Widener(32 * narrow, 32 * lanes)}
-        for name, gear in gears.items():
-            m.submodules[f"sfu_{name}"] = gear
-        for source, sink in ((gears["a"].o, sfu.a), (gears["b"].o, sfu.b),
-                             (sfu.out, gears["out"].i)):
+        ports = {port: getattr(block, port) for port in streams}
+        if c.vector_datapath == c.lanes:
+            return ports, {}
+        wide, gears = {}, {}
+        for port, (shape, fields) in streams.items():
+            inner = ports[port]
+            element = sum(fields)
+            end = stream.Signature(shape).create(path=(f"{name}_{port}_wide",))
+            wide[port] = end
+            if port in block.signature.members and block.signature.members[port].flow == In:
+                gear = Narrower(element * c.lanes, element * c.vector_datapath, fields)
+                source, sink = end, gear.i
+                m.d.comb += [gear.o.ready.eq(inner.ready), inner.valid.eq(gear.o.valid),
+                             inner.payload.eq(gear.o.payload)]
+            else:
+                gear = Widener(element * c.vector_datapath, element * c.lanes, fields)
+                source, sink = gear.o, end
+                m.d.comb += [inner.ready.eq(gear.i.ready), gear.i.valid.eq(inner.valid),
+                             gear.i.payload.eq(inner.payload)]
             m.d.comb += [sink.valid.eq(source.valid), sink.payload.eq(source.payload),
                          source.ready.eq(sink.ready)]
-        return gears["a"].i, gears["b"].i, gears["out"].o, gears
+            gears[f"{name}_{port}"] = m.submodules[f"{name}_{port}"] = gear
+        return wide, gears

@@ -144,10 +144,11 @@ class CoreConfig:
     modes : tuple of str
         Matrix modes the engine supports (``"mv"`` always, ``"mm"``): a ``MATRIX`` in another
         mode is illegal. Without MM the engine keeps one token lane of activations.
-    sfu_lanes : int
-        Datapath lanes of the SFU, a power of two below ``2 vpus``; 0 (the default): one per
-        beat element, ``2 vpus``. A narrower SFU takes each beat in parts: the same results,
-        more cycles (timing only; no instruction changes meaning).
+    vector_lanes : int
+        Datapath lanes of the vector unit's SFU, token quantizer and attention rescaler (the
+        work of a few vectors per token), a power of two below ``2 vpus``; 0 (the default): one
+        per beat element, ``2 vpus``. A narrower datapath takes each beat in parts: the same
+        results, more cycles (timing only; no instruction changes meaning).
     barrier : bool
         The core meets the other cores of a tensor-parallel group with ``BARRIER``, whose flags
         live on its last HBM port, the **exchange port** (the cores of a group share that
@@ -175,7 +176,7 @@ class CoreConfig:
     load_flight: int = 4
     keeps: tuple = (16, 8, 4, 2)
     modes: tuple = ("mv", "mm")
-    sfu_lanes: int = 0
+    vector_lanes: int = 0
     load_lanes: int = 1
     barrier: bool = False
 
@@ -206,10 +207,11 @@ class CoreConfig:
             raise ValueError(f"token_limit must be 1 to 255, not {self.token_limit!r}")
         if not isinstance(self.load_flight, int) or not 1 <= self.load_flight <= 4:
             raise ValueError(f"load_flight must be 1 to 4, not {self.load_flight!r}")
-        if (not isinstance(self.sfu_lanes, int) or self.sfu_lanes < 0 or self.sfu_lanes == 1
-                or self.sfu_lanes > self.lanes or self.sfu_lanes & (self.sfu_lanes - 1)):
-            raise ValueError(f"sfu_lanes must be 0 or a power of two from 2 to {self.lanes}, "
-                             f"not {self.sfu_lanes!r}")
+        if (not isinstance(self.vector_lanes, int) or self.vector_lanes < 0
+                or self.vector_lanes == 1 or self.vector_lanes > self.lanes
+                or self.vector_lanes & (self.vector_lanes - 1)):
+            raise ValueError(f"vector_lanes must be 0 or a power of two from 2 to {self.lanes},"
+                             f" not {self.vector_lanes!r}")
         widest = min(8, self.hbm_ports, geometry.weight_bits // self.line_bits, self.wgt_lines,
                      self.meta_lines)
         if (not isinstance(self.load_lanes, int) or not 1 <= self.load_lanes <= max(1, widest)
@@ -267,9 +269,10 @@ class CoreConfig:
                 "out": 32 * self.lanes}
 
     @property
-    def sfu_datapath(self):
-        """Lanes of the SFU's datapath: :attr:`sfu_lanes`, or :attr:`lanes` when 0."""
-        return self.sfu_lanes or self.lanes
+    def vector_datapath(self):
+        """Lanes of the vector unit's datapaths: :attr:`vector_lanes`, or :attr:`lanes` when
+        0."""
+        return self.vector_lanes or self.lanes
 
     @property
     def matrix_modes(self):

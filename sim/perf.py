@@ -91,11 +91,11 @@ class _Units:
         self.config = config
         g = config.geometry
         self.mpe = MatrixEngine(g.chain, g.vpus)
-        self.sfu = SpecialFunctionUnit(config.sfu_datapath, config.vector_max)
-        #: the widener's output register when the SFU takes beats in parts
-        self.sfu_gear = Widener.LATENCY if config.sfu_datapath < config.lanes else 0
-        self.token = TokenQuantizer(config.lanes)
-        self.rescale = AttentionRescaler(config.lanes)
+        self.sfu = SpecialFunctionUnit(config.vector_datapath, config.vector_max)
+        #: the widener's output register when the vector unit's datapaths take beats in parts
+        self.gear = Widener.LATENCY if config.vector_datapath < config.lanes else 0
+        self.token = TokenQuantizer(config.vector_datapath)
+        self.rescale = AttentionRescaler(config.vector_datapath)
         self.load = LoadEngine(config.line_bits, config.hbm_ports, lanes=config.load_lanes)
         self.store = StoreEngine(config.line_bits, config.hbm_ports, outstanding=32)
 
@@ -123,14 +123,14 @@ def _duration(units, timing, instruction):
                 + (timing.matrix_load if f["load"] else 0))
     if op == Opcode.VECTOR:
         proxy = SimpleNamespace(op=VectorOp(f["op"]), length=f["length"])
-        return units.sfu.expected_cycles(proxy) + units.sfu_gear + timing.vector
+        return units.sfu.expected_cycles(proxy) + units.gear + timing.vector
     if op == Opcode.QUANT:
         return -(-f["length"] // c.lanes) + timing.quant
     if op == Opcode.TOKEN:
-        return (units.token.expected_cycles(f["length"]) + timing.token_extra
+        return (units.token.expected_cycles(f["length"]) + units.gear + timing.token_extra
                 + (timing.token_fold if f["fold"] else 0))
     if op == Opcode.RESCALE:
-        return units.rescale.expected_cycles(f["length"]) + timing.rescale
+        return units.rescale.expected_cycles(f["length"]) + units.gear + timing.rescale
     if op == Opcode.STORE:
         return units.store.expected_cycles(f, timing.latency) + timing.store
     return 1

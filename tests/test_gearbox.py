@@ -75,3 +75,52 @@ def test_gearboxes_check_their_widths():
         Narrower(96, 40)
     with pytest.raises(ValueError, match="^a 192-bit part does not divide a 96-bit beat$"):
         Widener(192, 96)
+
+
+#: Two fields per element, as a token quantizer's input: 8 elements of 7 bits, then their 5-bit
+#: companions (a 96-bit beat, four parts of two elements of each).
+FIELDS = (7, 5)
+
+
+def pack_fields(columns):
+    """A beat of the fields' element lists, each field's elements low first, field after field."""
+    value, offset = 0, 0
+    for width, elements in zip(FIELDS, columns, strict=True):
+        for element in elements:
+            value |= element << offset
+            offset += width
+    return value
+
+
+def field_beats(rng, parts):
+    """Random elements for ``parts`` parts: per wide beat, one list per field."""
+    lanes = WIDE // sum(FIELDS)
+    return [[[int(v) for v in rng.integers(0, 1 << width, lanes)] for width in FIELDS]
+            for _ in range(-(-parts // 4))]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_gearboxes_cut_and_join_every_field(seed):
+    """With ``fields``, part k holds elements 2k, 2k + 1 of each field, laid out as a beat of
+    two elements; the widener puts them back in place (zeros past the last part)."""
+    rng = np.random.default_rng(seed)
+    narrow_vectors, wide_vectors, expected_parts, expected_beats = [], [], [], []
+    for parts in (1, 4, 6, 9):
+        beats = field_beats(rng, parts)
+        wide_vectors.append((parts, [pack_fields(b) for b in beats], parts))
+        expected_parts.append([pack_fields([column[2 * (k % 4):2 * (k % 4) + 2]
+                                            for column in beats[k // 4]])
+                               for k in range(parts)])
+        narrow_vectors.append((parts, expected_parts[-1], len(beats)))
+        # element i of beat j travels in part 4 j + i // 2: zero unless that part was sent
+        kept = [[[e if 4 * j + i // 2 < parts else 0 for i, e in enumerate(column)]
+                 for column in beat] for j, beat in enumerate(beats)]
+        expected_beats.append([pack_fields(b) for b in kept])
+    assert run(Narrower(WIDE, NARROW, FIELDS), wide_vectors, "i", "o", seed) == expected_parts
+    assert run(Widener(NARROW, WIDE, FIELDS), narrow_vectors, "i", "o", seed) == expected_beats
+
+
+def test_gearboxes_check_their_fields():
+    with pytest.raises(ValueError, match="^fields of 7\\+6 bits per element do not divide a "
+                                         "24-bit part$"):
+        Narrower(WIDE, NARROW, (7, 6))

@@ -26,8 +26,9 @@ from flightgen.sim.programs import decoder_layer, ffn_chain
 pytestmark = pytest.mark.verilator
 
 WIDE = CoreConfig(line_bits=512)
-#: The SFU takes each 4-element beat in two parts (the board configuration takes 32 in four).
-NARROW_SFU = CoreConfig(sfu_lanes=2)
+#: The SFU, token quantizer and rescaler take each 4-element beat in two parts (the board
+#: configuration takes 32 in eight).
+NARROW = CoreConfig(vector_lanes=2)
 LATENCY = 40
 
 
@@ -81,9 +82,9 @@ def _workloads(tmp_path, narrow):
                      "halt wait=load")
     yield "loads on two ports", SIM_CORE, words, hbm, (0,) * 7
     if narrow:
-        b = decoder_layer(NARROW_SFU, rng, dim=256, heads=4, kv_heads=2, head_dim=64,
+        b = decoder_layer(NARROW, rng, dim=256, heads=4, kv_heads=2, head_dim=64,
                           hidden=256, capacity=64, position=12, bits=4, hbm_bytes=1 << 20)
-        yield "decoder layer, SFU of 2 lanes", NARROW_SFU, b.words(), b.hbm, b.registers
+        yield "decoder layer, vector datapaths of 2 lanes", NARROW, b.words(), b.hbm, b.registers
 
 
 @pytest.mark.parametrize("bench, narrow", [

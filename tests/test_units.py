@@ -171,11 +171,14 @@ def test_matrix_unit_bad_mask():
     _run_unit(MatrixUnit, MATRIX_PORTS, MATRIX_WRITES, machine, [word], lines=False)
 
 
-#: 16-element beats into an SFU of 4 lanes (each beat in four parts, as on the U280).
-NARROW_SFU = dataclasses.replace(SIM_CORE, vpus=8, sfu_lanes=4)
+#: 16-element beats into an SFU, a token quantizer and a rescaler of 4 lanes (each beat in
+#: four parts, as on the U280).
+NARROW = dataclasses.replace(SIM_CORE, vpus=8, vector_lanes=4)
+#: Both datapath widths.
+WIDTHS = pytest.mark.parametrize("c", [SIM_CORE, NARROW], ids=["as-wide", "narrow"])
 
 
-@pytest.mark.parametrize("c", [SIM_CORE, NARROW_SFU], ids=["sfu-as-wide", "sfu-narrow"])
+@WIDTHS
 @pytest.mark.parametrize("op", list(VectorOp))
 def test_vector_unit(op, c):
     rng = np.random.default_rng(SEED + op.value)
@@ -216,7 +219,7 @@ def test_quant_unit(length):
     ("quant length=40 src=20 dst=9", "token fold=1 length=37 src=20 sc=60 dst=9 lo=30 "
                                      "scale=100"),
 ])
-@pytest.mark.parametrize("c", [SIM_CORE, NARROW_SFU], ids=["sfu-as-wide", "sfu-narrow"])
+@WIDTHS
 def test_vector_unit_commands_back_to_back(first, second, c):
     """A command must not take the previous command's leftover state (its element index and
     padding count) for its own: a QUANT after a VECTOR whose length left zero beats to pad
@@ -232,12 +235,12 @@ def test_vector_unit_commands_back_to_back(first, second, c):
     _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, words)
 
 
+@WIDTHS
 @pytest.mark.parametrize("fold, length", [(0, 16), (0, 5), (1, 6), (1, 37), (1, 70)])
-def test_token_unit(fold, length):
+def test_token_unit(fold, length, c):
     """TOKEN: one scale for the vector; codes (or the 15-bit codes' halves) as activation
     beats, the scale word to VEC."""
     rng = np.random.default_rng(SEED + length)
-    c = SIM_CORE
     machine = Machine(c)
     machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
     machine.buffers[Buffer.ACT][:] = rng.integers(0, 256, machine.buffers[Buffer.ACT].shape)
@@ -255,10 +258,10 @@ def test_token_unit(fold, length):
     _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, words)
 
 
+@WIDTHS
 @pytest.mark.parametrize("output, length", [(0, 7), (0, 40), (1, 16), (1, 3)])
-def test_rescale_unit(output, length):
+def test_rescale_unit(output, length, c):
     rng = np.random.default_rng(SEED + 7 * length + output)
-    c = SIM_CORE
     machine = Machine(c)
     machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
     machine.write_vector(20, rng.integers(-(1 << 20), 1 << 20, length))
