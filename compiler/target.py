@@ -140,8 +140,10 @@ class Target:
     def from_dict(cls, data, source="target"):
         try:
             fields = dict(data)
-            core = CoreConfig(**fields.pop("core"))
-            return cls(core=core, **fields)
+            core = dict(fields.pop("core"))
+            if "sfu_lanes" in core:  # written before the quantizers and rescaler shared it
+                core["vector_lanes"] = core.pop("sfu_lanes")
+            return cls(core=CoreConfig(**core), **fields)
         except (TypeError, KeyError, ValueError) as error:
             raise TargetError(f"{source}: not a valid hardware configuration ({error})") from None
 
@@ -158,9 +160,9 @@ BOARD_LOAD_LANES = 8
 #: :data:`BOARD_LOAD_LANES` or the board's ports if fewer, come from the board). Its
 #: matrix engine of 16 chains of 32 packed DSPs (1,024 MACs a cycle: an INT4 step is the
 #: eight lines the load unit brings a cycle) runs MV (the compiler's decode and token-serial
-#: prefill) with dense and 8:16 (and 2:4) weights, and its SFU, token quantizer and attention
+#: prefill) with dense and 8:16 (and 2:4) weights, and its SFU, quantizers and attention
 #: rescaler take each 32-element beat in eight parts of 4: the sparse MUXes of 4:16 and 2:16,
-#: the MM activation tiles of 32 token lanes and 28 more lanes in each of those three would not
+#: the MM activation tiles of 32 token lanes and 28 more lanes in each of those four would not
 #: fit an SLR's LUTs next to the wide engine and the striped load unit (docs/boards.md).
 BOARD_CORE = CoreConfig(line_bits=512, chain=32, vpus=16, max_blocks=512, vector_max=4096,
                         vec_lines=8192, act_lines=1024, wgt_lines=32768, meta_lines=4096,

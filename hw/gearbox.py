@@ -10,7 +10,9 @@ narrower drops the parts of it past the end, the widener fills them with zeros.
 A beat may hold several **fields**, each an array of the same number of elements (a token
 quantizer's input: 32-bit values, then their 24-bit scales): ``fields`` gives the bits of an
 element of each, and part ``k`` is then elements ``k n`` to ``k n + n - 1`` of every field,
-laid out as a beat of ``n`` elements of the same fields.
+laid out as a beat of ``n`` elements of the same fields. A widened beat may also end in
+``shared`` bits that every part carries and that hold for the whole beat (a block quantizer's
+group scale): the widener takes them from the beat's last part.
 """
 
 from amaranth import Cat, Module, Mux, Signal
@@ -58,7 +60,9 @@ class _Gearbox(wiring.Component):
     """``cmd``, ``i`` (``in_bits``) and ``o`` (``out_bits``), and the part counter both
     gearboxes run."""
 
-    def __init__(self, in_bits, out_bits, wide_bits, narrow_bits, fields):
+    def __init__(self, in_bits, out_bits, wide_bits, narrow_bits, fields, shared=0):
+        self.shared = shared
+        wide_bits, narrow_bits = wide_bits - shared, narrow_bits - shared  # the lanes' bits
         self.fields = tuple(fields) if fields else (narrow_bits,)
         self.ratio = _ratio(wide_bits, narrow_bits, self.fields)
         self.wide_bits, self.narrow_bits = wide_bits, narrow_bits
@@ -128,7 +132,9 @@ class Widener(_Gearbox):
     --------
     * After ``cmd`` (``parts`` = n), takes n parts on ``i`` and sends ``ceil(n / r)`` beats on
       ``o``: beat ``j`` holds parts ``j r`` to ``j r + r - 1`` low first (with ``fields``, each
-      field's elements in order, see the module), zeros past part n - 1.
+      field's elements in order, see the module), zeros past part n - 1; with ``shared``, the
+      top ``shared`` bits of every part are left out of that and the beat ends in those of
+      its last part.
     * One part per cycle; a beat leaves from an output register the cycle after its last part
       arrives. ``cmd`` is ready once the last part has been taken (its beat may still wait on
       ``o``); ``parts = 0`` sends nothing.
@@ -144,15 +150,20 @@ class Widener(_Gearbox):
     #: Cycles from a beat's last part to the beat on ``o``.
     LATENCY = 1
 
-    def __init__(self, narrow_bits, wide_bits, fields=None):
-        super().__init__(narrow_bits, wide_bits, wide_bits, narrow_bits, fields)
+    def __init__(self, narrow_bits, wide_bits, fields=None, shared=0):
+        super().__init__(narrow_bits, wide_bits, wide_bits, narrow_bits, fields, shared)
 
     def elaborate(self, platform):
         m = Module()
         r, w = self.ratio, self.narrow_bits
         held = Signal(data.ArrayLayout(w, max(1, r - 1)))  # parts before the last
         beat = Signal(self.wide_bits)  # the output beat, its bits in the order of its parts
-        m.d.comb += self.o.payload.eq(_regroup(beat, self.fields, self.lanes, r, False))
+        lanes = _regroup(beat, self.fields, self.lanes, r, False)
+        if self.shared:  # the shared bits of the beat's last part
+            common = Signal(self.shared)
+            m.d.comb += self.o.payload.eq(Cat(lanes, common))
+        else:
+            m.d.comb += self.o.payload.eq(lanes)
         busy, part, last_part = self._parts(m, self.i.valid & self.i.ready)
         m.d.comb += self.i.ready.eq(busy & (~self.o.valid | self.o.ready))
         with m.If(self.o.ready):
@@ -160,11 +171,13 @@ class Widener(_Gearbox):
         with m.If(self.i.valid & self.i.ready):
             for k in range(r - 1):
                 with m.If(part == k):
-                    m.d.sync += held[k].eq(self.i.payload)
+                    m.d.sync += held[k].eq(self.i.payload[:w])
             with m.If(last_part):  # parts below this one are held, those above are zero
                 m.d.sync += self.o.valid.eq(1)
+                if self.shared:
+                    m.d.sync += common.eq(self.i.payload[w:])
                 for k in range(r):
                     m.d.sync += beat[k * w:(k + 1) * w].eq(
-                        Mux(part == k, self.i.payload,
+                        Mux(part == k, self.i.payload[:w],
                             Mux(part > k, held[k], 0) if k < r - 1 else 0))
         return m

@@ -229,7 +229,7 @@ class VectorUnit(wiring.Component):
         bits = c.beat_bits
         fresh = ResetInserter({"sync": self.clear})
         sfu = SpecialFunctionUnit(c.vector_datapath, c.vector_max)
-        quantizer = BlockQuantizer(lanes, ACT_GROUP)
+        quantizer = BlockQuantizer(c.vector_datapath, ACT_GROUP)
         token = TokenQuantizer(c.vector_datapath)
         rescaler = AttentionRescaler(c.vector_datapath)
         m.submodules.sfu = fresh(sfu)
@@ -244,9 +244,13 @@ class VectorUnit(wiring.Component):
         m.submodules.lo_writer = lo_writer = BeatWriter(c.line_bits, bits["act"])
         m.submodules.packer = packer = ActivationPacker(g, lanes)
         m.submodules.lo_packer = lo_packer = ActivationPacker(g, lanes)
-        # the SFU, the token quantizer and the rescaler behind gearboxes when narrower
+        # the SFU, both quantizers and the rescaler behind gearboxes when narrower
         sfu_ports, sfu_gears = self._geared(m, "sfu", sfu, {
             "a": (32 * lanes, (32,)), "b": (48 * lanes, (48,)), "out": (32 * lanes, (32,))})
+        quant_ports, quant_gears = self._geared(m, "quantizer", quantizer, {
+            "i": (32 * lanes, (32,)),
+            "o": (quantized_layout(lanes), (8,), 24)})  # a beat's codes, then its group scale
+        quant_i, quant_o = quant_ports["i"], quant_ports["o"]
         sfu_a, sfu_b, sfu_o = sfu_ports["a"], sfu_ports["b"], sfu_ports["out"]
         token_ports, token_gears = self._geared(m, "token", token, {
             "i": (token_input_layout(lanes), (32, 24)), "o": (token_output_layout(lanes), (8, 8))})
@@ -255,8 +259,9 @@ class VectorUnit(wiring.Component):
             "i": (rescale_input_layout(lanes), (32, 32)),
             "o": (data.ArrayLayout(signed(32), lanes), (32,))})
         rescaler_i, rescaler_o = rescaler_ports["i"], rescaler_ports["o"]
-        gears = {**sfu_gears, **token_gears, **rescaler_gears}
+        gears = {**sfu_gears, **quant_gears, **token_gears, **rescaler_gears}
         log_narrow = c.vector_datapath.bit_length() - 1
+        ratio = lanes // c.vector_datapath
 
         def parts(length):  # a gearbox command: the parts of a vector of ``length`` elements
             return (length + c.vector_datapath - 1) >> log_narrow
@@ -355,15 +360,17 @@ class VectorUnit(wiring.Component):
                              sfu_o.ready.eq(vec_writer.i.ready)]
             with m.Case(1):
                 with m.If(in_vector):
-                    m.d.comb += [quantizer.i.valid.eq(a_reader.o.valid),
-                                 quantizer.i.payload.eq(a_data),
-                                 a_reader.o.ready.eq(quantizer.i.ready)]
+                    m.d.comb += [quant_i.valid.eq(a_reader.o.valid),
+                                 quant_i.payload.eq(a_data),
+                                 a_reader.o.ready.eq(quant_i.ready)]
                 with m.Else():
-                    m.d.comb += [quantizer.i.valid.eq((padding != 0) & streaming),
-                                 quantizer.i.payload.eq(0)]
-                    with m.If(quantizer.i.valid & quantizer.i.ready):
+                    m.d.comb += [quant_i.valid.eq((padding != 0) & streaming),
+                                 quant_i.payload.eq(0)]
+                    with m.If(quant_i.valid & quant_i.ready):
                         m.d.sync += padding.eq(padding - 1)
-                wiring.connect(m, quantizer.o, packer.i)
+                m.d.comb += [packer.i.valid.eq(quant_o.valid),
+                             packer.i.payload.eq(quant_o.payload),
+                             quant_o.ready.eq(packer.i.ready)]
             with m.Case(2):
                 both = a_reader.o.valid & (bv_reader.o.valid | ~fold)
                 m.d.comb += [token_i.valid.eq(both), token_i.payload.value.eq(a_data)]
@@ -459,6 +466,9 @@ class VectorUnit(wiring.Component):
                     cmds["vec"].start(m, line=v.out, beats=beats)
                     m.next = "RUN"
                 with m.Elif(kind == 1):
+                    if gears:  # every part of the vector's beats and of the zero beats after
+                        cmds["quantizer_i"].start(m, parts=act_beats * per_act * ratio)
+                        cmds["quantizer_o"].start(m, parts=act_beats * per_act * ratio)
                     cmds["a"].start(m, line=q.src, beats=beats)
                     cmds["act"].start(m, line=q.dst, beats=act_beats)
                     m.next = "RUN"
@@ -516,16 +526,17 @@ class VectorUnit(wiring.Component):
         block's own when its datapath is as wide, otherwise the wide side of a gearbox to a
         datapath of ``vector_datapath`` lanes (a :class:`Narrower` for an input, a
         :class:`Widener` for an output). ``streams`` maps a port name to ``(shape of a wide
-        beat, bits of an element of each of its fields)``. Returns the streams by port name and
-        the gearboxes by ``"{name}_{port}"``."""
+        beat, bits of an element of each of its fields[, bits every part of a beat shares])``.
+        Returns the streams by port name and the gearboxes by ``"{name}_{port}"``."""
         c = self.config
         ports = {port: getattr(block, port) for port in streams}
         if c.vector_datapath == c.lanes:
             return ports, {}
         wide, gears = {}, {}
-        for port, (shape, fields) in streams.items():
+        for port, (shape, fields, *shared) in streams.items():
             inner = ports[port]
             element = sum(fields)
+            shared = shared[0] if shared else 0
             end = stream.Signature(shape).create(path=(f"{name}_{port}_wide",))
             wide[port] = end
             if port in block.signature.members and block.signature.members[port].flow == In:
@@ -534,7 +545,8 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [gear.o.ready.eq(inner.ready), inner.valid.eq(gear.o.valid),
                              inner.payload.eq(gear.o.payload)]
             else:
-                gear = Widener(element * c.vector_datapath, element * c.lanes, fields)
+                gear = Widener(element * c.vector_datapath + shared, element * c.lanes + shared,
+                               fields, shared)
                 source, sink = gear.o, end
                 m.d.comb += [inner.ready.eq(gear.i.ready), gear.i.valid.eq(inner.valid),
                              gear.i.payload.eq(inner.payload)]

@@ -145,10 +145,10 @@ class CoreConfig:
         Matrix modes the engine supports (``"mv"`` always, ``"mm"``): a ``MATRIX`` in another
         mode is illegal. Without MM the engine keeps one token lane of activations.
     vector_lanes : int
-        Datapath lanes of the vector unit's SFU, token quantizer and attention rescaler (the
-        work of a few vectors per token), a power of two below ``2 vpus``; 0 (the default): one
-        per beat element, ``2 vpus``. A narrower datapath takes each beat in parts: the same
-        results, more cycles (timing only; no instruction changes meaning).
+        Datapath lanes of the vector unit's SFU, block and token quantizers and attention
+        rescaler (the work of a few vectors per token), a power of two below ``2 vpus``; 0
+        (the default): one per beat element, ``2 vpus``. A narrower datapath takes each beat
+        in parts: the same results, more cycles (timing only; no instruction changes meaning).
     barrier : bool
         The core meets the other cores of a tensor-parallel group with ``BARRIER``, whose flags
         live on its last HBM port, the **exchange port** (the cores of a group share that

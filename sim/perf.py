@@ -125,7 +125,12 @@ def _duration(units, timing, instruction):
         proxy = SimpleNamespace(op=VectorOp(f["op"]), length=f["length"])
         return units.sfu.expected_cycles(proxy) + units.gear + timing.vector
     if op == Opcode.QUANT:
-        return -(-f["length"] // c.lanes) + timing.quant
+        if c.vector_datapath == c.lanes:
+            return -(-f["length"] // c.lanes) + timing.quant
+        # every part of the activation beats, the zero beats that pad them included
+        row_codes = c.geometry.row_codes
+        parts = -(-f["length"] // row_codes) * row_codes // c.vector_datapath
+        return parts + timing.quant + units.gear
     if op == Opcode.TOKEN:
         return (units.token.expected_cycles(f["length"]) + units.gear + timing.token_extra
                 + (timing.token_fold if f["fold"] else 0))

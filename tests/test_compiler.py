@@ -18,7 +18,7 @@ from flightgen.compiler.frontends import load_model
 from flightgen.compiler.model import ModelDescription
 from flightgen.compiler.passes import PIPELINE, CompileConfig, CompileError
 from flightgen.compiler.quantize import QuantConfig
-from flightgen.compiler.target import TARGETS, Target, load_target
+from flightgen.compiler.target import TARGETS, Target, TargetError, load_target
 from flightgen.isa.assembly import disassemble
 from flightgen.isa.machine import SIM_CORE
 from flightgen.sim.host import Host
@@ -170,6 +170,17 @@ def test_config_only_llama2_7b_dynamic_storage():
 def test_bad_compile_configs(config, message):
     with pytest.raises(CompileError, match=message):
         CompileConfig(**config)
+
+
+def test_target_files_of_before_the_vector_lanes_still_read():
+    """A configuration written when only the SFU was narrowed (``sfu_lanes``) reads as the same
+    vector datapath width; an unknown field is still refused."""
+    data = TARGETS["u280"].to_dict()
+    data["core"]["sfu_lanes"] = data["core"].pop("vector_lanes")
+    assert Target.from_dict(data) == TARGETS["u280"]
+    data["core"]["lanes_of_nothing"] = 4
+    with pytest.raises(TargetError, match="^t.json: not a valid hardware configuration"):
+        Target.from_dict(data, "t.json")
 
 
 def test_targets_refuse_what_does_not_fit(tiny):

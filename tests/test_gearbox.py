@@ -124,3 +124,21 @@ def test_gearboxes_check_their_fields():
     with pytest.raises(ValueError, match="^fields of 7\\+6 bits per element do not divide a "
                                          "24-bit part$"):
         Narrower(WIDE, NARROW, (7, 6))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_widener_takes_the_shared_bits_of_the_last_part(seed):
+    """With ``shared``, each part ends in bits that hold for its whole beat (a group scale): the
+    beat is the parts' other bits joined, then the shared bits of its last part."""
+    rng = np.random.default_rng(seed)
+    shared = 6
+    vectors, expected = [], []
+    for parts in (1, 4, 7):
+        values = [int(v) for v in rng.integers(0, 1 << NARROW, parts)]
+        tags = [int(t) for t in rng.integers(0, 1 << shared, parts)]
+        vectors.append((parts, [v | t << NARROW for v, t in zip(values, tags, strict=True)],
+                        -(-parts // 4)))
+        expected.append([sum(v << (NARROW * k) for k, v in enumerate(values[j:j + 4]))
+                         | tags[min(j + 3, parts - 1)] << WIDE for j in range(0, parts, 4)])
+    dut = Widener(NARROW + shared, WIDE + shared, shared=shared)
+    assert run(dut, vectors, "i", "o", seed) == expected

@@ -200,10 +200,10 @@ def test_vector_unit(op, c):
     _run_unit(VectorUnit, VECTOR_PORTS, VECTOR_WRITES, machine, [word])
 
 
+@WIDTHS
 @pytest.mark.parametrize("length", [1, 40, 64, 200])
-def test_quant_unit(length):
+def test_quant_unit(length, c):
     rng = np.random.default_rng(SEED + length)
-    c = SIM_CORE
     machine = Machine(c)
     machine.buffers[Buffer.VEC][:] = rng.integers(0, 256, machine.buffers[Buffer.VEC].shape)
     machine.buffers[Buffer.ACT][:] = rng.integers(0, 256, machine.buffers[Buffer.ACT].shape)
