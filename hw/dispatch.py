@@ -153,8 +153,8 @@ class Decoder(wiring.Component):
                     m.d.comb += stripe_low.eq((1 << code) - 1)
         stripe_bad = Signal()
         widest = c.load_lanes.bit_length() - 1
-        # (with 8 lanes every stripe code is supported: no comparison, which lint would flag)
-        too_wide = load.stripe > widest if widest < 3 else Const(0)
+        # (when every stripe code is supported, no comparison: lint flags a constant one)
+        too_wide = load.stripe > widest if widest < (1 << len(load.stripe)) - 1 else Const(0)
         m.d.comb += stripe_bad.eq((load.stripe != 0) & (
             too_wide |
             ~load.buffer.as_value().matches(*(b.value for b in BANKED)) |

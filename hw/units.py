@@ -249,7 +249,8 @@ class VectorUnit(wiring.Component):
             "a": (32 * lanes, (32,)), "b": (48 * lanes, (48,)), "out": (32 * lanes, (32,))})
         quant_ports, quant_gears = self._geared(m, "quantizer", quantizer, {
             "i": (32 * lanes, (32,)),
-            "o": (quantized_layout(lanes), (8,), 24)})  # a beat's codes, then its group scale
+            # a beat's codes, then its group scale (the bits every part of it shares)
+            "o": (quantized_layout(lanes), (8,), quantized_layout(lanes).size - 8 * lanes)})
         quant_i, quant_o = quant_ports["i"], quant_ports["o"]
         sfu_a, sfu_b, sfu_o = sfu_ports["a"], sfu_ports["b"], sfu_ports["out"]
         token_ports, token_gears = self._geared(m, "token", token, {
@@ -539,7 +540,7 @@ class VectorUnit(wiring.Component):
             shared = shared[0] if shared else 0
             end = stream.Signature(shape).create(path=(f"{name}_{port}_wide",))
             wide[port] = end
-            if port in block.signature.members and block.signature.members[port].flow == In:
+            if block.signature.members[port].flow == In:
                 gear = Narrower(element * c.lanes, element * c.vector_datapath, fields)
                 source, sink = end, gear.i
                 m.d.comb += [gear.o.ready.eq(inner.ready), inner.valid.eq(gear.o.valid),
