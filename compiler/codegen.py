@@ -46,6 +46,14 @@ def buckets(mode, phase, capacity):
     return sorted({min(b, capacity) for b in range(size, capacity + size, size)})
 
 
+def _striped(where):
+    """``where`` with its stripe as an operand (`` stripe=n``, or nothing), its ways (the
+    ports it spans) and its logical address (a striped store's: ways times the address)."""
+    ways = where.get("stripe", 1)
+    return {**where, "ways": ways, "logical": where["address"] * ways,
+            "stripe": f" stripe={ways.bit_length() - 1}" if ways > 1 else ""}
+
+
 class _Lengths:
     """Attention's length fields: registers (dynamic) or the bucket's immediates."""
 
@@ -104,8 +112,8 @@ class _Writer:
             prefetched = position < early
             sink = ahead if prefetched else rest
             wait = " wait=matrix" if tile >= SLOTS else ""
-            stripe = where.get("stripe", 1)
-            striped = f" stripe={stripe.bit_length() - 1}" if stripe > 1 else ""
+            operands = _striped(where)
+            stripe, striped = operands["ways"], operands["stripe"]
             sink.append(f"load buffer=wgt line={wgt} port={where['port']} "
                         f"addr={where['address']:#x} length={w}{striped}{wait}")
             release = "" if prefetched else " release=matrix"
@@ -258,6 +266,128 @@ def step_program(graph, ctx, core, phase, bucket):
     key_lines = layout.key_group // c.line_bytes
     value_lines = (ACT_GROUP // g.chain) * layout.beat // c.line_bytes
     g_v = hd // g.lanes
+
+    def attention(layer):
+        """The cache append and the attention heads of ``layer`` (after the RoPE), to the
+        heads' outputs in ``out``."""
+        cache = {kv: {part: _striped(places[f"kv.{layer}.{kv}.{part}"])
+                      for part in ("k", "v", "ks", "vs")} for kv in my_kv}
+
+        def append(j):
+            """Append the token's key and value of KV head ``my_kv[j]`` to its cache: each
+            quantized into its own staging beats (``ak``, ``av``), so the vector unit
+            moves on while the store unit writes them; a key or value's TOKEN waits for
+            the store of the previous one (the staging beats and the scale word)."""
+            base, more = cache[my_kv[j]], j < len(my_kv) - 1
+            wait = "wait=store " if j else ""
+            w.emit(f"token length={hd} src={V['k'] + my_kv[j] * hd_lines} dst={A['ak']} "
+                   f"scale={V['ksw']} {wait}release=store")
+            w.emit(f"store buffer=act line={A['ak']} port={base['k']['port']} "
+                   f"addr={base['k']['logical']:#x}+r3{base['k']['stripe']} length=1 "
+                   f"count2={g.chain} stride2=2 count3={layout.key_steps} "
+                   f"stride3={layout.beat} wait=vector")
+            w.emit(f"store buffer=vec line={V['ksw']} port={base['ks']['port']} "
+                   f"addr={base['ks']['address']:#x}+r7 length=4"
+                   + (" release=vector" if more else ""))
+            w.emit(f"token length={hd} src={V['v'] + my_kv[j] * hd_lines} dst={A['av']} "
+                   f"scale={V['vsw']} {wait}release=store")
+            w.emit(f"store buffer=act line={A['av']} port={base['v']['port']} "
+                   f"addr={base['v']['logical']:#x}+r4{base['v']['stripe']} length=2 "
+                   f"count2={g.vpus} stride2={2 * g.chain} count3={g_v} "
+                   f"stride3={layout.value_group} wait=vector")
+            w.emit(f"store buffer=vec line={V['vsw']} port={base['vs']['port']} "
+                   f"addr={base['vs']['address']:#x}+r7 length=4 "
+                   f"release={'vector,load' if more else 'load'}")
+
+        kw, vw = buffers.kw, buffers.vw
+        blocks_k = -(-hd // ACT_GROUP)
+        group = heads // kv_heads
+        # The heads as a software pipeline: the matrix engine takes head h + 1's scores
+        # (its query quantized right after head h's score rescale) while the vector unit
+        # runs head h's softmax and fold, and head h's weighted values while the vector
+        # unit starts head h + 1; head h's output rescale waits until after head h + 1's
+        # softmax. A load waits only for the last reader of what it overwrites: keys
+        # (and the key scales loaded after them) for the previous head's score rescale,
+        # value scales for its fold, values for its output rescale. Each pair of units
+        # passes its tokens in the order the other takes them (check_ordering proves it).
+        n = len(my_heads)
+
+        def where(k):
+            return cache[my_heads[k] // group]
+
+        def query(k):
+            """The query of head ``k`` quantized to ``aq`` (its scale to ``qs``)."""
+            w.emit(f"token length={hd} src={V['q'] + my_heads[k] * hd_lines} "
+                   f"dst={A['aq']} scale={V['qs']} release=matrix")
+
+        def scores(k):
+            """Head ``k``'s keys (and key scales) in, its raw scores out to ``acc``. The
+            first head of a KV head waits for the store of its cache append."""
+            base = where(k)
+            waits = (["vector"] if k else []) + (
+                ["store"] if k == 0 or where(k - 1) is not base else [])
+            w.emit(f"load buffer=wgt line={kw} port={base['k']['port']} "
+                   f"addr={base['k']['address']:#x}{base['k']['stripe']} "
+                   f"length={lengths.groups(key_lines)} "
+                   f"wait={','.join(waits)} release=matrix")
+            query(k)
+            w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={blocks_k} "
+                   f"groups={lengths.groups()} act={A['aq']} wgt={kw} out={V['acc']} "
+                   f"wait=load,vector release=vector")
+            w.emit(f"load buffer=vec line={V['ks']} port={base['ks']['port']} "
+                   f"addr={base['ks']['address']:#x} length={lengths.groups()} "
+                   f"release=vector")
+
+        def output(k):
+            """Head ``k``'s weighted values rescaled into its slice of ``out``."""
+            w.emit(f"rescale output=1 length={hd} x={V['oh']} y={V['ol']} a={V['ws']} "
+                   f"out={V['out'] + my_heads[k] * hd_lines} wait=matrix"
+                   + (" release=load" if k < n - 1 else
+                      " release=store" if tensor else ""))
+
+        def value_scales(k):
+            base = where(k)
+            w.emit(f"load buffer=vec line={V['vs']} port={base['vs']['port']} "
+                   f"addr={base['vs']['address']:#x} length={lengths.groups()}"
+                   f"{' wait=vector' if k else ''} release=vector")
+
+        # the cache appends run two KV heads ahead of the attention, one a head step
+        pending = list(range(len(my_kv)))
+        for _ in range(2):
+            if pending:
+                append(pending.pop(0))
+        scores(0)
+        value_scales(0)
+        for k in range(n):
+            more = k < n - 1
+            w.emit(f"rescale length={lengths.length()} x={V['acc']} y={V['ks']} "
+                   f"a={V['qs']} c_mult={attn_mult} c_exp={attn_exp & 0xFF} out={V['s']} "
+                   f"wait=matrix,load" + (" release=load" if more else ""))
+            if more:
+                scores(k + 1)
+            w.emit(f"vector op=softmax length={lengths.length()} valid=r1 a={V['s']} "
+                   f"out={V['p']}")
+            if k:
+                output(k - 1)
+            base = where(k)
+            w.emit(f"load buffer=wgt line={vw} port={base['v']['port']} "
+                   f"addr={base['v']['address']:#x}{base['v']['stripe']} "
+                   f"length={lengths.blocks(value_lines)} count2={g_v} "
+                   f"stride2={layout.value_group // base['v']['ways']}"
+                   f"{' wait=vector' if k else ''} release=matrix")
+            w.emit(f"token fold=1 length={lengths.length()} src={V['p']} sc={V['vs']} "
+                   f"dst={A['ah']} lo={A['al']} scale={V['ws']} wait=load "
+                   f"release=matrix{',load' if more else ''}")
+            if more:
+                value_scales(k + 1)
+            if pending:
+                append(pending.pop(0))
+            w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
+                   f"groups={g_v} act={A['ah']} wgt={vw} out={V['oh']} wait=vector,load")
+            w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
+                   f"groups={g_v} act={A['al']} wgt={vw} out={V['ol']} release=vector")
+        output(n - 1)
+
     for node in kernels:
         i = node.layer
         if node.op == "attention_block":
@@ -277,78 +407,7 @@ def step_program(graph, ctx, core, phase, bucket):
                                          + [V["k"] + k * hd_lines for k in my_kv]):
                 w.emit(f"vector op=rope length={hd} position=r5 a={line} b={V['fr']} "
                        f"out={line}" + (" wait=matrix" if index == 0 else ""))
-            cache = {kv: {part: places[f"kv.{i}.{kv}.{part}"] for part in ("k", "v", "ks", "vs")}
-                     for kv in my_kv}
-            # keys staged in ACT at aq, values at ah (free until the attention's fold), so a
-            # value's TOKEN runs while its key is stored
-            for kv in my_kv:
-                base = cache[kv]
-                wait = "" if kv == my_kv[0] else "wait=store "
-                w.emit(f"token length={hd} src={V['k'] + kv * hd_lines} dst={A['aq']} "
-                       f"scale={V['ksw']} {wait}release=store")
-                w.emit(f"store buffer=act line={A['aq']} port={base['k']['port']} "
-                       f"addr={base['k']['address']:#x}+r3 length=1 count2={g.chain} "
-                       f"stride2=2 count3={layout.key_steps} stride3={layout.beat} "
-                       f"wait=vector")
-                w.emit(f"store buffer=vec line={V['ksw']} port={base['ks']['port']} "
-                       f"addr={base['ks']['address']:#x}+r7 length=4"
-                       + ("" if kv == my_kv[-1] else " release=vector"))
-                w.emit(f"token length={hd} src={V['v'] + kv * hd_lines} dst={A['ah']} "
-                       f"scale={V['vsw']} {wait}release=store")
-                w.emit(f"store buffer=act line={A['ah']} port={base['v']['port']} "
-                       f"addr={base['v']['address']:#x}+r4 length=2 count2={g.vpus} "
-                       f"stride2={2 * g.chain} count3={g_v} stride3={layout.value_group} "
-                       f"wait=vector")
-                w.emit(f"store buffer=vec line={V['vsw']} port={base['vs']['port']} "
-                       f"addr={base['vs']['address']:#x}+r7 length=4 "
-                       f"release={'vector,load' if kv == my_kv[-1] else 'vector'}")
-            kw, vw = buffers.kw, buffers.vw
-            blocks_k = -(-hd // ACT_GROUP)
-            group = heads // kv_heads
-            # A head's loads wait only for the last readers of what they overwrite: its keys
-            # (and, loaded after them, its key scales) for the previous head's score rescale,
-            # its value scales for the fold, its values for the output rescale (the vector
-            # unit's tokens, in that order). So its keys stream in while the previous head's
-            # softmax runs.
-            for h in my_heads:
-                base = cache[h // group]
-                head_first, head_last = h == my_heads[0], h == my_heads[-1]
-                to_load = "" if head_last else ",load"
-                after = "" if head_first else " wait=vector"
-                w.emit(f"token length={hd} src={V['q'] + h * hd_lines} dst={A['aq']} "
-                       f"scale={V['qs']} " + ("wait=store " if head_first else "")
-                       + "release=matrix")
-                w.emit(f"load buffer=wgt line={kw} port={base['k']['port']} "
-                       f"addr={base['k']['address']:#x} length={lengths.groups(key_lines)} "
-                       f"wait={'store' if head_first else 'vector'} release=matrix")
-                w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={blocks_k} "
-                       f"groups={lengths.groups()} act={A['aq']} wgt={kw} out={V['acc']} "
-                       f"wait=load,vector release=vector")
-                w.emit(f"load buffer=vec line={V['ks']} port={base['ks']['port']} "
-                       f"addr={base['ks']['address']:#x} length={lengths.groups()} "
-                       f"release=vector")
-                w.emit(f"rescale length={lengths.length()} x={V['acc']} y={V['ks']} "
-                       f"a={V['qs']} c_mult={attn_mult} c_exp={attn_exp & 0xFF} out={V['s']} "
-                       f"wait=matrix,load" + ("" if head_last else " release=load"))
-                w.emit(f"vector op=softmax length={lengths.length()} valid=r1 a={V['s']} "
-                       f"out={V['p']}")
-                w.emit(f"load buffer=vec line={V['vs']} port={base['vs']['port']} "
-                       f"addr={base['vs']['address']:#x} length={lengths.groups()}{after} "
-                       f"release=vector")
-                w.emit(f"token fold=1 length={lengths.length()} src={V['p']} sc={V['vs']} "
-                       f"dst={A['ah']} lo={A['al']} scale={V['ws']} wait=load "
-                       f"release=matrix{to_load}")
-                w.emit(f"load buffer=wgt line={vw} port={base['v']['port']} "
-                       f"addr={base['v']['address']:#x} length={lengths.blocks(value_lines)} "
-                       f"count2={g_v} stride2={layout.value_group}{after} release=matrix")
-                w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
-                       f"groups={g_v} act={A['ah']} wgt={vw} out={V['oh']} wait=vector,load")
-                w.emit(f"matrix mode=mv bits=8 signed=1 load=1 raw=1 blocks={lengths.blocks()} "
-                       f"groups={g_v} act={A['al']} wgt={vw} out={V['ol']} release=vector")
-                w.emit(f"rescale output=1 length={hd} x={V['oh']} y={V['ol']} a={V['ws']} "
-                       f"out={V['out'] + h * hd_lines} wait=matrix"
-                       + (" release=load" if not head_last else
-                          " release=store" if tensor else ""))
+            attention(i)
             if tensor:
                 trade(V["out"], heads * hd, my_heads[0] * hd, (my_heads[-1] + 1) * hd,
                       "vector")

@@ -363,6 +363,8 @@ class Buffers:
         self.logit_lines = c.vec_lines - used["vec"]
         act("a", max(m.dim, q, m.ffn_dim))
         act("aq", m.head_dim)
+        act("ak", m.head_dim)  # the cache append's staging beats
+        act("av", m.head_dim)
         act("ah", capacity)
         act("al", capacity)
         self.vec_used, self.act_used = used["vec"], used["act"]
@@ -565,7 +567,9 @@ class Place:
     core whose load unit takes ``s = load_lanes`` lines a cycle, a tile's weights, and its
     scales and masks (padded to whole stripes), are each striped over an aligned group of
     ``s`` channels, at the same address on each),
-    norm weights, the RoPE phase table, the KV caches, the input slot, the hand-over slots of
+    norm weights, the RoPE phase table, the KV caches (on such a core each head's keys and
+    values striped alike: the steps append to them with striped stores), the input slot,
+    the hand-over slots of
     the sync points, the logits; then the embedding table (one row read per step) in the
     space left on the first core's channels.
 
@@ -668,7 +672,10 @@ class Place:
                         p["core"] for p in partition if p["kv_heads"][0] <= kv < p["kv_heads"][1])
                     for part, size in (("k", layout.key_bytes), ("v", layout.value_bytes),
                                        ("ks", layout.scale_bytes), ("vs", layout.scale_bytes)):
-                        places[f"kv.{node.layer}.{kv}.{part}"] = place(at, size, 4096)
+                        # keys and values (MV weight rows) striped like the weight tiles
+                        places[f"kv.{node.layer}.{kv}.{part}"] = (
+                            place_striped(at, size // line) if stripe > 1 and part in "kv"
+                            else place(at, size, 4096))
         row = vector_size(m.dim)
         if target.tensor:
             places["exchange.flags"] = exchange(line)

@@ -306,7 +306,8 @@ class Core(wiring.Component):
         # engines
         m.submodules.load = load = LoadEngine(w, c.hbm_ports, lanes=c.load_lanes)
         # stores of KV-cache tokens are many short bursts: keep more of them in flight
-        m.submodules.store = store = StoreEngine(w, c.hbm_ports, outstanding=STORE_OUTSTANDING)
+        m.submodules.store = store = StoreEngine(w, c.hbm_ports, outstanding=STORE_OUTSTANDING,
+                                                 lanes=c.load_lanes)
         m.submodules.matrix = matrix = MatrixUnit(c)
         m.submodules.vector = vector = VectorUnit(c)
         m.d.comb += [matrix.clear.eq(start), vector.clear.eq(start)]
@@ -437,7 +438,7 @@ class Core(wiring.Component):
         current = {u: Signal(decoded_layout, name=f"current_{u.name.lower()}") for u in UNITS}
         for u, engine in ((Unit.LOAD, load), (Unit.STORE, store)):
             f = FORMATS[Opcode.LOAD](current[u].word)
-            for name in engine.cmd.payload.shape().members:  # a STORE has no stripe
+            for name in engine.cmd.payload.shape().members:
                 m.d.comb += getattr(engine.cmd.payload, name).eq(getattr(f, name))
             m.d.comb += engine.cmd.valid.eq(issue_valid[u])
             issue_ready[u] = engine.cmd.ready

@@ -145,21 +145,25 @@ class Decoder(wiring.Component):
                               (load.count3 == 0))
         items = Signal(_COUNT_BITS + 24)
         m.d.comb += items.eq(load.length * load.count2 * load.count3)
-        # a striped LOAD: into WGT or META, at most load_lanes ports, port, line, length aligned
+        # a striped transfer: at most load_lanes ports, port aligned; a striped LOAD also
+        # into WGT or META, line and length aligned
         stripe_low = Signal(3)  # 2**stripe - 1
         with m.Switch(load.stripe):
             for code in range(4):
                 with m.Case(code):
                     m.d.comb += stripe_low.eq((1 << code) - 1)
-        stripe_bad = Signal()
+        stripe_bad, load_stripe_bad = Signal(), Signal()
         widest = c.load_lanes.bit_length() - 1
         # (when every stripe code is supported, no comparison: lint flags a constant one)
         too_wide = load.stripe > widest if widest < (1 << len(load.stripe)) - 1 else Const(0)
-        m.d.comb += stripe_bad.eq((load.stripe != 0) & (
-            too_wide |
-            ~load.buffer.as_value().matches(*(b.value for b in BANKED)) |
-            ((load.port | load.line | load.length) & stripe_low).any() |
-            (load.port + stripe_low >= c.hbm_ports)))
+        m.d.comb += [
+            stripe_bad.eq((load.stripe != 0) & (
+                too_wide | (load.port & stripe_low).any() |
+                (load.port + stripe_low >= c.hbm_ports))),
+            load_stripe_bad.eq(stripe_bad | (load.stripe != 0) & (
+                ~load.buffer.as_value().matches(*(b.value for b in BANKED)) |
+                ((load.line | load.length) & stripe_low).any())),
+        ]
         depth = Signal(17)
         with m.Switch(load.buffer):
             for b in Buffer:
@@ -225,14 +229,14 @@ class Decoder(wiring.Component):
         with m.Switch(r[:4]):
             with m.Case(Opcode.LOAD.value):
                 m.d.comb += [
-                    bad_field.eq(tr_bad | stripe_bad),
+                    bad_field.eq(tr_bad | load_stripe_bad),
                     misaligned.eq((load.addr[:step] != 0) | (load.stride2[:step] != 0) |
                                   (load.stride3[:step] != 0)),
                     out_of_range.eq(load.line + items > depth),
                 ]
             with m.Case(Opcode.STORE.value):
                 m.d.comb += [
-                    bad_field.eq(tr_bad | (load.stripe != 0)),
+                    bad_field.eq(tr_bad | stripe_bad),
                     out_of_range.eq(load.line + _ceil_shift(items, step) > depth),
                 ]
             with m.Case(Opcode.MATRIX.value):

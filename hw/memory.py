@@ -21,6 +21,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from ..isa.machine import striped_bytes
 from .axi import BOUNDARY, BURST_INCR, RESP_OKAY, axi4_signature, beats_to_boundary
 
 __all__ = ["LoadEngine", "StoreEngine", "load_command_layout", "store_command_layout",
@@ -37,8 +38,9 @@ _COMMAND_FIELDS = {"buffer": 2, "line": 16, "port": 5, "addr": 40, "length": 16,
 #: A resolved ``LOAD``: ``length`` counts lines per row; ``addr``, ``stride2``, ``stride3``
 #: are multiples of the line size; rows striped over ``2**stripe`` ports.
 load_command_layout = data.StructLayout({**_COMMAND_FIELDS, "stripe": 2})
-#: A resolved ``STORE``: ``length`` counts bytes per row; any alignment.
-store_command_layout = data.StructLayout(_COMMAND_FIELDS)
+#: A resolved ``STORE``: ``length`` counts bytes per row; any alignment; logical addresses
+#: of a region striped over ``2**stripe`` ports.
+store_command_layout = data.StructLayout({**_COMMAND_FIELDS, "stripe": 2})
 
 #: Entries of the store engine's W queue (the credit of its beat pipeline is one less).
 _W_QUEUE = 8
@@ -55,6 +57,12 @@ def _validate(line_bits, ports, outstanding):
         raise ValueError(f"ports must be 1 to 32, not {ports!r}")
     if type(outstanding) is not int or outstanding < 1:
         raise ValueError(f"outstanding must be at least 1, not {outstanding!r}")
+
+
+def _validate_lanes(lanes, ports):
+    if lanes not in (1, 2, 4, 8) or lanes > ports:
+        raise ValueError(f"lanes must be 1, 2, 4 or 8 and at most the ports ({ports}), not "
+                         f"{lanes!r}")
 
 
 def _rows(command, base):
@@ -93,6 +101,15 @@ class _Engine(wiring.Component):
             for p in range(self.ports):
                 with m.Case(p):
                     m.d.comb += [target.eq(getattr(self.axi[p], name)) for target, name in pairs]
+
+    def _stripe_low(self, m, stripe):
+        """``2**stripe - 1`` for the stripe codes the engine takes (0 for the others)."""
+        low = Signal(3)
+        with m.Switch(stripe):
+            for code in range(1, self.lanes.bit_length()):
+                with m.Case(code):
+                    m.d.comb += low.eq((1 << code) - 1)
+        return low
 
     def _select_base(self, m, port):
         base = Signal(ADDR_BITS)
@@ -169,9 +186,7 @@ class LoadEngine(_Engine):
 
     def __init__(self, line_bits, ports, outstanding=8, max_burst=None, lanes=1):
         _validate(line_bits, ports, outstanding)
-        if lanes not in (1, 2, 4, 8) or lanes > ports:
-            raise ValueError(f"lanes must be 1, 2, 4 or 8 and at most the ports ({ports}), not "
-                             f"{lanes!r}")
+        _validate_lanes(lanes, ports)
         self.lanes = lanes
         most = BOUNDARY // (line_bits // 8)
         if max_burst is None:
@@ -386,6 +401,8 @@ class StoreEngine(_Engine):
         AXI4 masters (HBM ports), 1 to 32.
     outstanding : int
         Most bursts awaiting their write response.
+    lanes : int
+        The widest stripe, 1, 2, 4 or 8 (at most ``ports``): the load unit's.
 
     Raises
     ------
@@ -399,9 +416,14 @@ class StoreEngine(_Engine):
       ``base[port] + addr + i3 stride3 + i2 stride2`` of ``axi[port]``. Bursts are exactly
       :meth:`bursts` (aligned addresses; ``wstrb`` enables exactly the row's bytes), in order;
       the W beats of a burst follow the acceptance of its address.
+    * A **striped** command (``s = 2**stripe`` > 1; the issuer guarantees ``s <= lanes``,
+      ``port`` a multiple of ``s`` and ``port + s <= ports``) writes logical addresses
+      (:func:`flightgen.isa.machine.striped_bytes`): line ``l`` of them is line ``l // s`` of
+      ``axi[port + l % s]``. Its bursts end at every line: each is one beat to one port.
     * ``done`` carries one transfer per command once every write response of the command has
-      arrived: 1 if any ``BRESP`` was not OKAY, else 0. ``length = 0`` writes nothing and
-      reports 0. One command at a time: ``cmd`` is ready only when the engine is idle.
+      arrived (from whichever ports): 1 if any ``BRESP`` was not OKAY, else 0. ``length = 0``
+      writes nothing and reports 0. One command at a time: ``cmd`` is ready only when the
+      engine is idle; the engine takes every write response (``bready`` high) as its own.
     * Source lines are read through a port of latency 1 (``read_*``); the engine reads only
       lines whose bytes it writes. A beat whose bytes lie in one source line costs one read
       and one cycle; otherwise two (throughput one beat per cycle for row starts and source
@@ -425,12 +447,14 @@ class StoreEngine(_Engine):
     base : In(ArrayLayout(64, ports))
         Byte address of each port's memory, added to every address.
     axi : Out(axi4_signature(64, line_bits)).array(ports)
-        Drives AW, W and B of every port (``awvalid``, ``wvalid`` only on the command's port);
+        Drives AW, W and B of every port (``awvalid``, ``wvalid`` only on each burst's port);
         AR and R are tied idle.
     """
 
-    def __init__(self, line_bits, ports, outstanding=8):
+    def __init__(self, line_bits, ports, outstanding=8, lanes=1):
         _validate(line_bits, ports, outstanding)
+        _validate_lanes(lanes, ports)
+        self.lanes = lanes
         super().__init__(line_bits, ports, outstanding, {
             "cmd": In(stream.Signature(store_command_layout)),
             "read_en": Out(1),
@@ -439,21 +463,30 @@ class StoreEngine(_Engine):
             "read_data": In(line_bits),
         })
 
-    def bursts(self, command, base=0):
-        """The ``(address, beats)`` of every burst of ``command`` (a dict of the resolved
-        fields), in issue order; ``base`` is the port's base address. Addresses are aligned to
-        the line size; the first and last beats of a row may be partial."""
-        return [(addr, len(reads)) for addr, reads in self._plan(command, base)]
+    def bursts(self, command, bases=0):
+        """The ``(port, address, beats)`` of every burst of ``command`` (a dict of the resolved
+        fields), in issue order; ``bases`` is each port's base address (a sequence, or one
+        for all). Addresses are aligned to the line size; the first and last beats of a row
+        may be partial."""
+        return [(port, addr, len(reads)) for port, addr, reads in self._plan(command, bases)]
 
-    def _plan(self, command, base):
-        """Each burst's aligned address and the source reads (1 or 2) of each of its beats."""
+    def _plan(self, command, bases):
+        """Each burst's port, aligned address and the source reads (1 or 2) of each of its
+        beats."""
         step = self.line_bytes
+        stripe = command.get("stripe", 0)
+        # an unstriped row's bursts end at 4 KiB boundaries of its port, a striped one's at
+        # every line (the next line lives on the next port)
+        boundary = step if stripe else BOUNDARY
         src = 0  # source byte of ``cur``
-        for cur in _rows(command, base):
+        for cur in _rows(command, 0):
             left = command["length"]
             while left:
-                size = min(left, BOUNDARY - cur % BOUNDARY)
-                first, end = cur % step, cur % step + size
+                port, at = (int(x) for x in striped_bytes(cur, stripe, step))
+                port += command["port"]
+                at += bases[port] if isinstance(bases, list | tuple) else bases
+                size = min(left, boundary - at % boundary)
+                first, end = at % step, at % step + size
                 beats = -(-end // step)
                 reads = []
                 for k in range(beats):
@@ -461,7 +494,7 @@ class StoreEngine(_Engine):
                     lo = first if k == 0 else 0
                     hi = (end - 1) % step if k == beats - 1 else step - 1
                     reads.append((lo + shift < step) + (shift != 0 and hi + shift >= step))
-                yield cur - first, reads
+                yield port, at - first, reads
                 cur, src, left = cur + size, src + size, left - size
 
     def expected_cycles(self, command, latency, base=0):
@@ -473,7 +506,7 @@ class StoreEngine(_Engine):
         write responses."""
         responses = []  # cycle of each burst's write response
         cycle = 1  # the first address
-        for k, (_, reads) in enumerate(self._plan(command, base)):
+        for k, (_, _, reads) in enumerate(self._plan(command, base)):
             if k >= self.outstanding:  # wait for an earlier burst's response
                 cycle = max(cycle, responses[k - self.outstanding] + 1)
             cycle += 1 + sum(reads)
@@ -485,7 +518,7 @@ class StoreEngine(_Engine):
     def elaborate(self, platform):
         m = Module()
         step, shift = self.line_bytes, self.size
-        m.submodules.queue = queue = SyncFIFOBuffered(width=self.line_bits + step + 1,
+        m.submodules.queue = queue = SyncFIFOBuffered(width=self.line_bits + step + 1 + 5,
                                                       depth=_W_QUEUE)
 
         c = Signal(store_command_layout)
@@ -495,19 +528,36 @@ class StoreEngine(_Engine):
         i2, i3 = Signal(12), Signal(12)
         waiting = Signal(range(self.outstanding + 1))  # bursts awaiting B
         error = Signal()
-        b_valid, b_resp = Signal(), Signal(2)
-        self._select(m, c.port, [(b_valid, "bvalid"), (b_resp, "bresp")])
 
-        # the burst at ``cur``: at most ``left`` bytes up to the next 4 KiB boundary
+        # addresses are logical, relative to the ports' bases (``cur``); the burst at ``cur``
+        # goes to port ``c.port + line % s``, line ``line // s`` of it (s = 2**stripe), and
+        # holds at most ``left`` bytes up to the next 4 KiB boundary of the port (its base's
+        # low bits: ``low``), or of a striped command, up to the next line
+        low = Signal(12)
+        stripe_low = self._stripe_low(m, c.stripe)
+        port = Signal(5)
+        m.d.comb += port.eq(c.port | (cur[shift:shift + 3] & stripe_low))
+        at = Signal(ADDR_BITS)  # the burst's byte on its port, from the base
+        with m.Switch(c.stripe):
+            for code in range(1, self.lanes.bit_length()):
+                with m.Case(code):
+                    m.d.comb += at.eq(Cat(cur[:shift], cur[shift + code:]))
+            with m.Default():
+                m.d.comb += at.eq(cur)
         room = Signal(range(BOUNDARY + 1))
         size = Signal(range(BOUNDARY + 1))
         first = Signal(shift)
         end = Signal(range(BOUNDARY + step))
-        m.d.comb += [room.eq(BOUNDARY - cur[:12]), size.eq(Mux(left < room, left, room)),
+        m.d.comb += [room.eq(Mux(stripe_low.any(), step - cur[:shift],
+                                 BOUNDARY - (cur[:12] + low)[:12])),
+                     size.eq(Mux(left < room, left, room)),
                      first.eq(cur[:shift]), end.eq(first + size)]
         aw_valid = Signal()
         aw_ready = Signal()
-        self._select(m, c.port, [(aw_ready, "awready")])
+        self._select(m, port, [(aw_ready, "awready")])
+        aw_addr = Signal(ADDR_BITS)
+        m.d.comb += aw_addr.eq(self._select_base(m, port) + at)
+        burst_port = Signal(5)  # the port of the burst whose beats are requested
 
         # the current burst
         beats = Signal(range(BOUNDARY // step + 1))
@@ -544,11 +594,12 @@ class StoreEngine(_Engine):
                      self.read_line.eq(c.line + j + upper)]
 
         s1_valid, s1_upper, s1_end = Signal(), Signal(), Signal()
-        beat_layout = data.StructLayout({"sh": shift, "strobes": step, "last": 1})
+        beat_layout = data.StructLayout({"sh": shift, "strobes": step, "last": 1, "port": 5})
         s1_beat, s2_beat = Signal(beat_layout), Signal(beat_layout)
         s2_valid = Signal()
         m.d.sync += [s1_valid.eq(request), s1_upper.eq(upper), s1_end.eq(request & ends),
-                     s1_beat.eq(Cat(sh, strobes, beat == beats - 1)), s2_valid.eq(s1_end),
+                     s1_beat.eq(Cat(sh, strobes, beat == beats - 1, burst_port)),
+                     s2_valid.eq(s1_end),
                      s2_beat.eq(s1_beat)]
         with m.If(s1_valid):
             with m.If(s1_upper):
@@ -562,18 +613,20 @@ class StoreEngine(_Engine):
                 with m.Case(k):
                     m.d.comb += aligned.eq(window[8 * k:8 * k + self.line_bits])
         m.d.comb += [queue.w_en.eq(s2_valid),
-                     queue.w_data.eq(Cat(aligned, s2_beat.strobes, s2_beat.last))]
+                     queue.w_data.eq(Cat(aligned, s2_beat.strobes, s2_beat.last,
+                                         s2_beat.port))]
         m.d.sync += inflight.eq(inflight + (request & ends) - s2_valid)
 
         # -- the descriptor ----------------------------------------------------------------------
         base = self._select_base(m, self.cmd.payload.port)
-        start = base + self.cmd.payload.addr
+        start = self.cmd.payload.addr
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [c.eq(self.cmd.payload), plane.eq(start), row.eq(start),
-                                 cur.eq(start), left.eq(self.cmd.payload.length), src.eq(0),
+                    m.d.sync += [c.eq(self.cmd.payload), low.eq(base[:12]), plane.eq(start),
+                                 row.eq(start), cur.eq(start),
+                                 left.eq(self.cmd.payload.length), src.eq(0),
                                  i2.eq(0), i3.eq(0), error.eq(0)]
                     with m.If(self.cmd.payload.length == 0):
                         m.next = "DONE"
@@ -583,6 +636,7 @@ class StoreEngine(_Engine):
                 m.d.comb += aw_valid.eq(waiting < self.outstanding)
                 with m.If(aw_valid & aw_ready):
                     m.d.sync += [beats.eq((end + step - 1) >> shift), first_lane.eq(first),
+                                 burst_port.eq(port),
                                  last_lane.eq(end - 1), beat.eq(0), phase.eq(0),
                                  s0.eq(src - first), cur.eq(cur + size), src.eq(src + size),
                                  left.eq(left - size)]
@@ -615,26 +669,31 @@ class StoreEngine(_Engine):
                     m.next = "IDLE"
 
         # -- write responses ---------------------------------------------------------------------
+        # (bready is always high: every port's response is taken, a striped command's from
+        # several ports in one cycle)
         m.d.comb += self.done.payload.eq(error)
-        b_take = b_valid  # bready is always high
-        with m.If(b_take & (b_resp != RESP_OKAY)):
+        b_valid = Cat(bus.bvalid for bus in self.axi)
+        b_taken = Signal(range(self.ports + 1))
+        m.d.comb += b_taken.eq(sum(b_valid[p] for p in range(self.ports)))
+        with m.If(Cat(bus.bvalid & (bus.bresp != RESP_OKAY) for bus in self.axi).any()):
             m.d.sync += error.eq(1)
-        m.d.sync += waiting.eq(waiting + (aw_valid & aw_ready) - b_take)
+        m.d.sync += waiting.eq(waiting + (aw_valid & aw_ready) - b_taken)
 
         # -- the masters ---------------------------------------------------------------------
         w_ready = Signal()
-        self._select(m, c.port, [(w_ready, "wready")])
+        w_port = queue.r_data[-5:]
+        self._select(m, w_port, [(w_ready, "wready")])
         m.d.comb += queue.r_en.eq(w_ready)
         for p in range(self.ports):
             bus = self.axi[p]
             _tie_reads(m, bus)
-            here = c.port == p
-            m.d.comb += [bus.awvalid.eq(aw_valid & here),
-                         bus.awaddr.eq(Cat(Const(0, shift), cur[shift:])),
+            m.d.comb += [bus.awvalid.eq(aw_valid & (port == p)),
+                         bus.awaddr.eq(Cat(Const(0, shift), aw_addr[shift:])),
                          bus.awlen.eq(((end + step - 1) >> shift) - 1), bus.awsize.eq(shift),
                          bus.awburst.eq(BURST_INCR), bus.awcache.eq(AXCACHE),
-                         bus.wvalid.eq(queue.r_rdy & here),
+                         bus.wvalid.eq(queue.r_rdy & (w_port == p)),
                          bus.wdata.eq(queue.r_data[:self.line_bits]),
                          bus.wstrb.eq(queue.r_data[self.line_bits:self.line_bits + step]),
-                         bus.wlast.eq(queue.r_data[-1]), bus.bready.eq(1)]
+                         bus.wlast.eq(queue.r_data[self.line_bits + step]),
+                         bus.bready.eq(1)]
         return m

@@ -18,7 +18,7 @@ starts. What is known:
   ``U``.
 
 HBM ranges are the bounding ranges of the transfer patterns (conservative; a striped
-``LOAD``'s on each of its ports).
+``LOAD``'s or ``STORE``'s on each of its ports).
 """
 
 from collections import deque
@@ -146,11 +146,14 @@ class _State:
         f = instruction.fields
         if instruction.opcode in (Opcode.LOAD, Opcode.STORE) and f["length"]:
             load = instruction.opcode == Opcode.LOAD
-            stripe = 1 << f.get("stripe", 0)  # each of a striped load's ports has its share
-            row = f["length"] // stripe * (self.config.line_bytes if load else 1)
+            stripe = 1 << f.get("stripe", 0)  # each port of a stripe has its share
+            line = self.config.line_bytes
+            row = f["length"] // stripe * line if load else f["length"]
             start = f["addr"]
             end = (start + (f["count3"] - 1) * f["stride3"] + (f["count2"] - 1) * f["stride2"]
                    + row)
+            if not load and stripe > 1:  # logical bytes: their lines on every port's share
+                start, end = start // (line * stripe) * line, -(-end // (line * stripe)) * line
             kind = "HBM read after write" if load else "HBM write after read"
             for port in range(f["port"], f["port"] + stripe):
                 for s, e, u, i in (self.stores if load else self.loads)[port]:

@@ -109,7 +109,14 @@ class TransferInstruction(data.Struct):
     the core's ``load_lanes``): line ``i`` of a row then comes from port ``port + i % s`` at
     byte ``addr + i3 stride3 + i2 stride2 + (i // s)`` lines, so the load unit takes ``s``
     lines a cycle, one from each port. ``port``, ``line`` and ``length`` are multiples of
-    ``s``. ``STORE`` has ``stripe = 0``.
+    ``s``.
+
+    A ``STORE`` may be striped the same way (``s`` up to ``load_lanes``, ``port`` a multiple
+    of ``s``): its byte addresses are then **logical** addresses of the region a striped
+    ``LOAD`` reads, whose per-port address ``a`` is logical address ``s a``. Logical byte
+    ``b`` lives on port ``port + (b // L) % s`` at byte ``(b // L // s) L + b % L`` (``L``
+    the line size): consecutive lines go round the ports
+    (:func:`flightgen.isa.machine.striped_bytes`).
 
     Adaptive: ``addr``, ``length``.
     """

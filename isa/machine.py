@@ -81,7 +81,7 @@ from .vector import B_IS_VECTOR, MAX_LENGTH, READS_B, VectorOp
 
 __all__ = ["CoreConfig", "SIM_CORE", "ErrorCode", "IllegalInstruction", "Resolved", "resolve",
            "Machine", "RunResult", "TraceEntry", "HBM_SPAN", "BANKED", "written_spans",
-           "resolve_program", "run_group"]
+           "resolve_program", "run_group", "striped_bytes"]
 
 _LINE_BITS = (256, 512)
 
@@ -372,20 +372,20 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
             bad(f"port {f['port']} but the core has {config.hbm_ports} HBM ports")
         if f["count2"] == 0 or f["count3"] == 0:
             bad("count2 and count3 must be at least 1")
+        stripe = 1 << f["stripe"]
+        if stripe > 1:
+            if stripe > config.load_lanes:
+                bad(f"a stripe of {stripe} ports but the load unit takes "
+                    f"{config.load_lanes} line(s) a cycle")
+            if opcode == Opcode.LOAD and buffer not in BANKED:
+                bad(f"only WGT and META are banked for striped loads, not {buffer.name}")
+            for key in ("port", "line", "length") if opcode == Opcode.LOAD else ("port",):
+                if f[key] % stripe:
+                    bad(f"{key} = {f[key]} is not a multiple of the stripe {stripe}")
+            if f["port"] + stripe > config.hbm_ports:
+                bad(f"ports {f['port']} to {f['port'] + stripe - 1} but the core has "
+                    f"{config.hbm_ports} HBM ports")
         if opcode == Opcode.LOAD:
-            stripe = 1 << f["stripe"]
-            if stripe > 1:
-                if stripe > config.load_lanes:
-                    bad(f"a stripe of {stripe} ports but the load unit takes "
-                        f"{config.load_lanes} line(s) a cycle")
-                if buffer not in BANKED:
-                    bad(f"only WGT and META are banked for striped loads, not {buffer.name}")
-                for key in ("port", "line", "length"):
-                    if f[key] % stripe:
-                        bad(f"{key} = {f[key]} is not a multiple of the stripe {stripe}")
-                if f["port"] + stripe > config.hbm_ports:
-                    bad(f"ports {f['port']} to {f['port'] + stripe - 1} but the core has "
-                        f"{config.hbm_ports} HBM ports")
             step = config.line_bytes
             for key in ("addr", "stride2", "stride3"):
                 if f[key] % step:
@@ -395,8 +395,6 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
             lines = f["length"] * f["count2"] * f["count3"]
             writes = (_span(config, buffer, f["line"], lines, config.line_bits),)
         else:
-            if f["stripe"]:
-                bad("a store is not striped")
             total = f["length"] * f["count2"] * f["count3"]
             reads = (_span(config, buffer, f["line"], -(-total // config.line_bytes),
                            config.line_bits),)
@@ -629,17 +627,22 @@ class Machine:
 
     def _store(self, f):
         c = self.config
-        memory = self.hbm[f["port"]]
         starts = _row_addresses(f)
         row = f["length"]
         if row == 0:
             return ErrorCode.NONE
-        if int(starts.max()) + row > len(memory):
-            return ErrorCode.AXI
         total = row * len(starts)
+        ports, addresses = striped_bytes((starts[:, None] + np.arange(row)[None, :]).ravel(),
+                                         f["stripe"], c.line_bytes)
+        ports += f["port"]
+        if any(int(addresses[ports == p].max(initial=-1)) >= len(self.hbm[p])
+               for p in np.unique(ports)):
+            return ErrorCode.AXI
         lines = -(-total // c.line_bytes)
         source = self.buffers[Buffer(f["buffer"])][f["line"]:f["line"] + lines].ravel()[:total]
-        memory[(starts[:, None] + np.arange(row)[None, :]).ravel()] = source
+        for p in np.unique(ports):
+            here = ports == p
+            self.hbm[p][addresses[here]] = source[here]
         return ErrorCode.NONE
 
     def _matrix(self, f):
@@ -975,6 +978,15 @@ def written_spans(instruction):
         f = instruction.fields
         return [(HBM_SPAN + f["port"], f["addr"] + 4 * f["slot"], 4)]
     return [(Buffer(b).value, line, lines) for b, line, lines in instruction.writes]
+
+
+def striped_bytes(addresses, stripe, line_bytes):
+    """Where the logical byte ``addresses`` (an array) of a region striped over ``2**stripe``
+    ports live: ``(port offsets, byte addresses on those ports)``. Line ``l`` of the region is
+    line ``l >> stripe`` of port offset ``l % 2**stripe`` (what a striped ``LOAD`` reads)."""
+    addresses = np.asarray(addresses, np.int64)
+    lines, within = np.divmod(addresses, line_bytes)
+    return lines & ((1 << stripe) - 1), (lines >> stripe) * line_bytes + within
 
 
 def _row_addresses(f):

@@ -16,7 +16,7 @@ from ..compiler.binary import BinaryError
 from ..compiler.layout import KVLayout, decode_registers
 from ..compiler.target import Target
 from ..errors import FlightgenError
-from ..isa.machine import ErrorCode, Machine, run_group
+from ..isa.machine import ErrorCode, Machine, run_group, striped_bytes
 
 __all__ = ["Host", "IsaBackend", "StepError"]
 
@@ -195,8 +195,20 @@ class Host:
         return k, kw, v, vw
 
     def _region(self, where):
-        return self.backend.read(where["core"], where["port"], where["address"],
-                                 where["bytes"])
+        """The bytes of a placed region; of one striped over ``s`` ports, the logical bytes
+        (line ``l`` is line ``l // s`` of port ``port + l % s``)."""
+        ways = where.get("stripe", 1)
+        shares = [np.asarray(self.backend.read(where["core"], where["port"] + i,
+                                               where["address"], where["bytes"] // ways))
+                  for i in range(ways)]
+        if ways == 1:
+            return shares[0]
+        ports, at = striped_bytes(np.arange(where["bytes"]), ways.bit_length() - 1,
+                                  self.target.core.line_bytes)
+        out = np.empty(where["bytes"], np.uint8)
+        for i, share in enumerate(shares):
+            out[ports == i] = share[at[ports == i]]
+        return out
 
     def prefill(self, tokens):
         """Run a prompt; return the logits of its last token."""

@@ -97,7 +97,8 @@ class _Units:
         self.token = TokenQuantizer(config.vector_datapath)
         self.rescale = AttentionRescaler(config.vector_datapath)
         self.load = LoadEngine(config.line_bits, config.hbm_ports, lanes=config.load_lanes)
-        self.store = StoreEngine(config.line_bits, config.hbm_ports, outstanding=32)
+        self.store = StoreEngine(config.line_bits, config.hbm_ports, outstanding=32,
+                                 lanes=config.load_lanes)
 
 
 def _duration(units, timing, instruction):

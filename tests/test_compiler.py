@@ -101,8 +101,8 @@ def test_pruned_mixed_precision_model_equals_reference(tiny):
                   sparsity="8:16", sparse="ffn")])
 def test_striped_weights_equal_reference(tiny, config):
     """A core whose load unit takes two lines a cycle: every weight tile's weights, and its
-    scales and masks, load striped over aligned pairs of channels, and generation still
-    equals the reference."""
+    scales and masks, load striped over aligned pairs of channels, so do the KV cache's keys
+    and values (appended by striped stores), and generation still equals the reference."""
     target = Target("striped", STRIPED, channel_bytes=1 << 24)
     binary = compile_model(target, config, model=tiny)
     check_generation(binary, _reference_of(binary, tiny), PROMPT[:5], 3)
@@ -111,11 +111,17 @@ def test_striped_weights_equal_reference(tiny, config):
     for where in (t for tile in tiles for t in (tile, tile["meta"])):
         assert where["stripe"] == 2 and where["port"] % 2 == 0
     assert {t["port"] for t in tiles} == {0, 2}
+    # each head's keys and values striped too: appended by striped stores, read by striped
+    # loads (the scale words stay on one channel: VEC is not banked)
+    caches = {name: where for name, where in binary.places.items() if name.startswith("kv.")}
+    assert all((where.get("stripe") == 2) == name.endswith((".k", ".v"))
+               for name, where in caches.items())
     raw = np.frombuffer(binary.program(0, "decode").words, np.uint8).reshape(-1, 32)
-    text = disassemble([int.from_bytes(row.tobytes(), "little") for row in raw])
-    for buffer in ("wgt", "meta"):
-        loads = [line for line in text.splitlines() if line.startswith(f"load buffer={buffer}")]
-        assert sum("stripe=1" in line for line in loads) == len(tiles)
+    lines = disassemble([int.from_bytes(row.tobytes(), "little") for row in raw]).splitlines()
+    heads = TINY.n_layers * TINY.n_heads
+    for kind, count in (("load buffer=wgt", len(tiles) + 2 * heads),
+                        ("load buffer=meta", len(tiles)), ("store", len(caches) // 2)):
+        assert sum(line.startswith(kind) and "stripe=1" in line for line in lines) == count
 
 
 def test_ir_is_dumped_after_every_pass(tiny, tmp_path):

@@ -205,6 +205,9 @@ wait=store release=store
     store buffer=wgt line=0 port=3 addr=0x2001 length=500 wait=load release=load
     load  buffer=wgt line=17 port=1 addr=0x80 length=3 wait=store release=store
     store buffer=wgt line=16 port=1 addr=0x3005 length=160 wait=load release=load
+    load  buffer=act line=9 port=3 addr=0x100 length=4 wait=store release=store
+    store buffer=act line=9 port=2 stripe=1 addr=0x5fd3+r1*2 length=200 count2=3 \
+stride2=0x93 wait=load release=load
     load  buffer=meta line=6 port=2 stripe=1 addr=0x600 length=10 wait=store release=store
     store buffer=meta line=7 port=3 addr=0x3007 length=200 wait=load release=sys
     sync  wait=store
@@ -216,7 +219,8 @@ wait=store release=store
 def test_striped_loads(bench):
     """A core whose load unit takes two lines a cycle (``WGT`` and ``META`` in two banks):
     striped loads on either pair of ports and plain ones into both banks, stores back from
-    every bank, and decode FFNs whose weights, scales and masks stream striped (INT8 dense,
+    every bank, a striped store (logical addresses, a line to each port in turn), and decode
+    FFNs whose weights, scales and masks stream striped (INT8 dense,
     INT4 8:16) under stalls on every channel, equal to the ISA simulator."""
     rng = np.random.default_rng(SEED + 2)
     hbm = [rng.integers(0, 256, 1 << 14, dtype=np.uint8) for _ in range(STRIPED.hbm_ports)]

@@ -163,8 +163,8 @@ def test_decoder_refuses_the_matrix_modes_a_reduced_engine_lacks():
 
 
 def test_decoder_checks_striped_loads_like_the_isa():
-    """A core with a four-lane load unit: striped loads, each of their checks, a striped store
-    and MATRIX weight lines off the banks resolve (or fail) as in the ISA; random words too."""
+    """A core with a four-lane load unit: striped loads and stores, each of their checks, and
+    MATRIX weight lines off the banks resolve (or fail) as in the ISA; random words too."""
     rng = np.random.default_rng(SEED + 9)
     config = CoreConfig(chain=16, vpus=4, hbm_ports=6, load_lanes=4)
     words = assemble("""
@@ -177,16 +177,20 @@ def test_decoder_checks_striped_loads_like_the_isa():
         load buffer=wgt stripe=2 length=2+r1*1
         load buffer=wgt port=4 stripe=2 length=4
         load buffer=wgt port=4 stripe=1 length=4
-        store buffer=wgt stripe=1 length=4
+        store buffer=act line=3 port=4 stripe=1 length=5
+        store buffer=vec port=0 stripe=2 length=3+r1*1
+        store buffer=wgt stripe=3 length=4
+        store buffer=wgt port=2 stripe=2 length=4
+        store buffer=wgt port=4 stripe=2 length=4
         matrix bits=4 wgt=2 blocks=2 groups=1
         matrix bits=4 wgt=8 blocks=2 groups=1""")
     words += _words(rng, 300)
-    registers = [(1, 0, 0, 0, 0, 0, 0)] * 12 + [
-        tuple(int(v) for v in rng.integers(0, 40, 6)) + (1 << 31,) for _ in words[12:]]
+    registers = [(1, 0, 0, 0, 0, 0, 0)] * 16 + [
+        tuple(int(v) for v in rng.integers(0, 40, 6)) + (1 << 31,) for _ in words[16:]]
     got = _decode(config, words, registers)
     expected = [_expected(word, regs, config) for word, regs in zip(words, registers, strict=True)]
-    assert [e[0] for e in expected[:12]] == [ErrorCode.NONE] * 2 + [ErrorCode.BAD_FIELD] * 6 + [
-        ErrorCode.NONE, ErrorCode.BAD_FIELD, ErrorCode.BAD_FIELD, ErrorCode.NONE]
+    assert [e[0] for e in expected[:16]] == [ErrorCode.NONE] * 2 + [ErrorCode.BAD_FIELD] * 6 + [
+        ErrorCode.NONE] * 3 + [ErrorCode.BAD_FIELD] * 3 + [ErrorCode.BAD_FIELD, ErrorCode.NONE]
     for index, ((error, resolved, beats), (g_error, word, g_beats, _)) in enumerate(
             zip(expected, got, strict=True)):
         assert g_error == error, (index, hex(words[index]), error, g_error)

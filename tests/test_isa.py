@@ -188,7 +188,9 @@ STRIPED = CoreConfig(chain=16, vpus=4, hbm_ports=6, load_lanes=4)
     ("load buffer=wgt line=2 stripe=2 length=4", "line = 2 is not a multiple of the stripe 4"),
     ("load buffer=wgt stripe=2 length=2+r1*1", r"length = 3 is not a multiple of the stripe 4"),
     ("load buffer=wgt port=4 stripe=2 length=4", "ports 4 to 7 but the core has 6 HBM ports"),
-    ("store buffer=wgt stripe=1 length=4", "a store is not striped"),
+    ("store buffer=act stripe=3 length=4", "a stripe of 8 ports but the load unit takes 4"),
+    ("store buffer=act port=1 stripe=1 length=4", "port = 1 is not a multiple of the stripe 2"),
+    ("store buffer=vec port=4 stripe=2 length=3", "ports 4 to 7 but the core has 6 HBM ports"),
     ("matrix bits=4 wgt=2 blocks=2 groups=1", "wgt = 2 is not a multiple of WGT's 4 banks"),
 ])
 def test_striped_load_checks(line, message):
@@ -216,6 +218,41 @@ def test_striped_load_semantics():
         np.testing.assert_array_equal(lines[n], machine.hbm[2 + i % 2][at:at + step])
     past = _check("load buffer=wgt port=4 stripe=1 addr=0x3fe0 length=4", config=STRIPED)
     assert machine.execute(past)[0] == ErrorCode.AXI  # one port's share runs past its end
+
+
+def test_striped_store_semantics():
+    """A striped store's addresses are logical: byte ``b`` goes to line ``b // L // s`` of
+    port ``port + b // L % s`` (byte ``b % L`` of it), rows of any length and alignment; a
+    striped load of the same ports reads the logical lines back in order."""
+    rng = np.random.default_rng(6)
+    machine = Machine(STRIPED, 1 << 14)
+    for memory in machine.hbm:
+        memory[:] = rng.integers(0, 256, memory.size, dtype=np.uint8)
+    before = [memory.copy() for memory in machine.hbm]
+    machine.buffers[Buffer.ACT][:] = rng.integers(0, 256, machine.buffers[Buffer.ACT].shape)
+    step = STRIPED.line_bytes
+    resolved = _check("store buffer=act line=3 port=4 stripe=1 addr=0x1f3 length=150 count2=3 "
+                      "stride2=0x301 count3=2 stride3=0x1000", config=STRIPED)
+    assert resolved.reads == ((Buffer.ACT, 3, -(-900 // step)),)
+    assert machine.execute(resolved)[0] == ErrorCode.NONE
+    source = machine.buffers[Buffer.ACT][3:].ravel()
+    want = [memory.copy() for memory in before]
+    n = 0
+    for i3 in range(2):
+        for i2 in range(3):
+            for k in range(150):
+                b = 0x1f3 + i3 * 0x1000 + i2 * 0x301 + k
+                want[4 + b // step % 2][b // step // 2 * step + b % step] = source[n]
+                n += 1
+    for got, expected in zip(machine.hbm, want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    back = _check("load buffer=wgt line=0 port=4 stripe=1 addr=0 length=128", config=STRIPED)
+    assert machine.execute(back)[0] == ErrorCode.NONE
+    logical = machine.buffers[Buffer.WGT][:128].ravel()
+    np.testing.assert_array_equal(logical[0x1f3:0x1f3 + 150], source[:150])
+    past = _check("store buffer=act port=2 stripe=1 addr=0x8000 length=1", config=STRIPED)
+    assert machine.execute(past)[0] == ErrorCode.AXI  # logical 32 KiB: line 256 of port 2
+    np.testing.assert_array_equal(machine.hbm[2], want[2])
 
 
 def test_matrix_bits_code_3_is_illegal():

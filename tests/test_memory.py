@@ -82,8 +82,9 @@ def random_load(config, rng, striped=False):
             continue
 
 
-def random_store(config, rng):
+def random_store(config, rng, striped=False):
     while True:
+        stripe = int(rng.integers(0, config.load_lanes.bit_length())) if striped else 0
         length = int(rng.choice([0, 1, 3, 7, int(rng.integers(1, 100)),
                                  int(rng.integers(100, 400))]))
         count2, count3 = (int(x) for x in rng.integers(1, 4, 2))
@@ -96,6 +97,10 @@ def random_store(config, rng):
         fields = dict(buffer=int(rng.integers(0, 4)), line=int(rng.integers(0, 64)),
                       port=int(rng.integers(0, config.hbm_ports)), addr=addr, length=length,
                       count2=count2, stride2=stride2, count3=count3, stride3=stride3)
+        if stripe:  # on aligned ports; logical addresses: s times as many
+            s = 1 << stripe
+            fields.update(stripe=stripe, addr=addr * s // 2,
+                          port=int(rng.integers(0, config.hbm_ports // s)) * s)
         try:
             return command_of(config, Opcode.STORE, **fields)
         except IllegalInstruction:
@@ -226,7 +231,7 @@ def test_bursts_respect_the_rules():
     assert LoadEngine(256, 1, max_burst=16).bursts(command)[:3] == [(0xFC0, 2), (0x1000, 16),
                                                                      (0x1200, 16)]
     command.update(addr=0xFF3, length=0x1000 + 20, count2=1)
-    assert store.bursts(command) == [(0xFC0, 1), (0x1000, 64), (0x2000, 1)]
+    assert store.bursts(command) == [(0, 0xFC0, 1), (0, 0x1000, 64), (0, 0x2000, 1)]
     assert store.bursts({**command, "length": 0}) == []
 
 
@@ -417,7 +422,8 @@ def run_stores(config, commands, latency, stall, rng, bases=None, outstanding=8)
     for buffer in Buffer:
         machine.buffers[buffer][:] = rng.integers(0, 256, machine.buffers[buffer].shape,
                                                   dtype=np.uint8)
-    engine = StoreEngine(config.line_bits, config.hbm_ports, outstanding)
+    engine = StoreEngine(config.line_bits, config.hbm_ports, outstanding,
+                         lanes=config.load_lanes)
     results, reads = simulate(engine, commands, models, bases, buffers=machine.buffers)
     errors = [execute(machine, Opcode.STORE, command) for command in commands]
     return engine, models, bases, machine, results, reads, errors
@@ -437,13 +443,40 @@ def test_store_equals_machine(line_bits, pattern):
         config, commands, latency, stall, rng, [0, 0x1000, 0], outstanding=3)
     assert errors == [ErrorCode.NONE] * len(commands)
     assert [r["error"] for r in results] == [0] * len(commands)
+    check_stores(config, engine, commands, models, bases, reads, machine)
+
+
+def check_stores(config, engine, commands, models, bases, reads, machine):
+    """Each port's memory equals the ISA simulator's, each saw exactly its share of the
+    commands' bursts, and the engine read only source lines whose bytes it stores."""
     for p, (model, base) in enumerate(zip(models, bases, strict=True)):
         np.testing.assert_array_equal(model.memory[base:], machine.hbm[p])
-        assert model.writes == [b for c in commands if c["port"] == p
-                                for b in engine.bursts(c, base)]
+        assert model.writes == [(address, beats) for c in commands
+                                for port, address, beats in engine.bursts(c, bases)
+                                if port == p]
     spans = {(c["buffer"], c["line"] + k) for c in commands
              for k in range(-(-c["length"] * c["count2"] * c["count3"] // config.line_bytes))}
     assert set(reads) <= spans  # only lines whose bytes are stored are read
+
+
+@pytest.mark.parametrize(("line_bits", "lanes"), [(256, 2), (512, 8)])
+def test_striped_store_equals_machine(line_bits, lanes):
+    """Random striped stores (and plain ones) back to back on a core whose load unit takes
+    ``lanes`` lines a cycle: every line to its port of the stripe, bursts that end at each
+    line, write responses from several ports at once; random latency and stalls; ports with
+    unequal bases."""
+    rng = make_rng(f"stripedstore{line_bits}{lanes}")
+    ports = lanes + 2
+    config = CoreConfig(line_bits=line_bits, chain=32, vpus=16, hbm_ports=ports,
+                        load_lanes=lanes)
+    commands = [random_store(config, rng, striped=True) for _ in range(16)]
+    assert any(c["stripe"] for c in commands) and not all(c["stripe"] for c in commands)
+    bases = [0x40 * p * (p % 3) for p in range(ports)]
+    engine, models, bases, machine, results, reads, errors = run_stores(
+        config, commands, (2, 20), 0.3, rng, bases, outstanding=5)
+    assert errors == [ErrorCode.NONE] * len(commands)
+    assert [r["error"] for r in results] == [0] * len(commands)
+    check_stores(config, engine, commands, models, bases, reads, machine)
 
 
 @pytest.mark.parametrize("line_bits", [256, 512])
@@ -478,7 +511,7 @@ def test_store_throughput(line_bits):
                 for addr in (0x2000, 0x2003)]
     engine, models, _, machine, results, _, _ = run_stores(config, commands, (1, 1), 0.0, rng)
     np.testing.assert_array_equal(models[0].memory, machine.hbm[0])
-    beats = [sum(b for _, b in engine.bursts(c)) for c in commands]
+    beats = [sum(b for _, _, b in engine.bursts(c)) for c in commands]
     cycles = [r["end"] - r["start"] + 1 for r in results]
     print(f"{line_bits}-bit stores: {beats} beats in {cycles} cycles")
     assert cycles == [engine.expected_cycles(c, 1) for c in commands]
@@ -499,3 +532,16 @@ def test_store_expected_cycles(line_bits, outstanding, latency):
     np.testing.assert_array_equal(models[0].memory, machine.hbm[0])
     assert [r["end"] - r["start"] + 1 for r in results] == [
         engine.expected_cycles(c, latency) for c in commands]
+
+
+def test_striped_store_expected_cycles():
+    """Striped descriptors, no stalls: a burst per line, each on its port, and the cycle
+    counts the documented ones."""
+    rng = make_rng("stripedstorecycles")
+    config = CoreConfig(line_bits=512, chain=32, vpus=16, hbm_ports=4, load_lanes=4)
+    commands = [random_store(config, rng, striped=True) for _ in range(8)]
+    engine, models, bases, machine, results, reads, _ = run_stores(config, commands, (20, 20),
+                                                                   0.0, rng, outstanding=4)
+    check_stores(config, engine, commands, models, bases, reads, machine)
+    assert [r["end"] - r["start"] + 1 for r in results] == [
+        engine.expected_cycles(c, 20) for c in commands]
