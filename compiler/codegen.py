@@ -227,6 +227,38 @@ def step_program(graph, ctx, core, phase, bucket):
         first = plans[name].tiles[own(name)[0]][0]
         return w.linear(name, A["a"], out + first * out_lines, tiles=own(name), **options)
 
+    def gated(gate, up, lo, hi, last=""):
+        """``g = silu(gate x) * (up x)`` on this core's rows ``lo`` to ``hi``. When the two
+        matrices split into the same tiles, a gate tile and its up tile take turns and the
+        SFU gates each pair's rows while the engine runs the next pair; else all of gate,
+        all of up, then the SFU."""
+        def sfu(start, end):
+            offset = c.vector_lines(start)
+            elementwise("silu", end - start, V["g"] + offset, first=" wait=matrix")
+            elementwise("mul", end - start, V["g"] + offset, V["u"] + offset,
+                        last=last if end == hi else "")
+
+        pairs = [(plans[gate].tiles[a], plans[up].tiles[b])
+                 for a, b in zip(own(gate), own(up), strict=False)]
+        if len(own(gate)) != len(own(up)) or any(a != b for a, b in pairs):
+            linear(gate, V["g"], first_wait=["vector"])
+            linear(up, V["u"], load_tile=False, last_release=["vector"])
+            sfu(lo, hi)
+            return
+        for n, (a, b) in enumerate(zip(own(gate), own(up), strict=True)):
+            first, count = plans[gate].tiles[a]
+            w.linear(gate, A["a"], V["g"] + first * out_lines, tiles=[a], load_tile=n == 0,
+                     first_wait=["vector"] if n == 0 else [])
+            w.linear(up, A["a"], V["u"] + first * out_lines, tiles=[b], load_tile=False,
+                     last_release=["vector"])
+            sfu(max(lo, first * c.lanes), min(hi, (first + count) * c.lanes))
+
+    def rope(lines):
+        """Rotate the head vectors at ``lines`` in place, after the projection's token."""
+        for index, line in enumerate(lines):
+            w.emit(f"vector op=rope length={hd} position=r5 a={line} b={V['fr']} "
+                   f"out={line}" + (" wait=matrix" if index == 0 else ""))
+
     def load(buffer, line, where, lines, extra=""):
         w.emit(f"load buffer={buffer} line={line} port={where['port']} "
                f"addr={where['address']:#x} length={lines}{extra}")
@@ -279,7 +311,7 @@ def step_program(graph, ctx, core, phase, bucket):
             moves on while the store unit writes them; a key or value's TOKEN waits for
             the store of the previous one (the staging beats and the scale word)."""
             base, more = cache[my_kv[j]], j < len(my_kv) - 1
-            wait = "wait=store " if j else ""
+            wait = "wait=store " if j else "wait=matrix "  # the first: the values
             w.emit(f"token length={hd} src={V['k'] + my_kv[j] * hd_lines} dst={A['ak']} "
                    f"scale={V['ksw']} {wait}release=store")
             w.emit(f"store buffer=act line={A['ak']} port={base['k']['port']} "
@@ -290,7 +322,7 @@ def step_program(graph, ctx, core, phase, bucket):
                    f"addr={base['ks']['address']:#x}+r7 length=4"
                    + (" release=vector" if more else ""))
             w.emit(f"token length={hd} src={V['v'] + my_kv[j] * hd_lines} dst={A['av']} "
-                   f"scale={V['vsw']} {wait}release=store")
+                   f"scale={V['vsw']} {'wait=store ' if j else ''}release=store")
             w.emit(f"store buffer=act line={A['av']} port={base['v']['port']} "
                    f"addr={base['v']['logical']:#x}+r4{base['v']['stripe']} length=2 "
                    f"count2={g.vpus} stride2={2 * g.chain} count3={g_v} "
@@ -394,19 +426,21 @@ def step_program(graph, ctx, core, phase, bucket):
             rmsnorm(f"blk.{i}.attn_norm.weight", "nw")
             names = {k: f"blk.{i}.{k}.weight" for k in ("attn_q", "attn_k", "attn_v",
                                                         "attn_output")}
-            linear(names["attn_q"], V["q"], first_wait=["vector"])
-            linear(names["attn_k"], V["k"], load_tile=False)
+            # the queries rotate while the engine projects the values, the keys while the
+            # output projection's first tiles load; the values' projection releases the
+            # cache append
+            linear(names["attn_q"], V["q"], first_wait=["vector"], last_release=["vector"])
+            linear(names["attn_k"], V["k"], load_tile=False, last_release=["vector"])
+            rope([V["q"] + h * hd_lines for h in my_heads])
             linear(names["attn_v"], V["v"], load_tile=False, last_release=["vector"])
+            rope([V["k"] + k * hd_lines for k in my_kv])
             early, late = linear(names["attn_output"], V["d"], first_wait=["vector"],
-                                 last_release=["store" if tensor else "vector"], early=SLOTS)
-            # the output projection's first tiles stream in while the keys are rotated and
-            # appended to the cache (the load queue's order is the same: they precede the
-            # attention's loads; only the dispatcher reaches them sooner)
+                                 last_release=["store" if tensor else "vector"], early=2)
+            # the output projection's first two tiles stream in while the keys are appended
+            # to the cache (the load queue's order is the same: they precede the attention's
+            # loads; only the dispatcher reaches them sooner); more would hold the first
+            # head's keys behind them in the load queue
             w.text += early
-            for index, line in enumerate([V["q"] + h * hd_lines for h in my_heads]
-                                         + [V["k"] + k * hd_lines for k in my_kv]):
-                w.emit(f"vector op=rope length={hd} position=r5 a={line} b={V['fr']} "
-                       f"out={line}" + (" wait=matrix" if index == 0 else ""))
             attention(i)
             if tensor:
                 trade(V["out"], heads * hd, my_heads[0] * hd, (my_heads[-1] + 1) * hd,
@@ -420,14 +454,10 @@ def step_program(graph, ctx, core, phase, bucket):
                    f"wait={'load' if tensor else 'matrix'}")
         elif node.op == "ffn_block":
             rmsnorm(f"blk.{i}.ffn_norm.weight", "nf")
-            gate, down = f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_down.weight"
-            linear(gate, V["g"], first_wait=["vector"])
-            linear(f"blk.{i}.ffn_up.weight", V["u"], load_tile=False, last_release=["vector"])
+            gate, up = f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"
+            down = f"blk.{i}.ffn_down.weight"
             lo, hi = rows(gate)
-            offset = c.vector_lines(lo)
-            elementwise("silu", hi - lo, V["g"] + offset, first=" wait=matrix")
-            elementwise("mul", hi - lo, V["g"] + offset, V["u"] + offset,
-                        last=" release=store" if tensor else "")
+            gated(gate, up, lo, hi, last=" release=store" if tensor else "")
             if tensor:
                 trade(V["g"], m.ffn_dim, lo, hi, "vector")
             quant(m.ffn_dim, V["g"], A["a"], first=" wait=load" if tensor else "",

@@ -36,7 +36,11 @@ from ..isa.machine import resolve_program
 from ..isa.matrix import MatrixStreams
 from ..isa.vector import VectorOp
 
-__all__ = ["Timing", "estimate", "estimate_group", "Estimate"]
+__all__ = ["Timing", "estimate", "estimate_group", "Estimate", "Deadlock"]
+
+
+class Deadlock(ValueError):
+    """A program the cycle model cannot finish (the core would stop with ``DEADLOCK``)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,8 @@ def estimate(config, program, registers=(0,) * (REGISTERS - 1), timing=None):
     """Estimate the cycles of ``program`` on a core with ``config`` (a run that ends without an
     error) with ``timing`` (default :class:`Timing`); returns an :class:`Estimate`. A
     ``BARRIER`` passes on its own (its peers there already): :func:`estimate_group` models a
-    tensor-parallel group."""
+    tensor-parallel group. A program whose units wait for tokens that never come raises
+    :class:`Deadlock`."""
     return estimate_group(config, [program], registers, timing)[0]
 
 
@@ -161,6 +166,8 @@ def estimate_group(config, programs, registers=(0,) * (REGISTERS - 1), timing=No
              for index, program in enumerate(programs)]
     while any([core.advance() for core in cores]):
         pass
+    for index, core in enumerate(cores):
+        core.check_finished(index)
     return [core.result() for core in cores]
 
 
@@ -183,6 +190,7 @@ class _Timeline:
         self.start, self.end = {}, {}
         self.releases = {(s, d): [] for s in range(len(Unit)) for d in range(len(Unit))}
         self.taken = {(s, d): 0 for s in range(len(Unit)) for d in range(len(Unit))}
+        self.taken_at = {(s, d): [] for s in range(len(Unit)) for d in range(len(Unit))}
         # the load engine receives the lines of its oldest command only, whatever the port:
         # one R path and one count of bursts in flight for all ports
         self.r_free = 0
@@ -268,6 +276,8 @@ class _Timeline:
                         else:
                             t = max(t, end[previous.pc] + 1)
                     start[instruction.pc] = t
+                    for s in waits:
+                        self.taken_at[(s, unit.value)].append(t)
                     progress = True
                     if instruction.opcode == Opcode.LOAD:
                         finish = self._load(instruction, t, order, queue)
@@ -310,6 +320,27 @@ class _Timeline:
             if instruction.release >> d & 1:
                 self.releases[(unit.value, d)].append(finish)
         self.position[unit] += 1
+
+    def check_finished(self, index):
+        """Raise :class:`Deadlock` unless every instruction retired, and when more tokens
+        than ``token_limit`` would wait between two units: the core's releaser would stall
+        there, which the model does not time (the ISA simulator and the RTL do)."""
+        for instruction in self.instructions:
+            if instruction.pc not in self.end:
+                raise Deadlock(f"core {index}: {instruction.opcode.name} at pc "
+                               f"{instruction.pc} ({instruction.unit.name}) never retires: it "
+                               f"waits for tokens that never come, or for a peer")
+        limit = self.config.token_limit
+        for (s, d), times in self.releases.items():
+            events = sorted([(t, 1) for t in times] + [(t, -1) for t in self.taken_at[(s, d)]],
+                            key=lambda e: (e[0], e[1]))
+            waiting = 0
+            for t, step in events:
+                waiting += step
+                if waiting > limit:
+                    raise Deadlock(f"core {index}: at cycle {t} more than {limit} tokens from "
+                                   f"{Unit(s).name} to {Unit(d).name} would wait: the core "
+                                   f"would stall its releases there")
 
     def result(self):
         cycles = max(self.end.values()) if self.end else 0

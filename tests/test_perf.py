@@ -20,7 +20,7 @@ from flightgen.compiler.layout import KVLayout, decode_registers
 from flightgen.compiler.target import TARGETS
 from flightgen.isa.assembly import assemble
 from flightgen.isa.machine import SIM_CORE, CoreConfig
-from flightgen.sim.perf import estimate
+from flightgen.sim.perf import Deadlock, estimate
 from flightgen.sim.programs import decoder_layer, ffn_chain
 
 pytestmark = pytest.mark.verilator
@@ -104,3 +104,27 @@ def test_cycle_model_within_3_percent_of_the_rtl(tmp_path, bench, narrow):
     assert len(configs) == 3 + narrow
     for name, rtl, predicted in rows:
         assert abs(predicted / rtl - 1) <= 0.03, (name, rtl, predicted)
+
+
+def test_cycle_model_refuses_a_deadlock():
+    """A unit waiting for a token no instruction releases: the model says which instruction
+    never retires instead of reporting the cycles of the rest."""
+    words = assemble("load buffer=vec line=0 port=0 addr=0 length=1 release=vector\n"
+                     "vector op=add length=32 a=0 b=0 out=0 wait=load,store\n"
+                     "halt")
+    with pytest.raises(Deadlock, match="VECTOR at pc 1 .* never retires"):
+        estimate(SIM_CORE, words)
+
+
+def test_cycle_model_refuses_more_tokens_than_the_limit():
+    """Releases that pile up beyond ``token_limit`` (the core would stall the releaser, which
+    the model does not time): refused, not timed optimistically."""
+    n = SIM_CORE.token_limit + 1
+    loads = "".join(f"load buffer=vec line={k} port=0 addr=0 length=1 release=vector"
+                    + (",store" if k == n - 1 else "") + "\n" for k in range(n))
+    words = assemble(loads + "store buffer=vec line=0 port=0 addr=0 length=1 wait=load "
+                     "release=vector\n"
+                     "vector op=add length=32 a=0 b=0 out=0 wait=store\n"
+                     + "vector op=add length=32 a=0 b=0 out=0 wait=load\n" * n + "halt")
+    with pytest.raises(Deadlock, match="more than 15 tokens from LOAD to VECTOR"):
+        estimate(SIM_CORE, words)
