@@ -164,11 +164,11 @@ BOARD_LOAD_LANES = 8
 #: rescaler take each 32-element beat in eight parts of 4: the sparse MUXes of 4:16 and 2:16,
 #: the MM activation tiles of 32 token lanes and 28 more lanes in each of those four would not
 #: fit an SLR's LUTs next to the wide engine and the striped load unit (docs/boards.md).
-#: Its ``WGT`` of 65,536 lines (4 MiB of URAM) holds the keys and values of a head at 4,096
-#: tokens and four weight tiles of 12,288 lines (fewer tiles: less of each command's fixed
-#: cost).
+#: Its ``WGT`` of 32,768 lines (2 MiB of URAM) holds the keys and values of a head at 4,096
+#: tokens and four weight tiles of 4,096 lines: twice that (tiles three times as large, 70.2
+#: instead of 68.2 tokens/s) took 301 URAM288 of an SLR's 280 and 99.5% of its LUTs.
 BOARD_CORE = CoreConfig(line_bits=512, chain=32, vpus=16, max_blocks=512, vector_max=4096,
-                        vec_lines=8192, act_lines=1024, wgt_lines=65536, meta_lines=4096,
+                        vec_lines=8192, act_lines=1024, wgt_lines=32768, meta_lines=4096,
                         keeps=(16, 8), modes=("mv",), vector_lanes=4)
 
 
