@@ -47,11 +47,12 @@ def buckets(mode, phase, capacity):
 
 
 def _striped(where):
-    """``where`` with its stripe as an operand (`` stripe=n``, or nothing), its ways (the
-    ports it spans) and its logical address (a striped store's: ways times the address)."""
+    """``where`` with its ways (the ports it spans), its stripe as an assembly operand
+    (`` stripe=n``, or nothing) and its logical address (a striped store's: ways times the
+    address)."""
     ways = where.get("stripe", 1)
     return {**where, "ways": ways, "logical": where["address"] * ways,
-            "stripe": f" stripe={ways.bit_length() - 1}" if ways > 1 else ""}
+            "operand": f" stripe={ways.bit_length() - 1}" if ways > 1 else ""}
 
 
 class _Lengths:
@@ -113,7 +114,7 @@ class _Writer:
             sink = ahead if prefetched else rest
             wait = " wait=matrix" if tile >= SLOTS else ""
             operands = _striped(where)
-            stripe, striped = operands["ways"], operands["stripe"]
+            stripe, striped = operands["ways"], operands["operand"]
             sink.append(f"load buffer=wgt line={wgt} port={where['port']} "
                         f"addr={where['address']:#x} length={w}{striped}{wait}")
             release = "" if prefetched else " release=matrix"
@@ -222,10 +223,12 @@ def step_program(graph, ctx, core, phase, bucket):
         end = sum(plans[name].tiles[tiles[-1]])
         return first * c.lanes, min(end * c.lanes, graph.tensors[name].shape[0])
 
-    def linear(name, out, **options):
-        """The core's tiles of ``name``, its rows to their place in ``out``."""
-        first = plans[name].tiles[own(name)[0]][0]
-        return w.linear(name, A["a"], out + first * out_lines, tiles=own(name), **options)
+    def linear(name, out, tiles=None, **options):
+        """The core's tiles of ``name`` (or ``tiles`` of them), their rows to their place in
+        ``out``."""
+        tiles = own(name) if tiles is None else tiles
+        first = plans[name].tiles[tiles[0]][0]
+        return w.linear(name, A["a"], out + first * out_lines, tiles=tiles, **options)
 
     def gated(gate, up, lo, hi, last=""):
         """``g = silu(gate x) * (up x)`` on this core's rows ``lo`` to ``hi``. When the two
@@ -238,19 +241,16 @@ def step_program(graph, ctx, core, phase, bucket):
             elementwise("mul", end - start, V["g"] + offset, V["u"] + offset,
                         last=last if end == hi else "")
 
-        pairs = [(plans[gate].tiles[a], plans[up].tiles[b])
-                 for a, b in zip(own(gate), own(up), strict=False)]
-        if len(own(gate)) != len(own(up)) or any(a != b for a, b in pairs):
+        if [plans[gate].tiles[a] for a in own(gate)] != [plans[up].tiles[b] for b in own(up)]:
             linear(gate, V["g"], first_wait=["vector"])
             linear(up, V["u"], load_tile=False, last_release=["vector"])
             sfu(lo, hi)
             return
         for n, (a, b) in enumerate(zip(own(gate), own(up), strict=True)):
             first, count = plans[gate].tiles[a]
-            w.linear(gate, A["a"], V["g"] + first * out_lines, tiles=[a], load_tile=n == 0,
-                     first_wait=["vector"] if n == 0 else [])
-            w.linear(up, A["a"], V["u"] + first * out_lines, tiles=[b], load_tile=False,
-                     last_release=["vector"])
+            linear(gate, V["g"], tiles=[a], load_tile=n == 0,
+                   first_wait=["vector"] if n == 0 else [])
+            linear(up, V["u"], tiles=[b], load_tile=False, last_release=["vector"])
             sfu(max(lo, first * c.lanes), min(hi, (first + count) * c.lanes))
 
     def rope(lines):
@@ -315,7 +315,7 @@ def step_program(graph, ctx, core, phase, bucket):
             w.emit(f"token length={hd} src={V['k'] + my_kv[j] * hd_lines} dst={A['ak']} "
                    f"scale={V['ksw']} {wait}release=store")
             w.emit(f"store buffer=act line={A['ak']} port={base['k']['port']} "
-                   f"addr={base['k']['logical']:#x}+r3{base['k']['stripe']} length=1 "
+                   f"addr={base['k']['logical']:#x}+r3{base['k']['operand']} length=1 "
                    f"count2={g.chain} stride2=2 count3={layout.key_steps} "
                    f"stride3={layout.beat} wait=vector")
             w.emit(f"store buffer=vec line={V['ksw']} port={base['ks']['port']} "
@@ -324,7 +324,7 @@ def step_program(graph, ctx, core, phase, bucket):
             w.emit(f"token length={hd} src={V['v'] + my_kv[j] * hd_lines} dst={A['av']} "
                    f"scale={V['vsw']} {'wait=store ' if j else ''}release=store")
             w.emit(f"store buffer=act line={A['av']} port={base['v']['port']} "
-                   f"addr={base['v']['logical']:#x}+r4{base['v']['stripe']} length=2 "
+                   f"addr={base['v']['logical']:#x}+r4{base['v']['operand']} length=2 "
                    f"count2={g.vpus} stride2={2 * g.chain} count3={g_v} "
                    f"stride3={layout.value_group} wait=vector")
             w.emit(f"store buffer=vec line={V['vsw']} port={base['vs']['port']} "
@@ -356,10 +356,10 @@ def step_program(graph, ctx, core, phase, bucket):
             """Head ``k``'s keys (and key scales) in, its raw scores out to ``acc``. The
             first head of a KV head waits for the store of its cache append."""
             base = where(k)
-            waits = (["vector"] if k else []) + (
-                ["store"] if k == 0 or where(k - 1) is not base else [])
+            new_kv = k == 0 or my_heads[k] // group != my_heads[k - 1] // group
+            waits = (["vector"] if k else []) + (["store"] if new_kv else [])
             w.emit(f"load buffer=wgt line={kw} port={base['k']['port']} "
-                   f"addr={base['k']['address']:#x}{base['k']['stripe']} "
+                   f"addr={base['k']['address']:#x}{base['k']['operand']} "
                    f"length={lengths.groups(key_lines)} "
                    f"wait={','.join(waits)} release=matrix")
             query(k)
@@ -403,7 +403,7 @@ def step_program(graph, ctx, core, phase, bucket):
                 output(k - 1)
             base = where(k)
             w.emit(f"load buffer=wgt line={vw} port={base['v']['port']} "
-                   f"addr={base['v']['address']:#x}{base['v']['stripe']} "
+                   f"addr={base['v']['address']:#x}{base['v']['operand']} "
                    f"length={lengths.blocks(value_lines)} count2={g_v} "
                    f"stride2={layout.value_group // base['v']['ways']}"
                    f"{' wait=vector' if k else ''} release=matrix")

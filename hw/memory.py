@@ -518,8 +518,11 @@ class StoreEngine(_Engine):
     def elaborate(self, platform):
         m = Module()
         step, shift = self.line_bytes, self.size
-        m.submodules.queue = queue = SyncFIFOBuffered(width=self.line_bits + step + 1 + 5,
-                                                      depth=_W_QUEUE)
+        port_bits = _COMMAND_FIELDS["port"]
+        # a W beat: its data, strobes, whether it ends its burst, and the burst's port
+        w_beat = data.StructLayout({"data": self.line_bits, "strobes": step, "last": 1,
+                                    "port": port_bits})
+        m.submodules.queue = queue = SyncFIFOBuffered(width=w_beat.size, depth=_W_QUEUE)
 
         c = Signal(store_command_layout)
         plane, row, cur = Signal(ADDR_BITS), Signal(ADDR_BITS), Signal(ADDR_BITS)
@@ -535,7 +538,7 @@ class StoreEngine(_Engine):
         # low bits: ``low``), or of a striped command, up to the next line
         low = Signal(12)
         stripe_low = self._stripe_low(m, c.stripe)
-        port = Signal(5)
+        port = Signal(port_bits)
         m.d.comb += port.eq(c.port | (cur[shift:shift + 3] & stripe_low))
         at = Signal(ADDR_BITS)  # the burst's byte on its port, from the base
         with m.Switch(c.stripe):
@@ -557,7 +560,7 @@ class StoreEngine(_Engine):
         self._select(m, port, [(aw_ready, "awready")])
         aw_addr = Signal(ADDR_BITS)
         m.d.comb += aw_addr.eq(self._select_base(m, port) + at)
-        burst_port = Signal(5)  # the port of the burst whose beats are requested
+        burst_port = Signal(port_bits)  # the port of the burst whose beats are requested
 
         # the current burst
         beats = Signal(range(BOUNDARY // step + 1))
@@ -594,7 +597,8 @@ class StoreEngine(_Engine):
                      self.read_line.eq(c.line + j + upper)]
 
         s1_valid, s1_upper, s1_end = Signal(), Signal(), Signal()
-        beat_layout = data.StructLayout({"sh": shift, "strobes": step, "last": 1, "port": 5})
+        beat_layout = data.StructLayout({"sh": shift, "strobes": step, "last": 1,
+                                         "port": port_bits})
         s1_beat, s2_beat = Signal(beat_layout), Signal(beat_layout)
         s2_valid = Signal()
         m.d.sync += [s1_valid.eq(request), s1_upper.eq(upper), s1_end.eq(request & ends),
@@ -612,9 +616,10 @@ class StoreEngine(_Engine):
             for k in range(step):
                 with m.Case(k):
                     m.d.comb += aligned.eq(window[8 * k:8 * k + self.line_bits])
-        m.d.comb += [queue.w_en.eq(s2_valid),
-                     queue.w_data.eq(Cat(aligned, s2_beat.strobes, s2_beat.last,
-                                         s2_beat.port))]
+        tail = data.View(w_beat, queue.w_data)
+        m.d.comb += [queue.w_en.eq(s2_valid), tail.data.eq(aligned),
+                     tail.strobes.eq(s2_beat.strobes), tail.last.eq(s2_beat.last),
+                     tail.port.eq(s2_beat.port)]
         m.d.sync += inflight.eq(inflight + (request & ends) - s2_valid)
 
         # -- the descriptor ----------------------------------------------------------------------
@@ -681,8 +686,8 @@ class StoreEngine(_Engine):
 
         # -- the masters ---------------------------------------------------------------------
         w_ready = Signal()
-        w_port = queue.r_data[-5:]
-        self._select(m, w_port, [(w_ready, "wready")])
+        head = data.View(w_beat, queue.r_data)
+        self._select(m, head.port, [(w_ready, "wready")])
         m.d.comb += queue.r_en.eq(w_ready)
         for p in range(self.ports):
             bus = self.axi[p]
@@ -691,9 +696,8 @@ class StoreEngine(_Engine):
                          bus.awaddr.eq(Cat(Const(0, shift), aw_addr[shift:])),
                          bus.awlen.eq(((end + step - 1) >> shift) - 1), bus.awsize.eq(shift),
                          bus.awburst.eq(BURST_INCR), bus.awcache.eq(AXCACHE),
-                         bus.wvalid.eq(queue.r_rdy & (w_port == p)),
-                         bus.wdata.eq(queue.r_data[:self.line_bits]),
-                         bus.wstrb.eq(queue.r_data[self.line_bits:self.line_bits + step]),
-                         bus.wlast.eq(queue.r_data[self.line_bits + step]),
+                         bus.wvalid.eq(queue.r_rdy & (head.port == p)),
+                         bus.wdata.eq(head.data), bus.wstrb.eq(head.strobes),
+                         bus.wlast.eq(head.last),
                          bus.bready.eq(1)]
         return m

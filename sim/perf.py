@@ -332,8 +332,8 @@ class _Timeline:
                                f"waits for tokens that never come, or for a peer")
         limit = self.config.token_limit
         for (s, d), times in self.releases.items():
-            events = sorted([(t, 1) for t in times] + [(t, -1) for t in self.taken_at[(s, d)]],
-                            key=lambda e: (e[0], e[1]))
+            # (a token taken in the cycle another is released counts as gone first)
+            events = sorted([(t, 1) for t in times] + [(t, -1) for t in self.taken_at[(s, d)]])
             waiting = 0
             for t, step in events:
                 waiting += step
