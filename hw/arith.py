@@ -7,7 +7,8 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 
 from amaranth import Cat, Const, Mux, Signal
 
-__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift", "saturate"]
+__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift", "round_shift_saturate",
+           "saturate"]
 
 
 def halve_shift(value, shift):
@@ -43,6 +44,33 @@ def round_shift(value, shift, *, max_right, max_left):
     left = Mux(-shift > max_left, max_left, -shift).as_unsigned()[:left_bits]
     halved, sticky = halve_shift(value, right)
     return Mux(shift > 0, round_half_even(halved, sticky), value << left)
+
+
+def round_shift_saturate(value, shift, bits, *, max_right, max_left):
+    """``saturate(round_shift(value, shift, ...), bits)`` for a signed ``value`` and a signed
+    ``shift`` (a Value), built for ``bits`` well below ``len(value) + max_left``: one window
+    of ``bits + 2`` bits cut from ``value * 2**-shift`` by a single shifter, rather than a
+    full-width right shift, a full-width left shift and a saturating compare of both. Shifts
+    are clamped to ``[-max_left, max_right]`` first, as in :func:`round_shift`.
+
+    The window holds ``floor(value / 2**shift)`` and the guard bit; the sticky bit is any bit
+    of ``value`` below the guard; the result saturates when ``value`` has a bit of magnitude
+    at or above ``2**(bits + shift)`` (the window would lose it), else the rounded window
+    saturates to ``bits``."""
+    n = len(value)
+    s = Mux(shift > max_right, max_right, Mux(shift < -max_left, -max_left, shift))
+    # value * 2**(max_left + 1): its bit max_left + 1 + i is value's bit i; the guard bit of
+    # value * 2**-s is bit t of it
+    t = (s + max_left).as_unsigned()[:(max_right + max_left).bit_length()]
+    window = (Cat(Const(0, max_left + 1), value).as_signed() >> t)[:bits + 2]
+    quotient = window[1:].as_signed()
+    sticky = Cat(*(value[i] & (s > i + 1) for i in range(n))).any()
+    sign = value[-1]
+    lost = Cat(*((value[i] ^ sign) & (s <= i - bits) for i in range(bits - max_left, n - 1)
+                 if i >= 0)).any()
+    rounded = quotient + (window[0] & (sticky | quotient[0]))
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(lost, Mux(sign, low, high), saturate(rounded, bits))
 
 
 def bit_length(m, value, name=None):

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.numerics import ACC_BITS, mul_round_shift
 from ..isa.numerics import saturate as saturate_values
 from ..isa.weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS
-from .arith import halve_shift, round_half_even, round_shift, saturate
+from .arith import halve_shift, round_half_even, round_shift_saturate, saturate
 
 __all__ = ["BlockScaler", "block_input_layout", "PARTIAL_BITS", "SUM_BITS", "decode_half"]
 
@@ -165,7 +165,8 @@ class BlockScaler(wiring.Component):
             shift3 = stage(signed(10), "shift3_")
             # 4: round half to even onto the 2**-32 grid, saturate to LINEAR_TERM_BITS.
             contribution = stage(signed(LINEAR_TERM_BITS), "c")
-            scaled = round_shift(product, shift3, max_right=82, max_left=63)
+            scaled = round_shift_saturate(product, shift3, LINEAR_TERM_BITS, max_right=82,
+                                          max_left=63)
             # raw: the partial itself, delayed to the contribution stage
             partial3 = stage(signed(PARTIAL_BITS), "partial3_")
             partials = [stage(signed(PARTIAL_BITS), f"partial{k}_") for k in (1, 2)]
@@ -183,7 +184,7 @@ class BlockScaler(wiring.Component):
                     partials[0].eq(i.partial[lane]), partials[1].eq(partials[0]),
                     partial3.eq(partials[1]),
                     contribution.eq(Mux(self.raw, partial3,
-                                        saturate(scaled, LINEAR_TERM_BITS))),
+                                        scaled)),
                     self.o_value[lane].eq(Mux(
                         self.raw, saturate(acc, ACC_BITS),
                         saturate(round_half_even(fx_halved, fx_sticky), ACC_BITS))),

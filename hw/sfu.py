@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa import special
 from ..isa.vector import READS_B, VectorOp, command_layout
-from .arith import bit_length, halve_shift, round_half_even, round_shift, saturate
+from .arith import bit_length, halve_shift, round_half_even, round_shift_saturate, saturate
 from .scalar import ScalarOp, ScalarUnit
 
 __all__ = ["SpecialFunctionUnit", "LaneArray", "LaneOp", "b_entry_layout", "ERROR_CODES"]
@@ -190,15 +190,15 @@ class LaneArray(wiring.Component):
         tag = f"{name}_nrm"
         product = self._reg(m, x * self.mult, signed(FX_BITS + 18), tag + "_p")
         results[LaneOp.NORMALIZE].append((self._reg(
-            m, saturate(round_shift(product, self.shift, max_right=63, max_left=40), FX_BITS),
+            m, round_shift_saturate(product, self.shift, FX_BITS, max_right=63, max_left=40),
             signed(FX_BITS), tag + "_y"), 2))
         # NORM: (x - mean) * w, * mult, round shift, + bias and saturate: 4 stages.
         tag = f"{name}_norm"
         centred_w = self._reg(m, (x - self.mean) * bw, signed(34 + 16), tag + "_cw")
         product = self._reg(m, centred_w * self.mult, signed(50 + 18), tag + "_p")
         bias = self._delay(m, bv, 2, tag + "_b")
-        scaled = self._reg(m, saturate(round_shift(product, self.shift, max_right=70,
-                                                   max_left=40), 72),
+        scaled = self._reg(m, round_shift_saturate(product, self.shift, 72, max_right=70,
+                                                   max_left=40),
                            signed(72), tag + "_s")
         bias3 = self._reg(m, bias, signed(FX_BITS), tag + "_b3")
         results[LaneOp.NORM].append((self._reg(m, saturate(scaled + bias3, FX_BITS),

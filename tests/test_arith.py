@@ -1,0 +1,61 @@
+"""The shared arithmetic blocks of flightgen.hw.arith in amaranth.sim, against the one
+rounding rule of flightgen.isa.numerics (mul_round_shift) and its saturation."""
+
+import numpy as np
+import pytest
+from amaranth import Module, Signal, signed
+from amaranth.sim import Simulator
+
+from flightgen.hw.arith import round_shift_saturate
+from flightgen.isa.numerics import mul_round_shift
+
+
+def evaluate(width, bits, max_right, max_left, cases):
+    """``[(value, shift)] -> [result]`` of the block on a combinational module."""
+    m = Module()
+    value, shift = Signal(signed(width)), Signal(signed(10))
+    out = Signal(signed(bits))
+    m.d.comb += out.eq(
+        round_shift_saturate(value, shift, bits, max_right=max_right, max_left=max_left))
+    results = []
+
+    async def bench(ctx):
+        for v, s in cases:
+            ctx.set(value, v)
+            ctx.set(shift, s)
+            results.append(ctx.get(out))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+def cases(width, max_right, max_left, rng, count=2000):
+    """Random values of every magnitude (and the extremes, 0 and -1) with shifts over the
+    whole clamped range and beyond it."""
+    magnitudes = rng.integers(0, width, count)
+    values = [int(rng.integers(0, 1 << 62)) << 20 | int(rng.integers(0, 1 << 20)) for _ in
+              range(count)]
+    values = [(v % (1 << int(b))) * (-1 if rng.random() < 0.5 else 1)
+              for v, b in zip(values, magnitudes, strict=True)]
+    values += [-(1 << (width - 1)), (1 << (width - 1)) - 1, 0, -1, 1]
+    shifts = rng.integers(-max_left - 3, max_right + 4, len(values))
+    picked = [(int(v), int(s)) for v, s in zip(values, shifts, strict=True)]
+    # round half to even at every shift: exact halves, either parity
+    picked += [((2 * k + 1) << (s - 1), s) for k in (-3, -2, 1, 2) for s in range(1, 20)]
+    return picked
+
+
+@pytest.mark.parametrize(("width", "bits", "max_right", "max_left"),
+                         [(81, 52, 82, 63), (50, 32, 63, 40), (68, 72, 70, 40)])
+def test_round_shift_saturate_is_mul_round_shift(width, bits, max_right, max_left):
+    rng = np.random.default_rng(width)
+    picked = cases(width, max_right, max_left, rng)
+    got = evaluate(width, bits, max_right, max_left, picked)
+    clamped = [min(max(s, -max_left), max_right) for _, s in picked]
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    rounded = mul_round_shift(np.array([v for v, _ in picked], object), 1,
+                              np.array(clamped, object))
+    expected = [min(max(int(r), low), high) for r in rounded]
+    assert got == expected
