@@ -17,8 +17,16 @@ def halve_shift(value, shift):
     ``(value * 2) >> shift`` (its bit 0 is the guard bit, worth one half) and ``sticky`` says
     whether any bit below the guard bit was set."""
     doubled = Cat(Const(0, 1), value).as_signed()
-    below = (Const(1, len(doubled)) << shift) - 1
-    return doubled >> shift, (doubled.as_unsigned() & below).any()
+    return doubled >> shift, _below_guard(value, shift)
+
+
+def _below_guard(value, shift):
+    """Whether ``value`` has a set bit below bit ``shift - 1`` (the guard bit of a right shift
+    by ``shift``, a Value, signed or not, or an int): an OR of each bit with a compare of
+    ``shift`` against its constant position (no mask shifter, no subtractor)."""
+    if isinstance(shift, int):
+        return value[:max(shift - 1, 0)].any()
+    return Cat(*(value[i] & (shift > i + 1) for i in range(len(value)))).any()
 
 
 def round_half_even(shifted, sticky):
@@ -64,7 +72,7 @@ def round_shift_saturate(value, shift, bits, *, max_right, max_left):
     t = (s + max_left).as_unsigned()[:(max_right + max_left).bit_length()]
     window = (Cat(Const(0, max_left + 1), value).as_signed() >> t)[:bits + 2]
     quotient = window[1:].as_signed()
-    sticky = Cat(*(value[i] & (s > i + 1) for i in range(n))).any()
+    sticky = _below_guard(value, s)
     sign = value[-1]
     lost = Cat(*((value[i] ^ sign) & (s <= i - bits) for i in range(bits - max_left, n - 1)
                  if i >= 0)).any()

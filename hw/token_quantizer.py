@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa.attention import FOLD_BITS, WEIGHT_BITS, fold, split, weight_codes
 from ..isa.numerics import ACT_BITS, QUANT_INPUT_BITS, SCALE_BITS, quantize_per_token
-from .arith import bit_length, halve_shift, round_half_even, round_shift, saturate
+from .arith import bit_length, halve_shift, round_half_even, round_shift_saturate
 
 __all__ = ["TokenQuantizer", "command_layout", "input_layout", "output_layout", "scale_layout",
            "pack_scales"]
@@ -255,9 +255,8 @@ class TokenQuantizer(wiring.Component):
             # s2: the fold shift, rounded, saturated to FOLD_BITS
             m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
             for k in range(P):
-                shifted = round_shift(products[k], shifts[k], max_right=FOLD_BITS,
-                                      max_left=FOLD_BITS)
-                m.d.sync += weights[k].eq(saturate(shifted, FOLD_BITS))
+                m.d.sync += weights[k].eq(round_shift_saturate(
+                    products[k], shifts[k], FOLD_BITS, max_right=FOLD_BITS, max_left=FOLD_BITS))
             # s3: pass 1, the beat's peak; pass 2, the narrowed values
             m.d.sync += [s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
             magnitudes = [Mux(w < 0, -w, w).as_unsigned() for w in weights]

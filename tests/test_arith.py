@@ -48,7 +48,7 @@ def cases(width, max_right, max_left, rng, count=2000):
 
 
 @pytest.mark.parametrize(("width", "bits", "max_right", "max_left"),
-                         [(81, 52, 82, 63), (50, 32, 63, 40), (68, 72, 70, 40)])
+                         [(81, 52, 82, 63), (50, 32, 63, 40), (68, 72, 70, 40), (48, 48, 48, 48)])
 def test_round_shift_saturate_is_mul_round_shift(width, bits, max_right, max_left):
     rng = np.random.default_rng(width)
     picked = cases(width, max_right, max_left, rng)
