@@ -328,8 +328,10 @@ class Core(wiring.Component):
         # l // load_lanes) written by the load engine alone, a striped load's lines in one
         # cycle; VEC and ACT have one bank and an arbiter among their writers.
         writers = {Buffer.VEC: ["load", "matrix", "vector"], Buffer.ACT: ["load", "quant", "lo"]}
-        readers = {Buffer.VEC: ["store", "a", "b"], Buffer.ACT: ["store", "act"],
-                   Buffer.WGT: ["store", "wgt"], Buffer.META: ["store", "mask", "scale"]}
+        readers = {Buffer.VEC: ["a", "b"], Buffer.ACT: ["act"], Buffer.WGT: ["wgt"],
+                   Buffer.META: ["mask", "scale"]}
+        for b in c.stored:  # a read port (a copy of the memories) for each buffer stored from
+            readers[b] = ["store", *readers[b]]
         lanes, log_lanes = c.load_lanes, c.load_lanes.bit_length() - 1
         monitors = {key: self.buffer_writes[k] for k, key in enumerate(write_monitors(c))}
         read_ports = {}
@@ -422,7 +424,7 @@ class Core(wiring.Component):
         store_buffer = Signal(2)
         with m.If(store.read_en):
             m.d.sync += store_buffer.eq(store.read_buffer)
-        for b in Buffer:
+        for b in c.stored:  # (the dispatcher refuses a STORE from another buffer)
             client = read_port_signature(w).create(path=("store", b.name.lower()))
             connect_lines(read_ports[b, "store"], client, f"store_{b.name.lower()}")
             m.d.comb += [client.en.eq(store.read_en & (store.read_buffer == b.value)),

@@ -235,8 +235,10 @@ class Decoder(wiring.Component):
                     out_of_range.eq(load.line + items > depth),
                 ]
             with m.Case(Opcode.STORE.value):
+                unstored = ~load.buffer.as_value().matches(*(b.value for b in c.stored)) \
+                    if len(c.stored) < len(Buffer) else Const(0)  # (lint: no constant compare)
                 m.d.comb += [
-                    bad_field.eq(tr_bad | stripe_bad),
+                    bad_field.eq(tr_bad | stripe_bad | unstored),
                     out_of_range.eq(load.line + _ceil_shift(items, step) > depth),
                 ]
             with m.Case(Opcode.MATRIX.value):

@@ -153,6 +153,10 @@ class CoreConfig:
         The core meets the other cores of a tensor-parallel group with ``BARRIER``, whose flags
         live on its last HBM port, the **exchange port** (the cores of a group share that
         channel). Without it a ``BARRIER`` is illegal.
+    store_buffers : tuple of str
+        The buffers a ``STORE`` may read (``"vec"``, ``"act"``, ``"wgt"``, ``"meta"``; by
+        default all four): a ``STORE`` from another is illegal. Each one costs a read port,
+        a copy of the buffer's memories (``WGT`` in UltraRAM above all).
     load_lanes : int
         Lines the load unit can move in one cycle (1, 2, 4 or 8, at most ``hbm_ports``, and a
         weight beat holds whole rows of them): the widest ``LOAD`` stripe and the banks of
@@ -179,6 +183,7 @@ class CoreConfig:
     vector_lanes: int = 0
     load_lanes: int = 1
     barrier: bool = False
+    store_buffers: tuple = ("vec", "act", "wgt", "meta")
 
     def __post_init__(self):
         geometry = Geometry(self.chain, self.vpus)
@@ -186,6 +191,14 @@ class CoreConfig:
         object.__setattr__(self, "keeps", check_keeps(self.keeps))
         object.__setattr__(self, "modes", tuple(m.name.lower()
                                                 for m in check_modes(self.modes)))
+        names = {b.name.lower(): b for b in Buffer}
+        stored = self.store_buffers
+        if (isinstance(stored, str) or not hasattr(stored, "__iter__") or not stored
+                or any(name not in names for name in stored)):
+            raise ValueError(f"store_buffers must name one or more of {', '.join(names)}, not "
+                             f"{stored!r}")
+        object.__setattr__(self, "store_buffers",
+                           tuple(name for name in names if name in set(stored)))
         if self.line_bits not in _LINE_BITS:
             raise ValueError(f"line_bits must be 256 or 512, not {self.line_bits!r}")
         for name in ("vec_lines", "act_lines", "wgt_lines", "meta_lines"):
@@ -275,14 +288,22 @@ class CoreConfig:
         return self.vector_lanes or self.lanes
 
     @property
+    def stored(self):
+        """:attr:`store_buffers` as :class:`~flightgen.isa.instructions.Buffer` values."""
+        return tuple(Buffer[name.upper()] for name in self.store_buffers)
+
+    @property
     def matrix_modes(self):
         """:attr:`modes` as :class:`~flightgen.isa.matrix.MatrixMode` values."""
         return check_modes(self.modes)
 
     def to_dict(self):
-        out = {**asdict(self), "keeps": list(self.keeps), "modes": list(self.modes)}
+        out = {**asdict(self), "keeps": list(self.keeps), "modes": list(self.modes),
+               "store_buffers": list(self.store_buffers)}
         if not self.barrier:  # binaries of cores without the barrier read as before
             del out["barrier"]
+        if self.store_buffers == CoreConfig.store_buffers:  # (and those storing from any)
+            del out["store_buffers"]
         return out
 
 
@@ -368,6 +389,9 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
         if f["buffer"] not in {b.value for b in Buffer}:
             bad(f"unknown buffer {f['buffer']}")
         buffer = Buffer(f["buffer"])
+        if opcode == Opcode.STORE and buffer not in config.stored:
+            bad(f"the store unit reads {', '.join(b.name for b in config.stored)}, not "
+                f"{buffer.name}")
         if f["port"] >= config.hbm_ports:
             bad(f"port {f['port']} but the core has {config.hbm_ports} HBM ports")
         if f["count2"] == 0 or f["count3"] == 0:

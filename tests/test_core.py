@@ -155,6 +155,22 @@ def test_load_store_with_tokens(line_bits):
           config=CoreConfig(line_bits=line_bits))
 
 
+def test_a_store_from_a_buffer_without_a_store_port_stops_the_core():
+    """The board configuration's store unit reads VEC and ACT only: their stores run (equal
+    to the ISA simulator), a STORE from WGT stops the core with BAD_FIELD."""
+    rng = np.random.default_rng(SEED)
+    words = assemble("""
+        load  buffer=vec line=3 port=1 addr=0x200 length=2 release=store
+        load  buffer=act line=1 port=0 addr=0x40 length=3 release=store
+        load  buffer=wgt line=0 port=0 addr=0x40 length=1
+        store buffer=vec line=3 port=0 addr=0x1005 length=60 wait=load
+        store buffer=act line=1 port=1 addr=0x2000 length=96 wait=load
+        store buffer=wgt line=0 port=1 addr=0x3000 length=32
+        halt""")
+    status = check(words, _images(rng), config=CoreConfig(store_buffers=("vec", "act")))
+    assert ErrorCode(status["error"]) == ErrorCode.BAD_FIELD
+
+
 @pytest.mark.parametrize("program, code", [
     ("load buffer=vec length=1\n.word 0x9\nhalt", ErrorCode.ILLEGAL_OPCODE),
     ("load buffer=vec addr=0x10 length=1\nhalt", ErrorCode.MISALIGNED),

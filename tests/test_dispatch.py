@@ -162,6 +162,25 @@ def test_decoder_refuses_the_matrix_modes_a_reduced_engine_lacks():
             assert (g_beats.act, g_beats.weights, g_beats.masks, g_beats.scales) == beats
 
 
+def test_decoder_refuses_stores_from_buffers_without_a_store_port():
+    """A core whose store unit reads VEC and ACT only (the board configuration's) refuses a
+    STORE from WGT or META as BAD_FIELD, like the ISA; loads into them still resolve."""
+    config = dataclasses.replace(SIM_CORE, store_buffers=("vec", "act"))
+    words = assemble("\n".join(
+        [f"store buffer={b} line=2 port=1 addr=0x40 length=64" for b in ("vec", "act", "wgt",
+                                                                       "meta")] +
+        [f"load buffer={b} line=2 port=1 addr=0x40 length=2" for b in ("wgt", "meta")]))
+    registers = [(0,) * 7] * len(words)
+    got = _decode(config, words, registers)
+    expected = [_expected(word, regs, config) for word, regs in zip(words, registers, strict=True)]
+    assert [e[0] for e in expected] == [ErrorCode.NONE] * 2 + [ErrorCode.BAD_FIELD] * 2 + [
+        ErrorCode.NONE] * 2
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    for (error, resolved, _), (_, word, _, _) in zip(expected, got, strict=True):
+        if error == ErrorCode.NONE:
+            assert word == resolved
+
+
 def test_decoder_checks_striped_loads_like_the_isa():
     """A core with a four-lane load unit: striped loads and stores, each of their checks, and
     MATRIX weight lines off the banks resolve (or fail) as in the ISA; random words too."""

@@ -286,8 +286,15 @@ def test_core_config_validation():
         CoreConfig(chain=16, vpus=2, hbm_ports=4, load_lanes=4)  # a weight beat of 2 lines
     with pytest.raises(ValueError, match=r"^load_lanes must be a power of two from 1 to 4 "):
         CoreConfig(chain=16, vpus=4, hbm_ports=6, load_lanes=3)
-    reduced = CoreConfig(keeps=[8, 16], modes=["mv"])  # as read back from JSON
+    with pytest.raises(ValueError, match=r"^store_buffers must name one or more of vec, act, "
+                                         r"wgt, meta, not 'vec'$"):
+        CoreConfig(store_buffers="vec")
+    with pytest.raises(ValueError, match=r"^store_buffers must name one or more"):
+        CoreConfig(store_buffers=())
+    reduced = CoreConfig(keeps=[8, 16], modes=["mv"], store_buffers=["act", "vec"])  # (JSON)
     assert (reduced.keeps, reduced.modes) == ((16, 8), ("mv",))
+    assert reduced.store_buffers == ("vec", "act")
+    assert "store_buffers" not in CoreConfig().to_dict()  # binaries read as before
     assert CoreConfig(**json.loads(json.dumps(reduced.to_dict()))) == reduced
 
 
@@ -298,6 +305,16 @@ def test_a_reduced_engine_makes_other_matrix_commands_illegal():
                           ("matrix mode=mm blocks=1 groups=1", "the engine has no MM mode")):
         with pytest.raises(IllegalInstruction, match=message) as error:
             resolve(config, assemble_line(line))
+        assert error.value.code == ErrorCode.BAD_FIELD
+
+
+def test_a_core_without_a_store_port_on_a_buffer_refuses_stores_from_it():
+    config = CoreConfig(store_buffers=("vec", "act"))
+    assert resolve(config, assemble_line("load buffer=wgt length=1")).fields["buffer"] == 2
+    for name in ("wgt", "meta"):
+        with pytest.raises(IllegalInstruction, match=f"^store: the store unit reads VEC, ACT, "
+                                                     f"not {name.upper()}$") as error:
+            resolve(config, assemble_line(f"store buffer={name} length=32"))
         assert error.value.code == ErrorCode.BAD_FIELD
 
 
