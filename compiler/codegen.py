@@ -36,6 +36,12 @@ from .quantize import embedding_rows
 
 __all__ = ["step_program", "buckets", "build_images", "vector_bytes"]
 
+#: KV heads whose cache append runs ahead of the attention: the store unit writes a token's
+#: key one byte per burst (the keys lie transposed), about 600 cycles a KV head, so the
+#: first head of a KV head would wait for its append at two ahead (LLaMA2-7B on the U280:
+#: 2,859,314 cycles at three against 2,880,527 at two and 2,868,865 at four).
+APPEND_AHEAD = 3
+
 
 def buckets(mode, phase, capacity):
     """The context buckets of ``phase``: ``[0]`` (dynamic), or the largest length of each
@@ -383,9 +389,9 @@ def step_program(graph, ctx, core, phase, bucket):
                    f"addr={base['vs']['address']:#x} length={lengths.groups()}"
                    f"{' wait=vector' if k else ''} release=vector")
 
-        # the cache appends run two KV heads ahead of the attention, one a head step
+        # the cache appends run APPEND_AHEAD KV heads ahead of the attention, one a head step
         pending = list(range(len(my_kv)))
-        for _ in range(2):
+        for _ in range(APPEND_AHEAD):
             if pending:
                 append(pending.pop(0))
         scores(0)

@@ -160,16 +160,18 @@ BOARD_LOAD_LANES = 8
 #: :data:`BOARD_LOAD_LANES` or the board's ports if fewer, come from the board). Its
 #: matrix engine of 16 chains of 32 packed DSPs (1,024 MACs a cycle: an INT4 step is the
 #: eight lines the load unit brings a cycle) runs MV (the compiler's decode and token-serial
-#: prefill) with dense and 8:16 (and 2:4) weights, and its SFU, quantizers and attention
-#: rescaler take each 32-element beat in eight parts of 4: the sparse MUXes of 4:16 and 2:16,
-#: the MM activation tiles of 32 token lanes and 28 more lanes in each of those four would not
-#: fit an SLR's LUTs next to the wide engine and the striped load unit (docs/boards.md).
-#: Its ``WGT`` of 32,768 lines (2 MiB of URAM) holds the keys and values of a head at 4,096
-#: tokens and four weight tiles of 4,096 lines: twice that (tiles three times as large, 70.2
-#: instead of 68.2 tokens/s) took 301 URAM288 of an SLR's 280 and 99.5% of its LUTs.
+#: prefill) with INT8 and INT4 codes, dense and 8:16 (and 2:4), and its SFU, quantizers and
+#: attention rescaler take each 32-element beat in four parts of 8: the sparse MUXes of 4:16
+#: and 2:16, the INT2 slice of the weight unpacker (24.6 k LUTs), the MM activation tiles of
+#: 32 token lanes and the vector datapaths at 32 lanes would not fit an SLR's LUTs next to
+#: the wide engine and the striped load unit (docs/boards.md). Its store unit reads VEC and
+#: ACT only (all the compiler stores from), so ``WGT`` has one copy of its memories: 65,536
+#: lines (4 MiB of URAM) hold the keys and values of a head at 4,096 tokens and four weight
+#: tiles of 12,288 lines.
 BOARD_CORE = CoreConfig(line_bits=512, chain=32, vpus=16, max_blocks=512, vector_max=4096,
-                        vec_lines=8192, act_lines=1024, wgt_lines=32768, meta_lines=4096,
-                        keeps=(16, 8), modes=("mv",), vector_lanes=4)
+                        vec_lines=8192, act_lines=1024, wgt_lines=65536, meta_lines=4096,
+                        keeps=(16, 8), modes=("mv",), code_bits=(8, 4), vector_lanes=8,
+                        store_buffers=("vec", "act"))
 
 
 def board_target(board, parallel="tensor"):

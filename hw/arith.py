@@ -5,7 +5,7 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 :func:`~flightgen.isa.numerics.saturate`.
 """
 
-from amaranth import Cat, Const, Mux, Signal
+from amaranth import Cat, Const, Mux, Signal, Value
 
 __all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift", "round_shift_saturate",
            "saturate"]
@@ -26,7 +26,20 @@ def _below_guard(value, shift):
     ``shift`` against its constant position (no mask shifter, no subtractor)."""
     if isinstance(shift, int):
         return value[:max(shift - 1, 0)].any()
-    return Cat(*(value[i] & (shift > i + 1) for i in range(len(value)))).any()
+    return Cat(*(value[i] & above for i in range(len(value))
+                 if (above := _greater(shift, i + 1)) is not None)).any()
+
+
+def _greater(value, bound):
+    """``value > bound`` for a constant ``bound``: ``None`` when it never holds in the range
+    of ``value``'s shape, a constant 1 when it always does (the Verilog then holds no constant
+    comparison, which Verilator's lint refuses)."""
+    shape = Value.cast(value).shape()
+    low = -(1 << (shape.width - 1)) if shape.signed else 0
+    high = (1 << (shape.width - 1 if shape.signed else shape.width)) - 1
+    if bound >= high:
+        return None
+    return Const(1) if bound < low else value > bound
 
 
 def round_half_even(shifted, sticky):
@@ -74,8 +87,14 @@ def round_shift_saturate(value, shift, bits, *, max_right, max_left):
     quotient = window[1:].as_signed()
     sticky = _below_guard(value, s)
     sign = value[-1]
-    lost = Cat(*((value[i] ^ sign) & (s <= i - bits) for i in range(bits - max_left, n - 1)
-                 if i >= 0)).any()
+    lost = []
+    for i in range(max(bits - max_left, 0), n - 1):
+        above = _greater(s, i - bits)  # s > i - bits: bit i stays in the window
+        if above is None:
+            lost.append(value[i] ^ sign)
+        elif not isinstance(above, Const):
+            lost.append((value[i] ^ sign) & (s <= i - bits))
+    lost = Cat(*lost).any()
     rounded = quotient + (window[0] & (sticky | quotient[0]))
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(lost, Mux(sign, low, high), saturate(rounded, bits))

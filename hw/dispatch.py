@@ -245,7 +245,7 @@ class Decoder(wiring.Component):
                 active = (mat.blocks != 0) & (mat.groups != 0)
                 m.d.comb += [
                     bad_field.eq((mat.bits == 3) | (mat.blocks > c.max_blocks) |
-                                 ~supports(mat, c.keeps, c.matrix_modes) |
+                                 ~supports(mat, c.keeps, c.matrix_modes, c.code_bits) |
                                  (mat.wgt[:c.load_lanes.bit_length() - 1] != 0)),
                     out_of_range.eq(active & (
                         span(mat.act, beats.act, bb["act"], c.act_lines) |

@@ -31,6 +31,7 @@ from ..isa.matrix import (
     KEEP_CODES,
     Geometry,
     MatrixMode,
+    check_code_bits,
     check_keeps,
     check_modes,
     command_layout,
@@ -49,12 +50,14 @@ ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3, "bad_mask": 
                "unsupported": 5}
 
 
-def supports(command, keeps, modes):
-    """Whether an engine with ``keeps`` and ``modes`` (:func:`~flightgen.isa.matrix.check_keeps`,
-    :func:`~flightgen.isa.matrix.check_modes`) runs ``command`` (a view with ``keep`` and
-    ``mode`` fields: the engine's command or a ``MATRIX`` instruction)."""
+def supports(command, keeps, modes, code_bits=tuple(BITS_CODES)):
+    """Whether an engine with ``keeps``, ``modes`` and ``code_bits``
+    (:func:`~flightgen.isa.matrix.check_keeps`, :func:`~flightgen.isa.matrix.check_modes`,
+    :func:`~flightgen.isa.matrix.check_code_bits`) runs ``command`` (a view with ``keep``,
+    ``mode`` and ``bits`` fields: the engine's command or a ``MATRIX`` instruction)."""
     return (command.keep.matches(*(KEEP_CODES[k] for k in keeps))
-            & Value.cast(command.mode).matches(*(mode.value for mode in modes)))
+            & Value.cast(command.mode).matches(*(mode.value for mode in modes))
+            & command.bits.matches(*(BITS_CODES[b] for b in code_bits)))
 
 
 class MatrixEngine(wiring.Component):
@@ -73,6 +76,9 @@ class MatrixEngine(wiring.Component):
     modes : sequence of MatrixMode or str
         Modes supported (:func:`~flightgen.isa.matrix.check_modes`; default MV and MM). Without
         MM the engine holds one token lane of activations instead of ``2 V``.
+    code_bits : sequence of int
+        Weight code widths unpacked (:func:`~flightgen.isa.matrix.check_code_bits`; default
+        8, 4 and 2): each costs the weight unpacker a slice width.
 
     Raises
     ------
@@ -104,9 +110,10 @@ class MatrixEngine(wiring.Component):
     """
 
     def __init__(self, chain=8, vpus=2, max_k=4096, *, keeps=tuple(KEEP_CODES),
-                 modes=tuple(MatrixMode)):
+                 modes=tuple(MatrixMode), code_bits=tuple(BITS_CODES)):
         self.geometry = g = Geometry(chain, vpus)
         self.keeps, self.modes = check_keeps(keeps), check_modes(modes)
+        self.code_bits = check_code_bits(code_bits)
         if not isinstance(max_k, int) or max_k < g.row_codes or max_k % g.row_codes:
             raise ValueError(f"max_k must be a positive multiple of {g.row_codes}, not {max_k!r}")
         if max_k // ACT_GROUP >= 1 << 16:
@@ -187,7 +194,7 @@ class MatrixEngine(wiring.Component):
             scale_read.append(smem.read_port(domain="comb"))
 
         # Unpackers: one slice width per supported (mode, code width) and (mode, sparse keep).
-        code_cases = [(mode, bits) for mode in self.modes for bits in BITS_CODES]
+        code_cases = [(mode, bits) for mode in self.modes for bits in self.code_bits]
         mask_cases = [(mode, keep) for mode in self.modes for keep in self.keeps[1:]]
         code_slices = [g.codes_per_step(mode) * bits for mode, bits in code_cases]
         mask_slices = [g.mask_windows_per_step(mode, keep) * WINDOW for mode, keep in mask_cases]
@@ -325,7 +332,7 @@ class MatrixEngine(wiring.Component):
                         m.d.sync += error.eq(ERROR_CODES["too_long"])
                     with m.Elif(new.bits > max(BITS_CODES.values())):
                         m.d.sync += error.eq(ERROR_CODES["bad_bits"])
-                    with m.Elif(~supports(new, self.keeps, self.modes)):
+                    with m.Elif(~supports(new, self.keeps, self.modes, self.code_bits)):
                         m.d.sync += error.eq(ERROR_CODES["unsupported"])
                     with m.Elif((new.blocks == 0) | (new.groups == 0)):
                         m.d.sync += error.eq(ERROR_CODES["empty"])
@@ -369,8 +376,8 @@ class MatrixEngine(wiring.Component):
             m.d.sync += [valid0.eq(issue), slot0.eq((column // L) % 8)]
             with m.Switch(Cat(cmd.bits, cmd.mode)):
                 for mode in self.modes:
-                    for bits, code in BITS_CODES.items():
-                        with m.Case(code | (mode.value << 2)):
+                    for bits in self.code_bits:
+                        with m.Case(BITS_CODES[bits] | (mode.value << 2)):
                             m.d.sync += self._unpack_codes(codes0, wu.o.payload, mode, bits,
                                                            cmd.signed)
             with m.Switch(Cat(cmd.keep, cmd.mode)):

@@ -85,7 +85,7 @@ class MatrixUnit(wiring.Component):
         c = self.config
         bits = c.beat_bits
         engine = MatrixEngine(c.chain, c.vpus, c.max_blocks * ACT_GROUP, keeps=c.keeps,
-                              modes=c.matrix_modes)
+                              modes=c.matrix_modes, code_bits=c.code_bits)
         m.submodules.engine = ResetInserter({"sync": self.clear})(engine)
         readers = {}
         for name, stream_name in (("act", "act"), ("wgt", "weights"), ("mask", "masks"),

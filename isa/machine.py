@@ -73,6 +73,7 @@ from .matrix import (
     Geometry,
     MatrixMode,
     MatrixStreams,
+    check_code_bits,
     check_keeps,
     check_modes,
 )
@@ -138,6 +139,9 @@ class CoreConfig:
     load_flight : int
         ``LOAD`` instructions the load unit may start before the oldest has released its
         tokens (consecutive loads overlap; every other unit runs one at a time).
+    code_bits : tuple of int
+        Weight code widths the matrix engine unpacks (8 always; 4, 2):
+        :func:`flightgen.isa.matrix.check_code_bits`. A ``MATRIX`` with another is illegal.
     keeps : tuple of int
         Hardware keeps the matrix engine supports (16, dense, always; 8, 4, 2 for N:16):
         :func:`flightgen.isa.matrix.check_keeps`. A ``MATRIX`` with another keep is illegal.
@@ -179,6 +183,7 @@ class CoreConfig:
     token_limit: int = 15
     load_flight: int = 4
     keeps: tuple = (16, 8, 4, 2)
+    code_bits: tuple = (8, 4, 2)
     modes: tuple = ("mv", "mm")
     vector_lanes: int = 0
     load_lanes: int = 1
@@ -189,6 +194,7 @@ class CoreConfig:
         geometry = Geometry(self.chain, self.vpus)
         # normalised (a JSON list reads back as the same configuration)
         object.__setattr__(self, "keeps", check_keeps(self.keeps))
+        object.__setattr__(self, "code_bits", check_code_bits(self.code_bits))
         object.__setattr__(self, "modes", tuple(m.name.lower()
                                                 for m in check_modes(self.modes)))
         names = {b.name.lower(): b for b in Buffer}
@@ -299,11 +305,12 @@ class CoreConfig:
 
     def to_dict(self):
         out = {**asdict(self), "keeps": list(self.keeps), "modes": list(self.modes),
-               "store_buffers": list(self.store_buffers)}
+               "store_buffers": list(self.store_buffers), "code_bits": list(self.code_bits)}
         if not self.barrier:  # binaries of cores without the barrier read as before
             del out["barrier"]
-        if self.store_buffers == CoreConfig.store_buffers:  # (and those storing from any)
-            del out["store_buffers"]
+        for name in ("store_buffers", "code_bits"):  # (nor those of every store and width)
+            if getattr(self, name) == getattr(CoreConfig, name):
+                del out[name]
         return out
 
 
@@ -425,6 +432,10 @@ def resolve(config, word, registers=(0,) * (REGISTERS - 1), pc=0):
     elif opcode == Opcode.MATRIX:
         if f["bits"] not in BITS_CODES.values():
             bad(f"unknown code width {f['bits']}")
+        bits = {code: bits for bits, code in BITS_CODES.items()}[f["bits"]]
+        if bits not in config.code_bits:
+            bad(f"the engine unpacks INT{', INT'.join(map(str, config.code_bits))} codes, not "
+                f"INT{bits}")
         keep = {code: keep for keep, code in KEEP_CODES.items()}[f["keep"]]
         if keep not in config.keeps:
             bad(f"the engine runs N:16 for N in {', '.join(map(str, config.keeps))}, not "

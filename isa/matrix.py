@@ -65,7 +65,8 @@ from .sparse import WINDOW, check_nm, window_masks
 from .weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS, GroupQuantized, linear
 
 __all__ = ["MatrixMode", "KEEP_CODES", "BITS_CODES", "WGROUP_CODES", "scale_format",
-           "scale_blocks", "check_keeps", "check_modes", "command_layout", "Geometry",
+           "scale_blocks", "check_keeps", "check_code_bits", "check_modes", "command_layout",
+           "Geometry",
            "WeightStreams", "padded_shape", "bits_to_bytes", "MatrixOperation", "CHAIN_RANGE",
            "MAX_VPUS"]
 
@@ -86,19 +87,32 @@ WGROUP_CODES = {32: 0, 64: 1, 128: 2, 256: 3}
 CHAIN_RANGE = (8, 16, 32, 64)
 
 
+def _check_distinct(name, values, allowed, required):
+    """``values`` as a tuple from largest to smallest, checked: distinct members of
+    ``allowed`` (a dict's keys) that hold ``required``."""
+    try:
+        out = tuple(sorted({int(v) for v in values}, reverse=True))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of {sorted(allowed)}, not "
+                         f"{values!r}") from None
+    if required not in out or not set(out) <= set(allowed) or len(out) != len(values):
+        raise ValueError(f"{name} must hold {required} and distinct values of "
+                         f"{', '.join(map(str, allowed))}, not {list(values)!r}")
+    return out
+
+
 def check_keeps(keeps):
     """The hardware keeps an engine supports, checked: a tuple from largest to smallest of
     values of :data:`KEEP_CODES` that holds 16 (dense). An engine leaves out the sparse MUX
     inputs of the modes it does not support, and refuses their commands."""
-    try:
-        values = tuple(sorted({int(k) for k in keeps}, reverse=True))
-    except (TypeError, ValueError):
-        raise ValueError(f"keeps must be a sequence of {sorted(KEEP_CODES)}, not "
-                         f"{keeps!r}") from None
-    if 16 not in values or not set(values) <= set(KEEP_CODES) or len(values) != len(keeps):
-        raise ValueError(f"keeps must hold 16 and distinct values of "
-                         f"{', '.join(map(str, KEEP_CODES))}, not {list(keeps)!r}")
-    return values
+    return _check_distinct("keeps", keeps, KEEP_CODES, 16)
+
+
+def check_code_bits(code_bits):
+    """The weight code widths an engine unpacks, checked: a tuple from widest to narrowest of
+    values of :data:`BITS_CODES` that holds 8 (attention's keys and values are INT8). An
+    engine leaves out the unpacker slices of the others, and refuses their commands."""
+    return _check_distinct("code_bits", code_bits, BITS_CODES, 8)
 
 
 def check_modes(modes):

@@ -149,9 +149,10 @@ def test_link_cfg_gives_every_core_its_own_pseudo_channels_and_slr():
 
 
 #: The board configuration's features at simulation size: MV only, dense and 8:16, an SFU
-#: narrower than the beats, striped loads into a banked WGT, stores from VEC and ACT only.
+#: narrower than the beats, striped loads into a banked WGT, stores from VEC and ACT only,
+#: no INT2.
 BOARD_LIKE = dataclasses.replace(STRIPED, keeps=(16, 8), modes=("mv",), vector_lanes=2,
-                                 store_buffers=("vec", "act"))
+                                 store_buffers=("vec", "act"), code_bits=(8, 4))
 
 
 @pytest.mark.verilator

@@ -145,16 +145,17 @@ def test_decoder_matches_the_isa_on_random_words():
 
 
 def test_decoder_refuses_the_matrix_modes_a_reduced_engine_lacks():
-    """A core whose engine runs MV only, dense and 8:16 (the board configuration's) refuses
-    MM and 4:16 / 2:16 commands as BAD_FIELD, like the ISA; the rest resolve alike."""
-    config = dataclasses.replace(SIM_CORE, keeps=(16, 8), modes=("mv",))
+    """A core whose engine runs MV only, dense and 8:16, INT8 and INT4 (the board
+    configuration's) refuses MM, 4:16 / 2:16 and INT2 commands as BAD_FIELD, like the ISA;
+    the rest resolve alike."""
+    config = dataclasses.replace(SIM_CORE, keeps=(16, 8), modes=("mv",), code_bits=(8, 4))
     words = assemble("\n".join(
-        f"matrix mode={mode} keep={keep} bits=4 blocks=2 groups=3 wgroup=64 pair=1"
-        for mode in ("mv", "mm") for keep in (16, 8, 4, 2)))
+        f"matrix mode={mode} keep={keep} bits={bits} blocks=2 groups=3 wgroup=64 pair=1"
+        for bits in (4, 2) for mode in ("mv", "mm") for keep in (16, 8, 4, 2)))
     registers = [(0,) * 7] * len(words)
     got = _decode(config, words, registers)
     expected = [_expected(word, regs, config) for word, regs in zip(words, registers, strict=True)]
-    assert [e[0] for e in expected] == [ErrorCode.NONE] * 2 + [ErrorCode.BAD_FIELD] * 6
+    assert [e[0] for e in expected] == [ErrorCode.NONE] * 2 + [ErrorCode.BAD_FIELD] * 14
     assert [g[0] for g in got] == [e[0] for e in expected]
     for (error, resolved, beats), (_, word, g_beats, _) in zip(expected, got, strict=True):
         if error == ErrorCode.NONE:

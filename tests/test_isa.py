@@ -291,18 +291,23 @@ def test_core_config_validation():
         CoreConfig(store_buffers="vec")
     with pytest.raises(ValueError, match=r"^store_buffers must name one or more"):
         CoreConfig(store_buffers=())
-    reduced = CoreConfig(keeps=[8, 16], modes=["mv"], store_buffers=["act", "vec"])  # (JSON)
+    with pytest.raises(ValueError, match=r"^code_bits must hold 8 and distinct values"):
+        CoreConfig(code_bits=(4,))
+    reduced = CoreConfig(keeps=[8, 16], modes=["mv"], store_buffers=["act", "vec"],
+                         code_bits=[4, 8])  # as read back from JSON
     assert (reduced.keeps, reduced.modes) == ((16, 8), ("mv",))
-    assert reduced.store_buffers == ("vec", "act")
-    assert "store_buffers" not in CoreConfig().to_dict()  # binaries read as before
+    assert (reduced.store_buffers, reduced.code_bits) == (("vec", "act"), (8, 4))
+    assert {"store_buffers", "code_bits"}.isdisjoint(CoreConfig().to_dict())  # as before
     assert CoreConfig(**json.loads(json.dumps(reduced.to_dict()))) == reduced
 
 
 def test_a_reduced_engine_makes_other_matrix_commands_illegal():
-    config = CoreConfig(keeps=(16, 8), modes=("mv",))
+    config = CoreConfig(keeps=(16, 8), modes=("mv",), code_bits=(8, 4))
     assert resolve(config, assemble_line("matrix keep=8 blocks=1 groups=1")).fields["keep"] == 1
     for line, message in (("matrix keep=4 blocks=1 groups=1", "runs N:16 for N in 16, 8, not 4"),
-                          ("matrix mode=mm blocks=1 groups=1", "the engine has no MM mode")):
+                          ("matrix mode=mm blocks=1 groups=1", "the engine has no MM mode"),
+                          ("matrix bits=2 blocks=1 groups=1",
+                           "the engine unpacks INT8, INT4 codes, not INT2")):
         with pytest.raises(IllegalInstruction, match=message) as error:
             resolve(config, assemble_line(line))
         assert error.value.code == ErrorCode.BAD_FIELD

@@ -100,12 +100,31 @@ def test_a_reduced_engine_runs_what_it_supports_and_refuses_the_rest():
             ERROR_CODES["unsupported"], 1)
 
 
+def test_an_engine_without_int2_runs_int8_and_int4_and_refuses_int2():
+    """The board configuration's unpacker leaves out the INT2 slice the compiler never
+    emits: INT8 and INT4 commands compute exactly under stalls, an INT2 one is refused."""
+    engine = MatrixEngine(8, 2, 512, keeps=(16, 8), modes=("mv",), code_bits=(4, 8))
+    assert engine.code_bits == (8, 4)
+    rng = np.random.default_rng(29)
+    ops = [matrix_operation(rng, engine.geometry, MatrixMode.MV, weights, pattern)
+           for weights, pattern in (("int4", (16, 16)), ("int8-asym", (8, 16)),
+                                    ("int4-asym", (2, 4)))]
+    values, _ = simulate(engine, ops, stall=0.3)
+    check(values, ops)
+    op = matrix_operation(rng, engine.geometry, MatrixMode.MV, "int2", (16, 16), k=128)
+    assert refuse_command(engine, op.command, command_layout, INPUTS) == (
+        ERROR_CODES["unsupported"], 1)
+
+
 def test_parameters_are_validated():
     with pytest.raises(ValueError, match="^keeps must hold 16 and distinct values of 16, 8, 4, "
                                          r"2, not \[8, 4\]$"):
         MatrixEngine(8, 1, keeps=(8, 4))
     with pytest.raises(ValueError, match=r"^modes must hold MV and no repeats, not \['mm'\]$"):
         MatrixEngine(8, 1, modes=("mm",))
+    with pytest.raises(ValueError, match=r"^code_bits must hold 8 and distinct values of 8, 4, "
+                                         r"2, not \[4, 2\]$"):
+        MatrixEngine(8, 1, code_bits=(4, 2))
     with pytest.raises(ValueError, match="^max_k must be a positive multiple of 64, not 100$"):
         MatrixEngine(8, 1, 100)
     with pytest.raises(ValueError, match="^VPU count must be a power of two from 1 to 64, "
