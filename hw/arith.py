@@ -7,8 +7,7 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 
 from amaranth import Cat, Const, Mux, Signal, Value
 
-__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift", "round_shift_saturate",
-           "saturate"]
+__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift_saturate", "saturate"]
 
 
 def halve_shift(value, shift):
@@ -54,25 +53,13 @@ def saturate(value, bits):
     return Mux(value > high, high, Mux(value < low, low, value))
 
 
-def round_shift(value, shift, *, max_right, max_left):
-    """``round_half_even(value * 2**-shift)`` for a signed ``shift`` (a Value): a rounding
-    right shift when positive, an exact left shift when not. Right shifts beyond
-    ``max_right`` (at least the width of ``value``) give the same result as ``max_right``;
-    left shifts are clamped at ``max_left``, so callers saturate the result to fewer than
-    ``max_left`` bits."""
-    right_bits, left_bits = max_right.bit_length(), max_left.bit_length()
-    right = Mux(shift > max_right, max_right, shift).as_unsigned()[:right_bits]
-    left = Mux(-shift > max_left, max_left, -shift).as_unsigned()[:left_bits]
-    halved, sticky = halve_shift(value, right)
-    return Mux(shift > 0, round_half_even(halved, sticky), value << left)
-
-
 def round_shift_saturate(value, shift, bits, *, max_right, max_left):
-    """``saturate(round_shift(value, shift, ...), bits)`` for a signed ``value`` and a signed
-    ``shift`` (a Value), built for ``bits`` well below ``len(value) + max_left``: one window
-    of ``bits + 2`` bits cut from ``value * 2**-shift`` by a single shifter, rather than a
-    full-width right shift, a full-width left shift and a saturating compare of both. Shifts
-    are clamped to ``[-max_left, max_right]`` first, as in :func:`round_shift`.
+    """``saturate(round_half_even(value * 2**-shift), bits)`` for a signed ``value`` and a
+    signed ``shift`` (a Value) clamped to ``[-max_left, max_right]`` first (a right shift
+    beyond the width of ``value`` gives what one by that width does; callers choose
+    ``max_left`` so that larger left shifts saturate anyway). One window of ``bits + 2``
+    bits is cut from ``value * 2**-shift`` by a single shifter, rather than a full-width
+    right shift, a full-width left shift and a saturating compare of both.
 
     The window holds ``floor(value / 2**shift)`` and the guard bit; the sticky bit is any bit
     of ``value`` below the guard; the result saturates when ``value`` has a bit of magnitude
@@ -92,7 +79,7 @@ def round_shift_saturate(value, shift, bits, *, max_right, max_left):
         above = _greater(s, i - bits)  # s > i - bits: bit i stays in the window
         if above is None:
             lost.append(value[i] ^ sign)
-        elif not isinstance(above, Const):
+        elif not isinstance(above, Const):  # (as s <= i - bits: ABC maps it smaller here)
             lost.append((value[i] ^ sign) & (s <= i - bits))
     lost = Cat(*lost).any()
     rounded = quotient + (window[0] & (sticky | quotient[0]))

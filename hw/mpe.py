@@ -50,7 +50,7 @@ ERROR_CODES = {"none": 0, "too_long": 1, "bad_bits": 2, "empty": 3, "bad_mask": 
                "unsupported": 5}
 
 
-def supports(command, keeps, modes, code_bits=tuple(BITS_CODES)):
+def supports(command, keeps, modes, code_bits):
     """Whether an engine with ``keeps``, ``modes`` and ``code_bits``
     (:func:`~flightgen.isa.matrix.check_keeps`, :func:`~flightgen.isa.matrix.check_modes`,
     :func:`~flightgen.isa.matrix.check_code_bits`) runs ``command`` (a view with ``keep``,

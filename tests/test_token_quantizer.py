@@ -10,7 +10,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from flightgen.hw import token_quantizer as token_quantizer_module
-from flightgen.hw.arith import round_shift
+from flightgen.hw.arith import round_shift_saturate
 from flightgen.hw.token_quantizer import TokenQuantizer, pack_scales
 from flightgen.isa.attention import FOLD_BITS, fold, split, weight_codes
 from flightgen.isa.numerics import quantize_per_token
@@ -324,7 +324,9 @@ def _round_half_up(shifted, sticky):
 
 
 def _wrapping_round_shift(value, shift, bits, *, max_right, max_left):
-    return round_shift(value, shift, max_right=max_right, max_left=max_left)[:bits].as_signed()
+    # saturates 16 bits too wide, then wraps to bits
+    return round_shift_saturate(value, shift, bits + 16, max_right=max_right,
+                                max_left=max_left)[:bits].as_signed()
 
 
 def run_case(vectors):
