@@ -21,9 +21,10 @@ In both modes the token's position comes from registers (``r5`` for RoPE, ``r3``
 
 Token discipline: every pair of conflicting accesses is ordered by tokens or queue order, so
 the ISA simulator's result is the core's (see :mod:`flightgen.isa.machine`). Weight tiles
-stream through :data:`~flightgen.compiler.passes.SLOTS` slots; the output projection's first
-tiles are fetched while attention runs (they release no token: the attention loads after
-them do, and the in-order load releaser implies theirs).
+stream through :data:`~flightgen.compiler.passes.SLOTS` slots; some tiles' loads are hoisted
+ahead of their matrix (:meth:`_Writer.hoist`): the output projection's first tiles are fetched
+while attention runs, the next matrix's first tiles during a tensor-parallel exchange (they
+release no token: a load after them does, and the in-order load releaser implies theirs).
 """
 
 import numpy as np
@@ -38,9 +39,23 @@ __all__ = ["step_program", "buckets", "build_images", "vector_bytes"]
 
 #: KV heads whose cache append runs ahead of the attention: the store unit writes a token's
 #: key one byte per burst (the keys lie transposed), about 600 cycles a KV head, so the
-#: first head of a KV head would wait for its append at two ahead (LLaMA2-7B on the U280:
-#: 2,859,314 cycles at three against 2,880,527 at two and 2,868,865 at four).
+#: first head of a KV head would wait for its append at two ahead (LLaMA2-7B W4 g128 on the
+#: U280, context 512: 2,893,127 cycles at three against 2,916,871 at two; four saves 0.2% at
+#: that point and loses 0.1% with scales per 32).
 APPEND_AHEAD = 3
+
+#: Tiles of the output projection whose loads come before the attention (the keys of the
+#: first head wait behind them in the load queue).
+EARLY_OUTPUT_TILES = 2
+
+#: Tiles of the next matrix whose loads come before each of a layer's four tensor-parallel
+#: exchanges (after the attention, the output projection, gate and up, down): the load engine
+#: would otherwise idle from the exchange's store until after the barrier (the dispatcher
+#: stops there), but the exchange's own load then waits behind the hoisted tiles in the load
+#: queue, and the vector work after it with the matrix engine, so more is not better. Chosen
+#: with the cycle model (LLaMA2-7B W4 g128 on the U280, context 512, HBM at 0.9): 3,096,043
+#: cycles with none, 2,974,535 with one at each, 2,893,127 with these.
+EXCHANGE_TILES = (0, 2, 1, 1)
 
 
 def buckets(mode, phase, capacity):
@@ -82,7 +97,15 @@ class _Lengths:
 
 
 class _Writer:
-    """Assembly of one program, with the weight-tile slots and token bookkeeping."""
+    """Assembly of one program, with the weight-tile slots and token bookkeeping.
+
+    **Hoisted tiles**: :meth:`hoist` marks the current place in the program; the loads of
+    the next tiles emitted go there instead of before their matrix commands, so the load
+    engine fetches them while the work between the mark and the matrix runs. A hoisted
+    tile's loads release no token and its matrix command does not wait for them: a load
+    after the mark that the work before the matrix waits for (an exchange's vector, the
+    attention's keys) releases later, and the in-order load releaser implies that the
+    hoisted loads completed first."""
 
     def __init__(self, ctx, planned):
         self.ctx, self.core = ctx, ctx.target.core
@@ -91,23 +114,45 @@ class _Writer:
         self.planned = planned
         buffers = ctx.results["buffers"]
         self.slot_w, self.slot_m = buffers.slot_w, buffers.slot_m
+        self.hoists = []  # [place in text, tiles still to hoist there], oldest first
 
     def emit(self, line):
         self.text.append(line)
 
+    def hoist(self, tiles):
+        """Hoist the loads of up to ``tiles`` of the tiles still to come to here: no more
+        than are left, nor than leave every hoisted tile's slot to a matrix command before
+        its mark (at most :data:`SLOTS` hoisted tiles pending), so a hoisted load never
+        waits for a command behind it."""
+        pending = sum(mark[1] for mark in self.hoists)
+        tiles = min(tiles, SLOTS - pending, self.planned - self.tiles - pending)
+        if tiles > 0:
+            self.hoists.append([len(self.text), tiles])
+
+    def _place(self, lines):
+        """Put ``lines`` (a tile's loads) at the oldest hoist mark; whether it was hoisted."""
+        if not self.hoists:
+            return False
+        mark = self.hoists[0]
+        self.text[mark[0]:mark[0]] = lines
+        for later in self.hoists:
+            later[0] += len(lines)
+        mark[1] -= 1
+        if not mark[1]:
+            self.hoists.pop(0)
+        return True
+
     def linear(self, name, act, out, *, first_wait=(), last_release=(), load_tile=True,
-               tiles=None, early=0):
+               tiles=None):
         """Emit the tiles of matrix ``name`` (all, or ``tiles``: indices into its plan):
         ``out`` (VEC line of row group 0 of the emitted tiles) = weight x the tile in ``ACT``
-        at ``act``. Returns ``(early_loads, rest)`` when ``early`` tiles are fetched ahead,
-        else emits directly."""
+        at ``act``; the loads of tiles under a :meth:`hoist` mark go there."""
         c = self.core
         plan = self.ctx.results["plans"][name]
         places = self.ctx.results["places"][name]["tiles"]
         indices = range(len(plan.tiles)) if tiles is None else tiles
         out_lines = c.beat_lines(c.beat_bits["out"])
         base_group = plan.tiles[indices[0]][0]
-        ahead, rest = [], []
         for position, index in enumerate(indices):
             first, count = plan.tiles[index]
             w, s, m = plan.lines[index]
@@ -116,26 +161,27 @@ class _Writer:
             self.tiles += 1
             slot = tile % SLOTS
             wgt, meta = slot * self.slot_w, slot * self.slot_m
-            prefetched = position < early
-            sink = ahead if prefetched else rest
+            hoisted = bool(self.hoists)
             wait = " wait=matrix" if tile >= SLOTS else ""
             operands = _striped(where)
             stripe, striped = operands["ways"], operands["operand"]
-            sink.append(f"load buffer=wgt line={wgt} port={where['port']} "
-                        f"addr={where['address']:#x} length={w}{striped}{wait}")
-            release = "" if prefetched else " release=matrix"
+            release = "" if hoisted else " release=matrix"
             meta_at = where.get("meta", {"port": where["port"],
                                          "address": where["address"] + w * c.line_bytes})
             meta_lines = -(-(s + m) // stripe) * stripe  # padded to whole stripes
-            sink.append(f"load buffer=meta line={meta} port={meta_at['port']} "
-                        f"addr={meta_at['address']:#x} length={meta_lines}{striped}{release}")
-            waits = ([] if prefetched else ["load"]) + (list(first_wait) if position == 0
-                                                         else [])
+            loads = [f"load buffer=wgt line={wgt} port={where['port']} "
+                     f"addr={where['address']:#x} length={w}{striped}{wait}",
+                     f"load buffer=meta line={meta} port={meta_at['port']} "
+                     f"addr={meta_at['address']:#x} length={meta_lines}{striped}{release}"]
+            if not self._place(loads):
+                self.text += loads
+            waits = ([] if hoisted else ["load"]) + (list(first_wait) if position == 0
+                                                     else [])
             releases = ["load"] if tile + SLOTS < self.planned else []
             if position == len(indices) - 1:
                 releases += list(last_release)
             f, spec = plan.command, plan.spec
-            rest.append(
+            self.emit(
                 f"matrix mode=mv keep={spec['keep']} bits={spec['bits']} signed={f['signed']} "
                 f"load={int(position == 0 and load_tile)} blocks={f['blocks']} groups={count} "
                 f"wgroup={ACT_GROUP << f['wgroup']} pair={f['pair']} "
@@ -143,10 +189,6 @@ class _Writer:
                 f"out={out + (first - base_group) * out_lines}"
                 + (f" wait={','.join(waits)}" if waits else "")
                 + (f" release={','.join(releases)}" if releases else ""))
-        if early:
-            return ahead, rest
-        self.text += rest
-        return None
 
 
 def vector_bytes(core, values, width=32):
@@ -440,20 +482,19 @@ def step_program(graph, ctx, core, phase, bucket):
             rope([V["q"] + h * hd_lines for h in my_heads])
             linear(names["attn_v"], V["v"], load_tile=False, last_release=["vector"])
             rope([V["k"] + k * hd_lines for k in my_kv])
-            early, late = linear(names["attn_output"], V["d"], first_wait=["vector"],
-                                 last_release=["store" if tensor else "vector"], early=2)
             # the output projection's first two tiles stream in while the keys are appended
             # to the cache (the load queue's order is the same: they precede the attention's
             # loads; only the dispatcher reaches them sooner); more would hold the first
             # head's keys behind them in the load queue
-            w.text += early
+            w.hoist(EARLY_OUTPUT_TILES)
             attention(i)
             if tensor:
                 trade(V["out"], heads * hd, my_heads[0] * hd, (my_heads[-1] + 1) * hd,
                       "vector")
             quant(heads * hd, V["out"], A["a"], first=" wait=load" if tensor else "",
                   last=" release=matrix")
-            w.text += late
+            linear(names["attn_output"], V["d"], first_wait=["vector"],
+                   last_release=["store" if tensor else "vector"])
             if tensor:
                 trade(V["d"], m.dim, *rows(names["attn_output"]), "matrix")
             w.emit(f"vector op=add length={m.dim} a={V['d']} b={V['x']} out={V['x']} "
@@ -485,8 +526,9 @@ def step_program(graph, ctx, core, phase, bucket):
     w.emit("halt")
     if tensor and trade.count != barrier_span(m) - 1:
         raise CompileError(f"internal: {trade.count} barriers, {barrier_span(m) - 1} planned")
-    if w.tiles != planned:
-        raise CompileError(f"internal: {w.tiles} tiles emitted, {planned} planned")
+    if w.tiles != planned or w.hoists:
+        raise CompileError(f"internal: {w.tiles} tiles emitted, {planned} planned, "
+                           f"{sum(mark[1] for mark in w.hoists)} hoisted loads unplaced")
     return assemble("\n".join(w.text))
 
 
@@ -515,6 +557,8 @@ class _Trade:
             raise CompileError(f"a slice of {hi - lo} values is {size} bytes: a STORE moves "
                                f"fewer than 65536")
         port = c.exchange_port
+        # the next matrix's first tiles stream in during the exchange
+        self.w.hoist(EXCHANGE_TILES[self.count % len(EXCHANGE_TILES)])
         self.w.emit(f"store buffer=vec line={line + offset} port={port} "
                     f"addr={buffer['address'] + offset * c.line_bytes:#x} length={size} "
                     f"wait={wait} release=sys")

@@ -13,7 +13,7 @@
 * loads share one R path, whatever their ports (the load engine receives the lines of its
   oldest command only): each burst's beats follow its address by the memory latency and wait
   for that path, one beat per cycle for the whole core (a striped load's beat brings a line
-  from each of its ports);
+  from each of its ports; :attr:`Timing.hbm_efficiency` of a beat on a board projection);
 * a ``MATRIX`` streams at the pace of the slower of the engine's steps and its stream
   readers (one buffer row a cycle each; ``WGT``'s rows are ``load_lanes`` lines).
 
@@ -21,6 +21,7 @@ The overheads of :class:`Timing` were fitted against Verilator traces of the cor
 latency 40, no stalls); ``tests/test_perf.py`` holds the model within 3% of the RTL's cycles.
 """
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -57,6 +58,11 @@ class Timing:
     load_release: int = 2
     #: Idle R cycles between two loads' data on a port.
     load_gap: int = 1
+    #: Beats per R cycle the memory sustains in a burst: 1.0 for the harness's memory (what
+    #: the fit was made against); a board projection passes the HBM's assumed efficiency
+    #: (:data:`flightgen.sim.projection.HBM_EFFICIENCY`), so a burst of ``n`` beats holds
+    #: the R path ``n / hbm_efficiency`` cycles.
+    hbm_efficiency: float = 1.0
     #: Cycles a unit adds to its block's own count (buffer reads and writes around it):
     #: MATRIX, VECTOR (SFU), QUANT (beats plus this), TOKEN, RESCALE, STORE.
     matrix: int = 8
@@ -302,8 +308,8 @@ class _Timeline:
             if len(self.burst_ends) >= units.load.outstanding:  # one must complete first
                 address = max(address, self.burst_ends[-units.load.outstanding] + 1)
             first = max(address + timing.latency, self.r_free)
-            self.r_free = first + beats
-            finish = first + beats - 1
+            self.r_free = first + beats / timing.hbm_efficiency
+            finish = math.ceil(self.r_free) - 1
             self.burst_ends.append(finish)
             address += 1
         finish += timing.load_release

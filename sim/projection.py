@@ -18,10 +18,13 @@ program at a context length, and adds it up:
   dense-equivalent MACs per cycle against every core's MAC array.
 
 The model's per-instruction costs come from the hardware's structure (the blocks'
-``expected_cycles``) and Verilator-fitted overheads; HBM is modelled as each port delivering
-one beat per cycle after its latency, which a 512-bit port at 225 MHz (14.4 GB/s) asks of a
-14.375 GB/s pseudo-channel: :data:`HBM_EFFICIENCY` is the documented assumption of how much of
-that the HBM controller sustains for long sequential bursts.
+``expected_cycles``) and Verilator-fitted overheads. A 512-bit port at 225 MHz (14.4 GB/s)
+asks a beat a cycle of a 14.375 GB/s pseudo-channel; :data:`HBM_EFFICIENCY` is the documented
+assumption of how much of that the HBM controller sustains for long sequential bursts, and it
+holds on both sides of the comparison: the roofline's bandwidth, and the cycle model's loads
+(a burst of ``n`` beats takes ``n / HBM_EFFICIENCY`` cycles of the R path,
+:attr:`flightgen.sim.perf.Timing.hbm_efficiency`). The RTL's memory in the tests that hold the
+cycle model to Verilator answers a beat a cycle (efficiency 1).
 """
 
 from dataclasses import asdict, dataclass
@@ -31,7 +34,7 @@ from ..compiler.layout import KVLayout, decode_registers
 from ..compiler.passes import CompileConfig
 from ..isa.instructions import Opcode
 from ..isa.machine import resolve_program
-from .perf import estimate, estimate_group
+from .perf import Timing, estimate, estimate_group
 
 __all__ = ["HBM_EFFICIENCY", "Projection", "project", "macs_per_token"]
 
@@ -106,6 +109,7 @@ def project(name, model, board, target, config=None, context=512, prompt=128, pr
         raise FlightgenError(f"context {context} is beyond the KV cache of {capacity} tokens "
                              f"this configuration holds for {name}")
     kv = KVLayout(target.core, binary.layout["head_dim"], capacity)
+    timing = Timing(hbm_efficiency=HBM_EFFICIENCY)
     decode_regs = decode_registers(kv, context - 1)
     decode = [binary.program(core, "decode").words for core in range(target.cores)]
     prefill = [binary.program(core, "prefill").words for core in range(target.cores)]
@@ -114,16 +118,16 @@ def project(name, model, board, target, config=None, context=512, prompt=128, pr
     if target.tensor:
         say(f"cycle model: the {target.cores} cores' decode programs at position "
             f"{context - 1}, together")
-        core_cycles = [e.cycles for e in estimate_group(target.core, decode, decode_regs)]
+        core_cycles = [e.cycles for e in estimate_group(target.core, decode, decode_regs, timing)]
         cycles = max(core_cycles)
         prefill_cycles = max(e.cycles for e in estimate_group(target.core, prefill,
-                                                              prefill_regs))
+                                                              prefill_regs, timing))
     else:
         core_cycles, prefill_cycles = [], 0
         for core in range(target.cores):
             say(f"cycle model: core {core} decode program at position {context - 1}")
-            core_cycles.append(estimate(target.core, decode[core], decode_regs).cycles)
-            prefill_cycles += estimate(target.core, prefill[core], prefill_regs).cycles
+            core_cycles.append(estimate(target.core, decode[core], decode_regs, timing).cycles)
+            prefill_cycles += estimate(target.core, prefill[core], prefill_regs, timing).cycles
         cycles = sum(core_cycles)
     hz = target.clock_mhz * 1e6
     ports = target.cores * target.local_ports  # the weights' channels (not the shared one)

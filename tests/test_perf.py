@@ -20,7 +20,7 @@ from flightgen.compiler.layout import KVLayout, decode_registers
 from flightgen.compiler.target import TARGETS
 from flightgen.isa.assembly import assemble
 from flightgen.isa.machine import SIM_CORE, CoreConfig
-from flightgen.sim.perf import Deadlock, estimate
+from flightgen.sim.perf import Deadlock, Timing, estimate
 from flightgen.sim.programs import decoder_layer, ffn_chain
 
 pytestmark = pytest.mark.verilator
@@ -128,3 +128,17 @@ def test_cycle_model_refuses_more_tokens_than_the_limit():
                      + "vector op=add length=32 a=0 b=0 out=0 wait=load\n" * n + "halt")
     with pytest.raises(Deadlock, match="more than 15 tokens from LOAD to VECTOR"):
         estimate(SIM_CORE, words)
+
+
+def test_cycle_model_spreads_load_beats_at_the_hbm_efficiency():
+    """``Timing.hbm_efficiency`` (what a board projection assumes of the HBM): loads that
+    keep the R path busy take ``beats / efficiency`` cycles of it, so four back-to-back loads
+    of 256 lines at 0.8 end 1024 * (1 / 0.8 - 1) = 256 cycles later than at 1 (the memory of
+    the RTL harness); a compute-only program is unchanged."""
+    loads = assemble("".join(f"load buffer=vec line={256 * k} port=0 addr={k << 16:#x} "
+                             f"length=256\n" for k in range(4)) + "halt")
+    full = estimate(SIM_CORE, loads).cycles
+    assert estimate(SIM_CORE, loads, timing=Timing(hbm_efficiency=0.8)).cycles == full + 256
+    compute = assemble("vector op=add length=32 a=0 b=0 out=0\nhalt")
+    assert (estimate(SIM_CORE, compute, timing=Timing(hbm_efficiency=0.8)).cycles
+            == estimate(SIM_CORE, compute).cycles)
