@@ -53,8 +53,10 @@ EARLY_OUTPUT_TILES = 2
 #: would otherwise idle from the exchange's store until after the barrier (the dispatcher
 #: stops there), but the exchange's own load then waits behind the hoisted tiles in the load
 #: queue, and the vector work after it with the matrix engine, so more is not better. Chosen
-#: with the cycle model (LLaMA2-7B W4 g128 on the U280, context 512, HBM at 0.9): 3,096,043
-#: cycles with none, 2,974,535 with one at each, 2,893,127 with these.
+#: with the cycle model (LLaMA2-7B W4 g128 on the U280, context 512, HBM at 0.9, the
+#: exchange channel shared): 3,185,925 cycles with none, 3,052,755 with one at each,
+#: 2,977,924 with these (two at each of the last three: 2,973,364, within the noise of
+#: what else moves).
 EXCHANGE_TILES = (0, 2, 1, 1)
 
 
@@ -231,7 +233,7 @@ def step_program(graph, ctx, core, phase, bucket):
     of the four matrix stages of a layer whose output every core needs (attention's output,
     the output projection, gate and up, down) the cores trade their slices: each stores its
     slice to the exchange buffer of the turn, meets the others at a ``BARRIER`` and loads the
-    whole vector back (:func:`_Trade`). Norms, RoPE tables and the residual stream are
+    others' slices (:func:`_Trade`). Norms, RoPE tables and the residual stream are
     computed by every core alike; the logits go to the shared channel."""
     target, m = ctx.target, graph.config
     c, g = target.core, target.core.geometry
@@ -537,7 +539,9 @@ class _Trade:
     core the whole ``n``-value vector at VEC ``line`` of which this core computed values
     ``lo`` to ``hi`` (produced by unit ``wait``, which released a token to ``STORE``): store
     the slice to its place in the exchange buffer of the turn, meet the others at a
-    ``BARRIER``, load the whole vector (releasing a token to ``VECTOR``). The two buffers
+    ``BARRIER``, load the others' slices around its own (the last load releasing a token to
+    ``VECTOR``): the cores share the exchange channel, so a core's own slice is not read
+    back (a group of one reads it all, for the same tokens). The two buffers
     take turns: a core writes a buffer again only after the next barrier, which every core
     reaches only after loading what it needed from it."""
 
@@ -565,8 +569,16 @@ class _Trade:
         self.w.emit(f"barrier peers={self.target.cores} slot={self.core} "
                     f"addr={flags['address']:#x} value={self.count + 1}+r5*{self.span} "
                     f"wait=store release=load")
-        self.w.emit(f"load buffer=vec line={line} port={port} addr={buffer['address']:#x} "
-                    f"length={c.vector_lines(n)} wait=sys release=vector")
+        around = [(0, lo), (hi, n)]
+        around = [(start, end) for start, end in around if end > start] or [(0, n)]
+        for number, (start, end) in enumerate(around):
+            first = c.vector_lines(start)
+            last = number == len(around) - 1
+            self.w.emit(f"load buffer=vec line={line + first} port={port} "
+                        f"addr={buffer['address'] + first * c.line_bytes:#x} "
+                        f"length={c.vector_lines(end) - first}"
+                        + (" wait=sys" if number == 0 else "")
+                        + (" release=vector" if last else ""))
         self.count += 1
 
 

@@ -14,6 +14,8 @@
   oldest command only): each burst's beats follow its address by the memory latency and wait
   for that path, one beat per cycle for the whole core (a striped load's beat brings a line
   from each of its ports; :attr:`Timing.hbm_efficiency` of a beat on a board projection);
+  in a tensor-parallel group the exchange channel is one for all the cores, so a load or
+  store there takes ``peers`` cycles a beat (the cores trade at the same barrier);
 * a ``MATRIX`` streams at the pace of the slower of the engine's steps and its stream
   readers (one buffer row a cycle each; ``WGT``'s rows are ``load_lanes`` lines).
 
@@ -111,8 +113,9 @@ class _Units:
                                  lanes=config.load_lanes)
 
 
-def _duration(units, timing, instruction):
-    """Cycles of a non-LOAD instruction, from its start to its release."""
+def _duration(units, timing, instruction, share=1):
+    """Cycles of a non-LOAD instruction, from its start to its release; a ``STORE`` to a
+    channel ``share`` cores write at once (the exchange) waits its turn for each beat."""
     c, f = units.config, instruction.fields
     op = instruction.opcode
     if op == Opcode.MATRIX:
@@ -148,7 +151,9 @@ def _duration(units, timing, instruction):
     if op == Opcode.RESCALE:
         return units.rescale.expected_cycles(f["length"]) + units.gear + timing.rescale
     if op == Opcode.STORE:
-        return units.store.expected_cycles(f, timing.latency) + timing.store
+        beats = sum(b for _, _, b in units.store.bursts(f))
+        slower = math.ceil(beats * (share / timing.hbm_efficiency - 1))
+        return units.store.expected_cycles(f, timing.latency) + timing.store + slower
     return 1
 
 
@@ -292,15 +297,25 @@ class _Timeline:
                         if finish is None:
                             break
                     else:
-                        finish = t + _duration(units, timing, instruction)
+                        finish = t + _duration(units, timing, instruction,
+                                               self._share(instruction))
                     self._finish(unit, instruction, finish)
             moved |= progress
             if not progress:
                 return moved
 
+    def _share(self, instruction):
+        """How many cores move data on the channel of ``instruction``'s port at once: every
+        core of the group on the exchange channel (they trade right before and after the
+        same barrier: assumed to meet there, each taking a turn for every beat), else 1."""
+        c = self.config
+        shared = c.barrier and instruction.fields.get("port") == c.exchange_port
+        return self.peers if shared else 1
+
     def _load(self, instruction, t, order, queue):
         timing, units = self.timing, self.units
         f = instruction.fields
+        pace = self._share(instruction) / timing.hbm_efficiency
         finish = t
         address = t + timing.load_issue
         self.r_free += timing.load_gap
@@ -308,7 +323,7 @@ class _Timeline:
             if len(self.burst_ends) >= units.load.outstanding:  # one must complete first
                 address = max(address, self.burst_ends[-units.load.outstanding] + 1)
             first = max(address + timing.latency, self.r_free)
-            self.r_free = first + beats / timing.hbm_efficiency
+            self.r_free = first + beats * pace
             finish = math.ceil(self.r_free) - 1
             self.burst_ends.append(finish)
             address += 1

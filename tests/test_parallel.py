@@ -97,3 +97,20 @@ def test_compile_cli_tensor_parallel(tmp_path, capsys):
     assert "3 tensor-parallel cores but the model has 2 KV heads" in capsys.readouterr().err
     assert not (tmp_path / "x.fgb").exists()
     assert TARGETS["sim"].parallel == "layers"
+
+
+def test_the_group_model_shares_the_exchange_channel():
+    """The cores of a group trade through one pseudo-channel: a load or store there takes a
+    beat of each core in turn, so two cores loading (or storing) 256 lines of it at once
+    each take 256 cycles longer than one core alone; a load from a core's own port does not."""
+    port = BARRIER_CORE.exchange_port
+    bytes_ = 256 * BARRIER_CORE.line_bytes
+    for text in (f"load buffer=vec line=0 port={port} addr=0 length=256\nhalt",
+                 f"store buffer=vec line=0 port={port} addr=0 length={bytes_}\nhalt"):
+        words = assemble(text)
+        alone = estimate(BARRIER_CORE, words).cycles
+        assert [e.cycles for e in estimate_group(BARRIER_CORE, [words, words])] == \
+            [alone + 256] * 2, text
+    own = assemble("load buffer=vec line=0 port=0 addr=0 length=256\nhalt")
+    assert [e.cycles for e in estimate_group(BARRIER_CORE, [own, own])] == \
+        [estimate(BARRIER_CORE, own).cycles] * 2
