@@ -156,9 +156,10 @@ BOARD_LIKE = dataclasses.replace(STRIPED, keeps=(16, 8), modes=("mv",), vector_l
 
 
 @pytest.mark.verilator
-@pytest.mark.parametrize("config", [SIM_CORE, BOARD_LIKE, dataclasses.replace(SIM_CORE,
-                                                                              barrier=True)],
-                         ids=["sim", "board-features", "barrier"])
+@pytest.mark.parametrize("config", [
+    pytest.param(SIM_CORE, marks=pytest.mark.slow), BOARD_LIKE,
+    pytest.param(dataclasses.replace(SIM_CORE, barrier=True), marks=pytest.mark.slow)],
+    ids=["sim", "board-features", "barrier"])
 def test_kernel_verilog_has_vitis_ports_and_passes_lint(tmp_path, config):
     from amaranth.back import verilog
 

@@ -1,10 +1,11 @@
-"""The core's Verilog under Verilator (cocotb bench flightgen.sim.benches.core), driven through
-AXI4-Lite as a host does, with HBM and program memories answering under random latency and
-backpressure on every AXI channel, against the ISA simulator: error codes and pcs, each
-unit's retired instructions in order, every HBM byte. Also the decode read bandwidth, the
-always-on-chip property (AXI traffic of chained decode FFN layers) and random instruction
-words. The 512-bit and striped cores run on the C++ harness by default and on the cocotb
-bench in the slow tier (tests/rtl.py)."""
+"""The core's Verilog under Verilator, driven through AXI4-Lite as a host does, with HBM and
+program memories answering under random latency and backpressure on every AXI channel,
+against the ISA simulator: error codes and pcs, each unit's retired instructions in order,
+every HBM byte. Also the decode read bandwidth, the always-on-chip property (AXI traffic of
+chained decode FFN layers) and random instruction words. Every test runs on the C++ harness
+by default and on the cocotb bench (flightgen.sim.benches.core) in the slow tier
+(tests/rtl.py), so the default run builds no cocotb model of the whole core; the harness's
+own fuzz (tests/test_harness.py) stands in for the cocotb one here."""
 
 import os
 
@@ -17,7 +18,7 @@ from flightgen.isa.assembly import assemble
 from flightgen.isa.machine import SIM_CORE, CoreConfig, ErrorCode
 from flightgen.sim.programs import decoder_layer, ffn_block, ffn_chain
 from flightgen.sim.stimulus import random_programs
-from flightgen.sim.system import compare, core_model, run_core, simulate
+from flightgen.sim.system import core_model, run_core, simulate
 
 pytestmark = pytest.mark.verilator
 
@@ -26,18 +27,10 @@ SEED = int(os.environ.get("FLIGHTGEN_SEED", "2026"))
 CONDITIONS = {"fast": (0.0, (1, 1)), "stalled": (0.3, (1, 40))}
 
 
-@pytest.fixture(scope="module")
-def model():
-    return core_model(SIM_CORE)
-
-
-def _check(model, words, hbm, registers=(0,) * 7, condition="stalled", name="core"):
+def _check(bench, words, hbm, registers=(0,) * 7, condition="stalled", name="core"):
     stall, latency = CONDITIONS[condition]
-    runs, images = run_core(model, SIM_CORE, [words], hbm, [registers], stall=stall,
-                            latency=latency, name=name)
-    machine, expected = simulate(SIM_CORE, words, hbm, registers)
-    compare(runs[0], expected, images, machine)
-    return runs[0]
+    return run_checked(bench, SIM_CORE, words, hbm, registers, stall=stall, latency=latency,
+                       seed=SEED, name=name)
 
 
 LOAD_STORE = """
@@ -54,26 +47,29 @@ stride3=0x777 wait=load
 """.replace("\\\n", "")
 
 
+@pytest.mark.parametrize("bench", BENCHES)
 @pytest.mark.parametrize("condition", list(CONDITIONS))
-def test_load_store_patterns(model, condition):
+def test_load_store_patterns(bench, condition):
     rng = np.random.default_rng(SEED)
     hbm = [rng.integers(0, 256, 1 << 14, dtype=np.uint8) for _ in range(SIM_CORE.hbm_ports)]
-    _check(model, assemble(LOAD_STORE), hbm, (3, 0, 0, 0, 0, 0, 0), condition)
+    _check(bench, assemble(LOAD_STORE), hbm, (3, 0, 0, 0, 0, 0, 0), condition)
 
 
 @pytest.mark.parametrize("bits, pattern", [(4, None), (8, (8, 16)), (4, (2, 4)), (2, (4, 16))])
-def test_ffn_block(model, bits, pattern):
+@pytest.mark.parametrize("bench", BENCHES)
+def test_ffn_block(bench, bits, pattern):
     """The decode FFN (RMSNorm, gate/up, SiLU, product, down, residual), weights streamed
     double-buffered from HBM, under stalls."""
     rng = np.random.default_rng(SEED + bits)
     builder, _ = ffn_block(SIM_CORE, rng, 128, 256, bits=bits, pattern=pattern,
                            hbm_bytes=1 << 18)
-    run = _check(model, builder.words(), builder.hbm, name=f"ffn-{bits}")
+    run = _check(bench, builder.words(), builder.hbm, name=f"ffn-{bits}")
     assert run.error == ErrorCode.NONE
 
 
+@pytest.mark.parametrize("bench", BENCHES)
 @pytest.mark.parametrize("position", [0, 21])
-def test_decoder_layer(model, position):
+def test_decoder_layer(bench, position):
     """A full LLaMA-style decoder layer, one decode step: RMSNorm, q/k/v projections, RoPE,
     the token's key and value quantized into the INT8 KV cache, grouped-query attention over
     the cache (raw scores, rescale, softmax, folded value scales, two-pass P @ V), output
@@ -83,52 +79,48 @@ def test_decoder_layer(model, position):
     rng = np.random.default_rng(SEED + position)
     builder = decoder_layer(SIM_CORE, rng, dim=64, heads=4, kv_heads=2, head_dim=16,
                             hidden=128, capacity=64, position=position, hbm_bytes=1 << 18)
-    run = _check(model, builder.words(), builder.hbm, builder.registers, name="layer")
+    run = _check(bench, builder.words(), builder.hbm, builder.registers, name="layer")
     assert run.error == ErrorCode.NONE
     print(f"decoder layer at position {position}: {len(builder.text)} instructions, "
           f"{run.cycles} cycles")
 
 
-def test_decode_read_bandwidth(model):
+@pytest.mark.parametrize("bench", BENCHES)
+def test_decode_read_bandwidth(bench):
     """An MV-dominated decode FFN (INT8 weights, so the matrix engine takes one line per
     cycle, as fast as the port delivers): the weight port's R channel is busy >= 90% of the
     cycles from the first read address to the last beat. Memory latency 40 cycles, no
     stalls: the port peak is one line per cycle."""
     rng = np.random.default_rng(SEED)
     builder, _ = ffn_block(SIM_CORE, rng, 256, 256, bits=8, hbm_bytes=1 << 19)
-    words = builder.words()
-    runs, images = run_core(model, SIM_CORE, [words], builder.hbm, stall=0.0,
-                            latency=(40, 40), name="bandwidth")
-    machine, expected = simulate(SIM_CORE, words, builder.hbm)
-    compare(runs[0], expected, images, machine)
-    utilisation = runs[0].read_bandwidth(0)
-    beats, first, last = runs[0].reads[0]
+    run = run_checked(bench, SIM_CORE, builder.words(), builder.hbm, latency=(40, 40),
+                      name="bandwidth")
+    utilisation = run.read_bandwidth(0)
+    beats, first, last = run.reads[0]
     print(f"decode FFN: {beats} lines read in {last - first + 1} cycles: "
-          f"{100 * utilisation:.1f}% of the port peak ({runs[0].cycles} cycles in all)")
+          f"{100 * utilisation:.1f}% of the port peak ({run.cycles} cycles in all)")
     assert utilisation >= 0.90
 
 
-def test_activations_stay_on_chip(model):
+@pytest.mark.parametrize("bench", BENCHES)
+def test_activations_stay_on_chip(bench):
     """Two chained decode FFN layers: the only HBM reads are the weights, the norm weights and
     the first input; the only write is the final output. Activations never cross AXI."""
     rng = np.random.default_rng(SEED)
     builder = ffn_chain(SIM_CORE, rng, 128, 256, layers=2, hbm_bytes=1 << 18)
-    words = builder.words()
-    runs, images = run_core(model, SIM_CORE, [words], builder.hbm, stall=0.2, latency=(1, 20),
-                            name="on-chip")
-    machine, expected = simulate(SIM_CORE, words, builder.hbm)
-    compare(runs[0], expected, images, machine)
+    run = run_checked(bench, SIM_CORE, builder.words(), builder.hbm, stall=0.2,
+                      latency=(1, 20), seed=SEED, name="on-chip")
     line = SIM_CORE.line_bytes
-    read = sum(beats for beats, _, _ in runs[0].reads) * line
+    read = sum(beats for beats, _, _ in run.reads) * line
     expected_read = builder.weight_bytes + builder.parameter_bytes + builder.input_bytes
     print(f"read {read} bytes: weights {builder.weight_bytes}, norm weights "
           f"{builder.parameter_bytes}, input {builder.input_bytes}")
     assert read == expected_read
-    written = int(np.count_nonzero(images[1] != builder.hbm[1]))
-    assert written <= builder.output_bytes
+    assert sum(run.written) == builder.output_bytes
 
 
-def test_decode_layer_traffic_is_weights_and_kv_cache(model):
+@pytest.mark.parametrize("bench", BENCHES)
+def test_decode_layer_traffic_is_weights_and_kv_cache(bench):
     """A decoder layer's AXI traffic, counted on the RTL: port 0 reads exactly the weights,
     the norm weights and RoPE phases and the input, and writes only the output; port 1 (the KV
     cache) reads exactly the cache of the L visible tokens (keys, transposed values and their
@@ -138,12 +130,9 @@ def test_decode_layer_traffic_is_weights_and_kv_cache(model):
     rng = np.random.default_rng(SEED)
     b = decoder_layer(SIM_CORE, rng, dim=64, heads=4, kv_heads=2, head_dim=16, hidden=128,
                       capacity=64, position=position, hbm_bytes=1 << 18)
-    words = b.words()
-    runs, images = run_core(model, SIM_CORE, [words], b.hbm, [b.registers], stall=0.2,
-                            latency=(1, 20), name="traffic")
-    machine, expected = simulate(SIM_CORE, words, b.hbm, b.registers)
-    compare(runs[0], expected, images, machine)
-    run, line, layout, g = runs[0], SIM_CORE.line_bytes, b.layout, SIM_CORE.geometry
+    run = run_checked(bench, SIM_CORE, b.words(), b.hbm, b.registers, stall=0.2,
+                      latency=(1, 20), seed=SEED, name="traffic")
+    line, layout, g = SIM_CORE.line_bytes, b.layout, SIM_CORE.geometry
     seen = position + 1
     groups = -(-seen // g.lanes)  # key row groups, and lines of scale words
     per_head = (groups * layout.key_group + 2 * groups * line
@@ -158,10 +147,13 @@ def test_decode_layer_traffic_is_weights_and_kv_cache(model):
     assert run.written[1] == 2 * (padded + b.head_dim + 2 * 4)
 
 
-def test_random_words_stop_the_core_with_the_isa_error(model):
-    """Fuzz: random programs; after each, the core reports done with the error code and pc
-    the ISA simulator gives (never a hang: the bench times out otherwise). Matrix commands are
-    dense, so that no error depends on data left in the buffers by earlier runs."""
+@pytest.mark.slow
+def test_random_words_stop_the_core_with_the_isa_error():
+    """Fuzz on the cocotb bench: random programs; after each, the core reports done with the
+    error code and pc the ISA simulator gives (never a hang: the bench times out otherwise).
+    Matrix commands are dense, so that no error depends on data left in the buffers by
+    earlier runs. (The default run fuzzes the harness: tests/test_harness.py.)"""
+    model = core_model(SIM_CORE)
     rng = np.random.default_rng(SEED)
     programs = random_programs(rng, 150)
     registers = [tuple(int(v) for v in rng.integers(0, 4, 7)) for _ in programs]

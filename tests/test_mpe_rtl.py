@@ -32,6 +32,7 @@ def test_bit_exact_cycles_and_speedup(tmp_path):
     assert speedup["MV", "8:16"] >= 1.9 and speedup["MM", "8:16"] >= 1.9
 
 
+@pytest.mark.slow
 def test_bench_catches_a_missing_overflow_correction():
     """A plausible bug: the overflow-adjust unit forgets the low lane's borrow. The bench must
     name the command and the first wrong value."""

@@ -15,7 +15,8 @@ BENCH = "flightgen.sim.benches.quantizer"
 pytestmark = pytest.mark.verilator
 
 
-@pytest.mark.parametrize(("lanes", "group"), [(4, 32), (16, 64)])
+@pytest.mark.parametrize(("lanes", "group"),
+                         [(4, 32), pytest.param(16, 64, marks=pytest.mark.slow)])
 def test_bit_exact_under_stalls(lanes, group):
     params = {"lanes": lanes, "group": group}
     model = runner.build(BlockQuantizer(**params), f"quantizer_l{lanes}_g{group}")
@@ -25,6 +26,7 @@ def test_bit_exact_under_stalls(lanes, group):
     assert len(records) == 16 + 1
 
 
+@pytest.mark.slow
 def test_bench_catches_a_wrong_range():
     """A plausible bug: codes scaled to 128 levels (the full INT8 range) instead of 127."""
     import flightgen.hw.quantizer as quantizer

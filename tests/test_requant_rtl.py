@@ -27,7 +27,8 @@ def bench_env(lanes, random_beats):
             "FLIGHTGEN_RANDOM_BEATS": random_beats}
 
 
-@pytest.mark.parametrize(("lanes", "random_beats"), [(1, 9000), (4, 2000)])
+@pytest.mark.parametrize(("lanes", "random_beats"), [pytest.param(1, 9000, marks=pytest.mark.slow),
+                                                     (4, 2000)])
 def test_bit_exact_under_stalls(lanes, random_beats):
     values = requant_beats(np.random.default_rng(0), lanes, random_beats)[0].size
     assert values >= 10_000  # per stall configuration: the bench's stimulus size is fixed

@@ -36,6 +36,7 @@ def test_thousand_random_vectors_per_length_class():
     assert len(records) == OPS
 
 
+@pytest.mark.slow
 def test_bench_catches_a_rounding_bug():
     """A plausible bug: the lanes round down instead of half to even. The bench names the
     operation, the element and the two values."""
