@@ -361,6 +361,7 @@ def test_perf_projection_of_smollm2_on_the_u280(tmp_path, capsys):
     assert "tokens/s at 225 MHz" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_decode_script(tmp_path):
     """The decode benchmark runs and reports the LLaMA2-7B W4 projection, the rows the
     compiler refuses with their reason, and OPT-6.7B's roofline (about 15 s)."""

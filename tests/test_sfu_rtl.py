@@ -1,7 +1,11 @@
 """SFU Verilog under Verilator (cocotb bench flightgen.sim.benches.sfu): every operation bit for
 bit against flightgen.isa.special, every length class (odd lengths included) under every stall
-cross, random vectors per length class, exact cycles. The full count of 1,000 random vectors per
-operation and length class is a slow test."""
+cross, random vectors per length class, exact cycles. All in the slow tier (the build takes
+about two minutes): the default run has the SFU's Verilog in the whole core, every instruction's
+writes checked against the ISA simulator on the C++ harness (tests/test_harness.py,
+tests/test_core_rtl.py), and every operation and length class in amaranth.sim
+(tests/test_sfu.py). The full count of 1,000 random vectors per operation and length class is
+slow too."""
 
 import json
 from unittest import mock
@@ -25,6 +29,7 @@ def run(vectors, test_filter=None):
                                  "FLIGHTGEN_VECTORS": vectors})
 
 
+@pytest.mark.slow
 def test_bit_exact_under_stalls_and_cycles():
     records = run(20)
     assert len(records) == 16 + 4 + OPS + 1
