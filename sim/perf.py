@@ -113,9 +113,9 @@ class _Units:
                                  lanes=config.load_lanes)
 
 
-def _duration(units, timing, instruction, share=1):
-    """Cycles of a non-LOAD instruction, from its start to its release; a ``STORE`` to a
-    channel ``share`` cores write at once (the exchange) waits its turn for each beat."""
+def _duration(units, timing, instruction, pace=1.0):
+    """Cycles of a non-LOAD instruction, from its start to its release; a ``STORE``'s beats
+    take ``pace`` cycles each instead of one (:meth:`_Timeline._pace`)."""
     c, f = units.config, instruction.fields
     op = instruction.opcode
     if op == Opcode.MATRIX:
@@ -152,7 +152,7 @@ def _duration(units, timing, instruction, share=1):
         return units.rescale.expected_cycles(f["length"]) + units.gear + timing.rescale
     if op == Opcode.STORE:
         beats = sum(b for _, _, b in units.store.bursts(f))
-        slower = math.ceil(beats * (share / timing.hbm_efficiency - 1))
+        slower = math.ceil(beats * (pace - 1))
         return units.store.expected_cycles(f, timing.latency) + timing.store + slower
     return 1
 
@@ -298,24 +298,25 @@ class _Timeline:
                             break
                     else:
                         finish = t + _duration(units, timing, instruction,
-                                               self._share(instruction))
+                                               self._pace(instruction))
                     self._finish(unit, instruction, finish)
             moved |= progress
             if not progress:
                 return moved
 
-    def _share(self, instruction):
-        """How many cores move data on the channel of ``instruction``'s port at once: every
-        core of the group on the exchange channel (they trade right before and after the
-        same barrier: assumed to meet there, each taking a turn for every beat), else 1."""
+    def _pace(self, instruction):
+        """Cycles a beat of ``instruction`` (a LOAD or STORE) takes on its channel: one over
+        :attr:`Timing.hbm_efficiency`, times the cores moving data there at once: every core
+        of the group on the exchange channel (they trade right before and after the same
+        barrier: assumed to meet there, each taking a turn for every beat), else one."""
         c = self.config
         shared = c.barrier and instruction.fields.get("port") == c.exchange_port
-        return self.peers if shared else 1
+        return (self.peers if shared else 1) / self.timing.hbm_efficiency
 
     def _load(self, instruction, t, order, queue):
         timing, units = self.timing, self.units
         f = instruction.fields
-        pace = self._share(instruction) / timing.hbm_efficiency
+        pace = self._pace(instruction)
         finish = t
         address = t + timing.load_issue
         self.r_free += timing.load_gap
