@@ -24,7 +24,7 @@ latency 40, no stalls); ``tests/test_perf.py`` holds the model within 3% of the 
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from ..hw.barrier import BarrierEngine
@@ -90,10 +90,20 @@ class Timing:
 
 @dataclass
 class Estimate:
-    """``cycles`` of the run and ``trace``: ``(unit, pc, retire cycle)`` per instruction."""
+    """``cycles`` of the run and ``trace``: ``(unit, pc, retire cycle)`` per instruction;
+    ``busy``: per unit (``"load"``, ``"store"``, ``"matrix"``, ``"vector"``, ``"sys"``) the
+    cycles in which it has an instruction under way (for the load unit: a load in flight,
+    its memory latency included); ``waits``: per unit, its idle cycles before an instruction
+    by what that instruction's start waited for last: a token from a unit (its name), or
+    ``"dispatch"`` (the instruction reached the unit's queue late: the program's fetch, a
+    ``BARRIER``'s wait for the group, or another unit's full queue holding the dispatcher).
+    A unit's busy and waiting cycles add up to the cycle after its last instruction
+    retires."""
 
     cycles: int
     trace: list
+    busy: dict = field(default_factory=dict)
+    waits: dict = field(default_factory=dict)
 
 
 class _Units:
@@ -213,6 +223,10 @@ class _Timeline:
         self.barrier = None  # the pc of a BARRIER the dispatcher waits for
         self.barriers = 0  # barriers reached so far
         self.trace = []
+        # per unit: its first cycle free of instructions, busy cycles, idle cycles by cause
+        self.free = {u: 0 for u in Unit}
+        self.busy = {u: 0 for u in Unit}
+        self.waits = {u: {} for u in Unit}
 
     def _barrier_end(self, instruction, t):
         """The end of a ``BARRIER`` this core reaches at ``t``, or None while a peer has not
@@ -272,10 +286,11 @@ class _Timeline:
                     if any(taken[(s, unit.value)] >= len(releases[(s, unit.value)])
                            for s in waits):
                         break
-                    t = self.dispatched[instruction.pc] + 1
+                    t, cause = self.dispatched[instruction.pc] + 1, "dispatch"
                     for s in waits:
-                        t = max(t, releases[(s, unit.value)][taken[(s, unit.value)]]
-                                + timing.token)
+                        ready = releases[(s, unit.value)][taken[(s, unit.value)]] + timing.token
+                        if ready > t:
+                            t, cause = ready, Unit(s).name.lower()
                         taken[(s, unit.value)] += 1
                     order = self.position[unit]
                     if order:
@@ -287,6 +302,9 @@ class _Timeline:
                         else:
                             t = max(t, end[previous.pc] + 1)
                     start[instruction.pc] = t
+                    idle = t - self.free[unit]
+                    if idle > 0:
+                        self.waits[unit][cause] = self.waits[unit].get(cause, 0) + idle
                     for s in waits:
                         self.taken_at[(s, unit.value)].append(t)
                     progress = True
@@ -338,6 +356,9 @@ class _Timeline:
             self.barriers += 1
         self.end[instruction.pc] = finish
         self.trace.append((unit.value, instruction.pc, finish))
+        # instructions of a unit start in order: the union of their spans, counted as they end
+        self.busy[unit] += max(0, finish + 1 - max(self.start[instruction.pc], self.free[unit]))
+        self.free[unit] = max(self.free[unit], finish + 1)
         for d in range(len(Unit)):
             if instruction.release >> d & 1:
                 self.releases[(unit.value, d)].append(finish)
@@ -366,7 +387,10 @@ class _Timeline:
 
     def result(self):
         cycles = max(self.end.values()) if self.end else 0
-        return Estimate(cycles, sorted(self.trace, key=lambda e: e[2]))
+        return Estimate(cycles, sorted(self.trace, key=lambda e: e[2]),
+                        busy={u.name.lower(): n for u, n in self.busy.items()},
+                        waits={u.name.lower(): dict(sorted(w.items(), key=lambda kv: -kv[1]))
+                               for u, w in self.waits.items()})
 
 
 def _is_barrier(instruction):

@@ -67,6 +67,11 @@ class Projection:
     prefill_tokens: int
     prefill_ms: float
     instruction_mb: float
+    #: Where the decode step's cycles go: per unit (``load``, ``store``, ``matrix``,
+    #: ``vector``, ``sys``) ``{"busy": cycles, "waits": {cause: idle cycles}}``, of the
+    #: slowest core (tensor parallel) or summed over the cores (layer pipeline); see
+    #: :class:`~flightgen.sim.perf.Estimate`.
+    units: dict
 
     def to_dict(self):
         return asdict(self)
@@ -118,17 +123,21 @@ def project(name, model, board, target, config=None, context=512, prompt=128, pr
     if target.tensor:
         say(f"cycle model: the {target.cores} cores' decode programs at position "
             f"{context - 1}, together")
-        core_cycles = [e.cycles for e in estimate_group(target.core, decode, decode_regs, timing)]
+        estimates = estimate_group(target.core, decode, decode_regs, timing)
+        core_cycles = [e.cycles for e in estimates]
         cycles = max(core_cycles)
+        units = _units([max(estimates, key=lambda e: e.cycles)])
         prefill_cycles = max(e.cycles for e in estimate_group(target.core, prefill,
                                                               prefill_regs, timing))
     else:
-        core_cycles, prefill_cycles = [], 0
+        estimates, prefill_cycles = [], 0
         for core in range(target.cores):
             say(f"cycle model: core {core} decode program at position {context - 1}")
-            core_cycles.append(estimate(target.core, decode[core], decode_regs, timing).cycles)
+            estimates.append(estimate(target.core, decode[core], decode_regs, timing))
             prefill_cycles += estimate(target.core, prefill[core], prefill_regs, timing).cycles
+        core_cycles = [e.cycles for e in estimates]
         cycles = sum(core_cycles)
+        units = _units(estimates)
     hz = target.clock_mhz * 1e6
     ports = target.cores * target.local_ports  # the weights' channels (not the shared one)
     hbm_gbps = ports * board.hbm.channel_gbps * HBM_EFFICIENCY
@@ -146,4 +155,21 @@ def project(name, model, board, target, config=None, context=512, prompt=128, pr
         prefill_tokens=prompt,
         prefill_ms=((prompt - 1) * prefill_cycles + cycles) / hz * 1e3,
         instruction_mb=instruction_bytes(binary) / 1e6,
+        units=units,
     )
+
+
+def _units(estimates):
+    """Per unit, busy cycles and idle cycles by cause (:class:`~flightgen.sim.perf.Estimate`)
+    summed over ``estimates``: the slowest core of a tensor-parallel group, or every core of
+    a layer pipeline (one at a time)."""
+    units = {}
+    for e in estimates:
+        for name, busy in e.busy.items():
+            unit = units.setdefault(name, {"busy": 0, "waits": {}})
+            unit["busy"] += busy
+            for cause, idle in e.waits[name].items():
+                unit["waits"][cause] = unit["waits"].get(cause, 0) + idle
+    for unit in units.values():
+        unit["waits"] = dict(sorted(unit["waits"].items(), key=lambda kv: -kv[1]))
+    return units

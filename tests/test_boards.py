@@ -358,7 +358,15 @@ def test_perf_projection_of_smollm2_on_the_u280(tmp_path, capsys):
     assert p["hbm_bytes"] >= weights * 4 / 8  # at least the 4-bit codes of every matrix
     assert 0 < p["tokens_per_s"] <= p["roofline_tokens_per_s"]
     assert p["tokens_per_s"] == pytest.approx(225e6 / p["cycles"])
-    assert "tokens/s at 225 MHz" in capsys.readouterr().out
+    # where the cycles go: each unit's busy and idle cycles end by the step's last cycle
+    # (the slowest core's; the pipeline's summed over its cores: one more per core)
+    for figures, cores in ((p, 1), (layers, 3)):
+        for unit in ("load", "store", "matrix", "vector", "sys"):
+            spent = figures["units"][unit]
+            assert 0 < spent["busy"] + sum(spent["waits"].values()) <= figures["cycles"] + cores
+    out = capsys.readouterr().out
+    assert "tokens/s at 225 MHz" in out
+    assert f"matrix engine  busy {p['units']['matrix']['busy']:,}" in out
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from flightgen.compiler.frontends import load_model
 from flightgen.compiler.layout import KVLayout, decode_registers
 from flightgen.compiler.target import TARGETS
 from flightgen.isa.assembly import assemble
+from flightgen.isa.instructions import Unit
 from flightgen.isa.machine import SIM_CORE, CoreConfig
 from flightgen.sim.perf import Deadlock, Timing, estimate
 from flightgen.sim.programs import decoder_layer, ffn_chain
@@ -142,3 +143,24 @@ def test_cycle_model_spreads_load_beats_at_the_hbm_efficiency():
     compute = assemble("vector op=add length=32 a=0 b=0 out=0\nhalt")
     assert (estimate(SIM_CORE, compute, timing=Timing(hbm_efficiency=0.8)).cycles
             == estimate(SIM_CORE, compute).cycles)
+
+
+def test_cycle_model_accounts_each_units_busy_and_idle_cycles():
+    """``Estimate.busy`` and ``Estimate.waits``: a vector op that waits for a load idles from
+    the start until the load's release reaches it, counted against the load; the next op
+    follows at once (no idle); each unit's busy and idle cycles add up to its last
+    retirement."""
+    words = assemble("load buffer=vec line=0 port=0 addr=0 length=256 release=vector\n"
+                     "vector op=add length=32 a=0 b=0 out=0 wait=load\n"
+                     "vector op=add length=32 a=0 b=0 out=32\nhalt")
+    e = estimate(SIM_CORE, words)
+    (load_end,) = [end for unit, _, end in e.trace if unit == Unit.LOAD.value]
+    _, second = [end for unit, _, end in e.trace if unit == Unit.VECTOR.value]
+    start = load_end + Timing.token
+    assert e.waits["vector"] == {"load": start}
+    assert e.busy["vector"] == second + 1 - start
+    assert list(e.waits["load"]) == ["dispatch"]
+    for unit in Unit:
+        name = unit.name.lower()
+        ends = [end for u, _, end in e.trace if u == unit.value]
+        assert e.busy[name] + sum(e.waits[name].values()) == (max(ends) + 1 if ends else 0)

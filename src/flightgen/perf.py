@@ -49,6 +49,29 @@ def add_parser(verbs, positive):
     return p
 
 
+#: How ``flightgen perf`` names the units and the causes of their idle cycles.
+_UNIT_NAMES = {"matrix": "matrix engine", "vector": "vector unit", "load": "load unit",
+               "store": "store unit"}
+_CAUSES = {"load": "loads", "store": "stores", "matrix": "the matrix engine",
+           "vector": "the vector unit", "sys": "barriers", "dispatch": "dispatch"}
+
+
+def _unit_rows(p, target):
+    """Rows of where the decode step's cycles go (``Projection.units``): each unit's busy
+    cycles and what it waited for while idle."""
+    whose = "the slowest core's" if target.tensor else "the cores' (summed)"
+    rows = [("units", f"{whose} busy cycles, and idle cycles by what they waited for")]
+    for name, label in _UNIT_NAMES.items():
+        unit = p.units[name]
+        text = f"busy {unit['busy']:,} ({unit['busy'] / p.cycles:.1%})"
+        waits = [f"{_CAUSES[cause]} {idle:,}" for cause, idle in unit["waits"].items()
+                 if idle >= 0.005 * p.cycles]
+        if waits:
+            text += "; idle for " + ", ".join(waits)
+        rows.append((f"  {label}", text))
+    return rows
+
+
 def roofline_png(projection, board, target, path):
     """Draw the roofline of ``board`` with ``target`` and the decode step of ``projection``
     to ``path`` (PNG): attainable MAC/s against operational intensity (MAC per HBM byte)."""
@@ -121,6 +144,7 @@ def main(args, out=None, err=None):
         ("HBM utilisation", f"{p.hbm_utilisation:.1%} of the connected ports"),
         ("DSP utilisation", f"{p.dsp_utilisation:.1%} of {target.cores} x "
                             f"{target.core.geometry.macs} MACs/cycle"),
+        *_unit_rows(p, target),
         ("prefill", f"{p.prefill_ms:,.0f} ms for {p.prefill_tokens} tokens (token-serial)"),
         ("instructions", f"{p.instruction_mb:.2f} MB"),
     ]
