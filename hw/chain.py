@@ -29,7 +29,7 @@ The chain also sums the selected activation codes per block and lane (``X``), wh
 scaler needs for group minimums.
 """
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -130,7 +130,13 @@ class SparseChain(wiring.Component):
         return chain_latency(self.chain)
 
     def _positions(self, m):
-        """Per window and rank: the position of the rank's set bit in the window mask."""
+        """Per window and rank: the position of the rank's set bit in the window mask (0 when
+        the mask has no such bit).
+
+        Each bit's count of set bits below it is a 5-bit signal of its own, shared by every
+        rank's compare. As one expression per use the running count was rebuilt for each:
+        a VPU of 32 stages with keeps 16 and 8 took 6,889 LUTs, now 4,932 (native Yosys 0.23;
+        4-bit counts map to 5,517 there, ABC's results move with the form)."""
         positions = {}
         for window in range(self.chain // 2):
             used = [keep for keep in self.sparse_keeps if window < self.chain // keep]
@@ -138,12 +144,15 @@ class SparseChain(wiring.Component):
                 continue
             ranks = max(used)
             mask = self.masks[window]
-            before = 0  # set bits below the current one
+            below = [Const(0, 1)]  # per bit: set bits below it
+            for bit in range(1, WINDOW):
+                count = Signal(5, name=f"below_w{window}_b{bit}")
+                m.d.comb += count.eq(below[-1] + mask[bit - 1])
+                below.append(count)
             found = [0] * ranks
             for bit in range(WINDOW):
                 for rank in range(ranks):
-                    found[rank] = found[rank] | Mux(mask[bit] & (before == rank), bit, 0)
-                before = before + mask[bit]
+                    found[rank] = found[rank] | Mux(mask[bit] & (below[bit] == rank), bit, 0)
             for rank in range(ranks):
                 position = Signal(4, name=f"pos_w{window}_r{rank}")
                 m.d.comb += position.eq(found[rank])
