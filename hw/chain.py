@@ -133,10 +133,12 @@ class SparseChain(wiring.Component):
         """Per window and rank: the position of the rank's set bit in the window mask (0 when
         the mask has no such bit).
 
-        Each bit's count of set bits below it is a 5-bit signal of its own, shared by every
-        rank's compare. As one expression per use the running count was rebuilt for each:
-        a VPU of 32 stages with keeps 16 and 8 took 6,889 LUTs, now 4,932 (native Yosys 0.23;
-        4-bit counts map to 5,517 there, ABC's results move with the form)."""
+        Each bit's count of set bits below it is a 5-bit signal of its own, which every
+        rank compares. As a running sum expression it widened by a bit with every ``+`` (17
+        bits at the window's end) and so did every compare: a VPU of 32 stages with keeps 16
+        and 8 took 6,889 LUTs, now 4,932 (native Yosys 0.23; the sum cut to 5 bits without
+        the signals maps to 5,253, 4-bit counts to 5,517: ABC's results move with the
+        form)."""
         positions = {}
         for window in range(self.chain // 2):
             used = [keep for keep in self.sparse_keeps if window < self.chain // keep]
