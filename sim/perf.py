@@ -389,8 +389,7 @@ class _Timeline:
         cycles = max(self.end.values()) if self.end else 0
         return Estimate(cycles, sorted(self.trace, key=lambda e: e[2]),
                         busy={u.name.lower(): n for u, n in self.busy.items()},
-                        waits={u.name.lower(): dict(sorted(w.items(), key=lambda kv: -kv[1]))
-                               for u, w in self.waits.items()})
+                        waits={u.name.lower(): dict(w) for u, w in self.waits.items()})
 
 
 def _is_barrier(instruction):

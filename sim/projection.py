@@ -162,7 +162,7 @@ def project(name, model, board, target, config=None, context=512, prompt=128, pr
 def _units(estimates):
     """Per unit, busy cycles and idle cycles by cause (:class:`~flightgen.sim.perf.Estimate`)
     summed over ``estimates``: the slowest core of a tensor-parallel group, or every core of
-    a layer pipeline (one at a time)."""
+    a layer pipeline (one at a time); the causes largest first."""
     units = {}
     for e in estimates:
         for name, busy in e.busy.items():
