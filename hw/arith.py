@@ -5,9 +5,10 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 :func:`~flightgen.isa.numerics.saturate`.
 """
 
-from amaranth import Cat, Const, Mux, Signal, Value
+from amaranth import Array, Cat, Const, Mux, Signal, Value
 
-__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift_saturate", "saturate"]
+__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift_saturate",
+           "round_shift_saturate_steps", "saturate"]
 
 
 def halve_shift(value, shift):
@@ -63,15 +64,15 @@ def round_shift_saturate(value, shift, bits, *, max_right, max_left):
 
     The window holds ``floor(value / 2**shift)`` and the guard bit; the sticky bit is any bit
     of ``value`` below the guard; the result saturates when ``value`` has a bit of magnitude
-    at or above ``2**(bits + shift)`` (the window would lose it), else the rounded window
-    saturates to ``bits``."""
+    at or above ``2**(bits + shift)`` (the window would lose it; for a negative ``value``
+    with ``shift < -bits`` always, -1 included), else the rounded window saturates to
+    ``bits``."""
     n = len(value)
     s = Mux(shift > max_right, max_right, Mux(shift < -max_left, -max_left, shift))
     # value * 2**(max_left + 1): its bit max_left + 1 + i is value's bit i; the guard bit of
     # value * 2**-s is bit t of it
     t = (s + max_left).as_unsigned()[:(max_right + max_left).bit_length()]
     window = (Cat(Const(0, max_left + 1), value).as_signed() >> t)[:bits + 2]
-    quotient = window[1:].as_signed()
     sticky = _below_guard(value, s)
     sign = value[-1]
     lost = []
@@ -81,7 +82,47 @@ def round_shift_saturate(value, shift, bits, *, max_right, max_left):
             lost.append(value[i] ^ sign)
         elif not isinstance(above, Const):  # (as s <= i - bits: ABC maps it smaller here)
             lost.append((value[i] ^ sign) & (s <= i - bits))
-    lost = Cat(*lost).any()
+    if max_left > bits:  # the window below bit 0: its top bit is no sign, so -1 is lost too
+        lost.append(sign & (s < -bits))
+    return _round_window(window, sticky, Cat(*lost).any(), sign, bits)
+
+
+def round_shift_saturate_steps(value, steps, bits, *, step, low, high):
+    """:func:`round_shift_saturate` for a shift of ``step * steps`` bits: ``saturate(
+    round_half_even(value * 2**-(step * steps)), bits)`` for a signed ``value`` and a signed
+    ``steps`` (a Value) clamped to ``[low, high]`` first.
+
+    With the shift a multiple of ``step``, the window of ``bits + 2`` bits is one of
+    ``high - low + 1`` fixed slices of ``value`` (a multiplexer, no shifter), and so are the
+    sticky bit (any bit below the guard) and the lost bit (a bit the window would drop,
+    which saturates the result). A caller with a shift of any value splits it into
+    ``step * steps - fine`` and applies the ``fine`` left shift (``0 <= fine < step``)
+    before, where it is cheaper: the block scaler does it in its multiplier's operand."""
+    n = len(value)
+    sign = value[-1]
+    pad = max(0, 1 - step * low)  # value's bit i is bit pad + i of the padded value
+    top = pad + step * high + bits + 1
+    padded = Cat(Const(0, pad), value, *([sign] * max(0, top - pad - n + 1)))
+    windows, stickies, losts = [], [], []
+    for k in range(low, high + 1):
+        shift = step * k
+        windows.append(padded[pad + shift - 1:pad + shift + bits + 1])
+        stickies.append(value[:shift - 1].any() if shift >= 2 else Const(0, 1))
+        # bits at or above shift + bits leave the window (the sign bit stays, unless the
+        # window lies below bit 0)
+        kept = max(shift + bits, 0)
+        losts.append(Cat(*(value[i] ^ sign for i in range(kept, n - 1)),
+                         sign if shift + bits < 0 else Const(0, 1)).any())
+    clamped = Mux(steps > high, high, Mux(steps < low, low, steps))
+    index = (clamped - low).as_unsigned()[:(high - low).bit_length()]
+    return _round_window(Array(windows)[index], Array(stickies)[index], Array(losts)[index],
+                         sign, bits)
+
+
+def _round_window(window, sticky, lost, sign, bits):
+    """The result of a window (the quotient's bits above its guard bit), the sticky bit below
+    and whether bits were lost above: rounded half to even, saturated to ``bits``."""
+    quotient = window[1:].as_signed()
     rounded = quotient + (window[0] & (sticky | quotient[0]))
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(lost, Mux(sign, low, high), saturate(rounded, bits))

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.numerics import ACC_BITS, mul_round_shift
 from ..isa.numerics import saturate as saturate_values
 from ..isa.weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS
-from .arith import halve_shift, round_half_even, round_shift_saturate, saturate
+from .arith import halve_shift, round_half_even, round_shift_saturate_steps, saturate
 
 __all__ = ["BlockScaler", "block_input_layout", "PARTIAL_BITS", "SUM_BITS", "decode_half"]
 
@@ -38,6 +38,14 @@ _EXP_MIN = -24
 _EXP_SPREAD = 29
 #: Accumulator: LINEAR_TERM_BITS plus headroom for 4096 blocks (K up to 131072).
 ACCUMULATOR_BITS = LINEAR_TERM_BITS + 12
+#: Aligned term ``d P 2**a + m X 2**b``: the wider product, shifted by up to the spread.
+_TERM_BITS = 64
+#: The contribution's right shift, clamped (beyond: the same result) to
+#: ``[-_MAX_LEFT, _MAX_RIGHT]``; its low bits (``_FINE`` of them) shift the activation
+#: multiplier left in the DSPs, the rest picks one of a few windows (no shifter of the
+#: product): ``arith.round_shift_saturate_steps``.
+_MAX_RIGHT, _MAX_LEFT = 82, 63
+_FINE = 3
 
 
 def block_input_layout(lanes):
@@ -156,17 +164,26 @@ class BlockScaler(wiring.Component):
             mult1, exp1 = stage(unsigned(16), "mult1_"), stage(signed(8), "exp1_")
             d_mant, d_exp = decode_half(i.scale[lane])
             m_mant, m_exp = decode_half(i.minimum[lane])
-            # 2: align the two products to the smaller exponent and add (exact, 64 bits).
-            term, shift2 = stage(signed(64), "term"), stage(signed(10), "shift")
+            # 2: align the two products to the smaller exponent and add (exact): the one of
+            # the larger exponent shifted left by the difference.
+            term, shift2 = stage(signed(_TERM_BITS), "term"), stage(signed(10), "shift")
             mult2 = stage(unsigned(16), "mult2_")
             low = Mux(ed < em, ed, em)
-            # 3: times the activation multiplier (exact, 80 bits).
-            product = stage(signed(81), "product")
-            shift3 = stage(signed(10), "shift3_")
+            d_wider = ed >= em
+            wider, other = Mux(d_wider, pd, pm), Mux(d_wider, pm, pd)
+            spread = Mux(d_wider, ed - em, em - ed).as_unsigned()[:5]
+            # 3: times the activation multiplier, shifted left by the fine part of the
+            # contribution's right shift (exact); the rest in steps of 2**_FINE.
+            product = stage(signed(_TERM_BITS + 16 + (1 << _FINE) - 1), "product")
+            steps = stage(signed(5), "steps")
+            clamped = Mux(shift2 > _MAX_RIGHT, _MAX_RIGHT,
+                          Mux(shift2 < -_MAX_LEFT, -_MAX_LEFT, shift2))
+            fine = (-clamped).as_unsigned()[:_FINE]
             # 4: round half to even onto the 2**-32 grid, saturate to LINEAR_TERM_BITS.
             contribution = stage(signed(LINEAR_TERM_BITS), "c")
-            scaled = round_shift_saturate(product, shift3, LINEAR_TERM_BITS, max_right=82,
-                                          max_left=63)
+            scaled = round_shift_saturate_steps(
+                product, steps, LINEAR_TERM_BITS, step=1 << _FINE,
+                low=-(_MAX_LEFT >> _FINE), high=-(-_MAX_RIGHT >> _FINE))
             # raw: the partial itself, delayed to the contribution stage
             partial3 = stage(signed(PARTIAL_BITS), "partial3_")
             partials = [stage(signed(PARTIAL_BITS), f"partial{k}_") for k in (1, 2)]
@@ -177,10 +194,10 @@ class BlockScaler(wiring.Component):
                 m.d.sync += [
                     pd.eq(i.partial[lane] * d_mant), pm.eq(i.sums[lane] * m_mant),
                     ed.eq(d_exp), em.eq(m_exp), mult1.eq(i.mult[lane]), exp1.eq(i.exp[lane]),
-                    term.eq((pd << (ed - low).as_unsigned()[:5])
-                            + (pm << (em - low).as_unsigned()[:5])),
+                    term.eq((wider << spread) + other),
                     shift2.eq(-(low + exp1 + LINEAR_ACC_FRAC - _FX_FRAC)), mult2.eq(mult1),
-                    product.eq(term * mult2), shift3.eq(shift2),
+                    product.eq(term * (mult2 << fine)),
+                    steps.eq((clamped + fine) >> _FINE),
                     partials[0].eq(i.partial[lane]), partials[1].eq(partials[0]),
                     partial3.eq(partials[1]),
                     contribution.eq(Mux(self.raw, partial3,
