@@ -5,10 +5,10 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 :func:`~flightgen.isa.numerics.saturate`.
 """
 
-from amaranth import Array, Cat, Const, Mux, Signal, Value
+from amaranth import Array, Cat, Const, Mux, Signal, Value, signed
 
 __all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift_saturate",
-           "round_shift_saturate_steps", "saturate"]
+           "round_shift_saturate_steps", "saturate", "StepShift"]
 
 
 def halve_shift(value, shift):
@@ -117,6 +117,37 @@ def round_shift_saturate_steps(value, steps, bits, *, step, low, high):
     index = (clamped - low).as_unsigned()[:(high - low).bit_length()]
     return _round_window(Array(windows)[index], Array(stickies)[index], Array(losts)[index],
                          sign, bits)
+
+
+class StepShift:
+    """A right shift by a signed ``shift`` (a Value) clamped to ``[-max_left, max_right]``,
+    split for :func:`round_shift_saturate_steps`: ``clamped = step * steps - fine`` with
+    ``0 <= fine < step = 2**fine_bits``. The caller shifts one factor of its product left by
+    :attr:`fine` (in a multiplier operand: a few bits wider) and rounds the product with
+    :meth:`round`, which picks among ``high - low + 1`` windows instead of shifting.
+
+    Members
+    -------
+    fine : Value, unsigned ``fine_bits``
+    steps : Value, signed: to register beside the product (:attr:`steps_shape`)
+    """
+
+    def __init__(self, shift, *, max_right, max_left, fine_bits):
+        self.step = 1 << fine_bits
+        self.low, self.high = -(max_left >> fine_bits), -(-max_right >> fine_bits)
+        clamped = Mux(shift > max_right, max_right, Mux(shift < -max_left, -max_left, shift))
+        self.fine = (-clamped).as_unsigned()[:fine_bits]
+        self.steps = (clamped + self.fine) >> fine_bits
+
+    @property
+    def steps_shape(self):
+        return signed(max(self.high.bit_length(), (-self.low - 1).bit_length()) + 1)
+
+    def round(self, value, steps, bits):
+        """``saturate(round_half_even(value * 2**-(step * steps)), bits)`` (``steps`` this
+        split's :attr:`steps`, registered or not)."""
+        return round_shift_saturate_steps(value, steps, bits, step=self.step, low=self.low,
+                                          high=self.high)
 
 
 def _round_window(window, sticky, lost, sign, bits):

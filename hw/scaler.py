@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.numerics import ACC_BITS, mul_round_shift
 from ..isa.numerics import saturate as saturate_values
 from ..isa.weights import LINEAR_ACC_FRAC, LINEAR_TERM_BITS
-from .arith import halve_shift, round_half_even, round_shift_saturate_steps, saturate
+from .arith import StepShift, halve_shift, round_half_even, saturate
 
 __all__ = ["BlockScaler", "block_input_layout", "PARTIAL_BITS", "SUM_BITS", "decode_half"]
 
@@ -43,7 +43,7 @@ _TERM_BITS = 64
 #: The contribution's right shift, clamped (beyond: the same result) to
 #: ``[-_MAX_LEFT, _MAX_RIGHT]``; its low bits (``_FINE`` of them) shift the activation
 #: multiplier left in the DSPs, the rest picks one of a few windows (no shifter of the
-#: product): ``arith.round_shift_saturate_steps``.
+#: product): ``arith.StepShift``.
 _MAX_RIGHT, _MAX_LEFT = 82, 63
 _FINE = 3
 
@@ -174,16 +174,13 @@ class BlockScaler(wiring.Component):
             spread = Mux(d_wider, ed - em, em - ed).as_unsigned()[:5]
             # 3: times the activation multiplier, shifted left by the fine part of the
             # contribution's right shift (exact); the rest in steps of 2**_FINE.
-            product = stage(signed(_TERM_BITS + 16 + (1 << _FINE) - 1), "product")
-            steps = stage(signed(5), "steps")
-            clamped = Mux(shift2 > _MAX_RIGHT, _MAX_RIGHT,
-                          Mux(shift2 < -_MAX_LEFT, -_MAX_LEFT, shift2))
-            fine = (-clamped).as_unsigned()[:_FINE]
+            split = StepShift(shift2, max_right=_MAX_RIGHT, max_left=_MAX_LEFT,
+                              fine_bits=_FINE)
+            product = stage(signed(_TERM_BITS + 16 + split.step - 1), "product")
+            steps = stage(split.steps_shape, "steps")
             # 4: round half to even onto the 2**-32 grid, saturate to LINEAR_TERM_BITS.
             contribution = stage(signed(LINEAR_TERM_BITS), "c")
-            scaled = round_shift_saturate_steps(
-                product, steps, LINEAR_TERM_BITS, step=1 << _FINE,
-                low=-(_MAX_LEFT >> _FINE), high=-(-_MAX_RIGHT >> _FINE))
+            scaled = split.round(product, steps, LINEAR_TERM_BITS)
             # raw: the partial itself, delayed to the contribution stage
             partial3 = stage(signed(PARTIAL_BITS), "partial3_")
             partials = [stage(signed(PARTIAL_BITS), f"partial{k}_") for k in (1, 2)]
@@ -196,8 +193,7 @@ class BlockScaler(wiring.Component):
                     ed.eq(d_exp), em.eq(m_exp), mult1.eq(i.mult[lane]), exp1.eq(i.exp[lane]),
                     term.eq((wider << spread) + other),
                     shift2.eq(-(low + exp1 + LINEAR_ACC_FRAC - _FX_FRAC)), mult2.eq(mult1),
-                    product.eq(term * (mult2 << fine)),
-                    steps.eq((clamped + fine) >> _FINE),
+                    product.eq(term * (mult2 << split.fine)), steps.eq(split.steps),
                     partials[0].eq(i.partial[lane]), partials[1].eq(partials[0]),
                     partial3.eq(partials[1]),
                     contribution.eq(Mux(self.raw, partial3,

@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa import special
 from ..isa.vector import READS_B, VectorOp, command_layout
-from .arith import bit_length, halve_shift, round_half_even, round_shift_saturate, saturate
+from .arith import StepShift, bit_length, halve_shift, round_half_even, saturate
 from .scalar import ScalarOp, ScalarUnit
 
 __all__ = ["SpecialFunctionUnit", "LaneArray", "LaneOp", "b_entry_layout", "ERROR_CODES"]
@@ -186,20 +186,19 @@ class LaneArray(wiring.Component):
         halved, sticky = halve_shift(power, whole3)
         results[LaneOp.EXP].append((self._reg(m, Mux(kept3, round_half_even(halved, sticky), 0),
                                               signed(FX_BITS), tag + "_y"), 4))
-        # NORMALIZE: round(e * mult * 2**-shift), 2 stages.
+        # NORMALIZE: round(e * mult * 2**-shift), 2 stages (the shift's fine part in
+        # mult, the rest picks a window: _scaling).
+        split, mult = self._scaling
         tag = f"{name}_nrm"
-        product = self._reg(m, x * self.mult, signed(FX_BITS + 18), tag + "_p")
+        product = self._reg(m, x * mult, signed(FX_BITS + len(mult) + 1), tag + "_p")
         results[LaneOp.NORMALIZE].append((self._reg(
-            m, round_shift_saturate(product, self.shift, FX_BITS, max_right=63, max_left=40),
-            signed(FX_BITS), tag + "_y"), 2))
+            m, split.round(product, split.steps, FX_BITS), signed(FX_BITS), tag + "_y"), 2))
         # NORM: (x - mean) * w, * mult, round shift, + bias and saturate: 4 stages.
         tag = f"{name}_norm"
         centred_w = self._reg(m, (x - self.mean) * bw, signed(34 + 16), tag + "_cw")
-        product = self._reg(m, centred_w * self.mult, signed(50 + 18), tag + "_p")
+        product = self._reg(m, centred_w * mult, signed(50 + len(mult) + 1), tag + "_p")
         bias = self._delay(m, bv, 2, tag + "_b")
-        scaled = self._reg(m, round_shift_saturate(product, self.shift, 72, max_right=70,
-                                                   max_left=40),
-                           signed(72), tag + "_s")
+        scaled = self._reg(m, split.round(product, split.steps, 72), signed(72), tag + "_s")
         bias3 = self._reg(m, bias, signed(FX_BITS), tag + "_b3")
         results[LaneOp.NORM].append((self._reg(m, saturate(scaled + bias3, FX_BITS),
                                                signed(FX_BITS), tag + "_y"), 4))
@@ -244,6 +243,14 @@ class LaneArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         results = {op: [] for op in LaneOp}
+        # NORMALIZE's and NORM's right shift (held for a pass like mult), shared by the lanes:
+        # clamped to [-40, 70] (a right shift beyond a product's width gives what one by its
+        # width does; a left shift beyond 40 saturates anyway), its low three bits in the
+        # multiplier, the rest in steps of 8
+        split = StepShift(self.shift, max_right=70, max_left=40, fine_bits=3)
+        mult = Signal(unsigned(len(self.mult) + split.step - 1))
+        m.d.comb += mult.eq(self.mult << split.fine)
+        self._scaling = split, mult
         for lane in range(self.lanes):
             self._lane(m, lane, results)
         results[LaneOp.ROPE] = [None] * self.lanes

@@ -4,8 +4,11 @@ cycles."""
 
 import numpy as np
 import pytest
+from amaranth.sim import Simulator
 
-from flightgen.hw.sfu import ERROR_CODES, SpecialFunctionUnit
+from flightgen.hw.sfu import ERROR_CODES, LaneArray, LaneOp, SpecialFunctionUnit
+from flightgen.isa.numerics import mul_round_shift
+from flightgen.isa.special import saturate_fx
 from flightgen.isa.vector import VectorOp, command_layout
 from flightgen.sim.amaranth_streams import refuse_command, run_commands
 from flightgen.sim.stimulus import vector_edge_cases, vector_operation
@@ -77,3 +80,55 @@ def test_parameters_are_validated():
     with pytest.raises(ValueError, match="^max_length must be a positive multiple of 4, "
                                          "not 30$"):
         SpecialFunctionUnit(4, 30)
+
+
+@pytest.mark.parametrize("op", ["NORMALIZE", "NORM"])
+def test_lane_scaling_over_every_shift(op):
+    """The lanes' rounding scale of NORMALIZE and NORM with the multiplier and the right shift
+    over their whole ranges (beyond the clamps too): ``sat(round(v * mult * 2**-shift))`` with
+    ``v = x`` (NORMALIZE) or ``(x - mean) * w`` plus the bias (NORM), bit for bit against
+    the ISA's rounding rule."""
+    lanes = 2
+    dut = LaneArray(lanes)
+    rng = np.random.default_rng(11 if op == "NORM" else 12)
+    cases = []
+    for shift in range(-48, 80):
+        for _ in range(3):
+            cases.append({"shift": shift, "mult": int(rng.integers(0, 1 << 17)),
+                          "mean": int(rng.integers(-(1 << 32), 1 << 32)),
+                          "x": [int(v) >> int(rng.integers(0, 32)) for v in
+                                rng.integers(-(1 << 31), 1 << 31, lanes)],
+                          "bw": [int(v) for v in rng.integers(-(1 << 15), 1 << 15, lanes)],
+                          "bv": [int(v) for v in rng.integers(-(1 << 31), 1 << 31, lanes)]})
+    cases += [{**cases[0], "x": [-1, 1], "mean": 0, "bw": [1, -1], "mult": 1, "shift": s}
+              for s in range(-48, 4)]
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.en, 1)
+        ctx.set(dut.op, LaneOp[op])
+        for case in cases:
+            for name in ("shift", "mult", "mean"):
+                ctx.set(getattr(dut, name), case[name])
+            for lane in range(lanes):
+                for name in ("x", "bw", "bv"):
+                    ctx.set(getattr(dut, name)[lane], case[name][lane])
+            ctx.set(dut.i_valid, 1)
+            await ctx.tick()
+            ctx.set(dut.i_valid, 0)
+            for _ in range(LaneArray.LATENCY - 1):
+                await ctx.tick()
+            assert ctx.get(dut.o_valid)
+            got.append([ctx.get(dut.o_y[lane]) for lane in range(lanes)])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    for case, values in zip(cases, got, strict=True):
+        x = np.array(case["x"], object)
+        v = x if op == "NORMALIZE" else (x - case["mean"]) * np.array(case["bw"], object)
+        scaled = mul_round_shift(v, case["mult"], case["shift"])
+        if op == "NORM":
+            scaled = scaled + np.array(case["bv"], object)
+        assert values == [int(y) for y in saturate_fx(scaled)], case
