@@ -27,13 +27,15 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa.attention import FOLD_BITS, WEIGHT_BITS, fold, split, weight_codes
 from ..isa.numerics import ACT_BITS, QUANT_INPUT_BITS, SCALE_BITS, quantize_per_token
-from .arith import bit_length, halve_shift, round_half_even, round_shift_saturate
+from .arith import StepShift, bit_length, halve_shift, round_half_even
 
 __all__ = ["TokenQuantizer", "command_layout", "input_layout", "output_layout", "scale_layout",
            "pack_scales"]
 
 _VALUE_BITS = 32
 _MULT_BITS = 16
+#: Low bits of the fold's shift applied in its multiplier (arith.StepShift).
+_FINE = 3
 _EXP_BITS = 8
 #: Length field of a command: vectors of 1 to 65535 elements.
 _LENGTH_BITS = 16
@@ -218,8 +220,12 @@ class TokenQuantizer(wiring.Component):
         values = [Signal(signed(_VALUE_BITS), name=f"value{k}") for k in range(P)]
         scales = [Signal(_MULT_BITS + _EXP_BITS, name=f"scale{k}") for k in range(P)]
         s1_valid, s1_last = Signal(), Signal()
-        products = [Signal(signed(FOLD_BITS), name=f"fold_product{k}") for k in range(P)]
-        shifts = [Signal(signed(_EXP_BITS + 1), name=f"fold_shift{k}") for k in range(P)]
+        # the fold shift: its fine part in the multiplier, the rest picks a window
+        splits = [StepShift(-scales[k][_MULT_BITS:].as_signed(), max_right=FOLD_BITS,
+                            max_left=FOLD_BITS, fine_bits=_FINE) for k in range(P)]
+        products = [Signal(signed(FOLD_BITS + (1 << _FINE) - 1), name=f"fold_product{k}")
+                    for k in range(P)]
+        steps = [Signal(splits[k].steps_shape, name=f"fold_steps{k}") for k in range(P)]
         s2_valid, s2_last = Signal(), Signal()
         weights = [Signal(signed(FOLD_BITS), name=f"w{k}") for k in range(P)]
         s3_valid, s3_last = Signal(), Signal()
@@ -248,15 +254,13 @@ class TokenQuantizer(wiring.Component):
             # s1: the fold product (PLAIN: the value itself)
             m.d.sync += [s1_valid.eq(s0_valid), s1_last.eq(s0_last)]
             for k in range(P):
-                mult = scales[k][:_MULT_BITS]
-                exp = scales[k][_MULT_BITS:].as_signed()
+                mult = scales[k][:_MULT_BITS] << splits[k].fine
                 m.d.sync += [products[k].eq(Mux(fold_mode, values[k] * mult, values[k])),
-                             shifts[k].eq(Mux(fold_mode, -exp, 0))]
+                             steps[k].eq(Mux(fold_mode, splits[k].steps, 0))]
             # s2: the fold shift, rounded, saturated to FOLD_BITS
             m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
             for k in range(P):
-                m.d.sync += weights[k].eq(round_shift_saturate(
-                    products[k], shifts[k], FOLD_BITS, max_right=FOLD_BITS, max_left=FOLD_BITS))
+                m.d.sync += weights[k].eq(splits[k].round(products[k], steps[k], FOLD_BITS))
             # s3: pass 1, the beat's peak; pass 2, the narrowed values
             m.d.sync += [s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
             magnitudes = [Mux(w < 0, -w, w).as_unsigned() for w in weights]
