@@ -6,7 +6,7 @@ import pytest
 from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
-from flightgen.hw.arith import round_shift_saturate, round_shift_saturate_steps
+from flightgen.hw.arith import StepShift, round_shift_saturate, round_shift_saturate_steps
 from flightgen.isa.numerics import mul_round_shift
 
 
@@ -84,3 +84,28 @@ def test_round_shift_saturate_steps_is_mul_round_shift(width, bits, step, low, h
     got = evaluate(width, bits, lambda value, steps: round_shift_saturate_steps(
         value, steps, bits, step=step, low=low, high=high), picked)
     assert got == expected(picked, [step * min(max(k, low), high) for _, k in picked], bits)
+
+
+@pytest.mark.parametrize(("max_right", "max_left", "fine_bits"), [(82, 63, 3), (70, 40, 3),
+                                                                  (48, 48, 2)])
+def test_step_shift_splits_the_clamped_shift(max_right, max_left, fine_bits):
+    """``StepShift``: ``clamp(shift) == step * steps - fine`` with ``0 <= fine < step`` and
+    ``steps`` within ``[low, high]`` and its shape, for every shift and beyond the clamps."""
+    m = Module()
+    shift = Signal(signed(10))
+    split = StepShift(shift, max_right=max_right, max_left=max_left, fine_bits=fine_bits)
+    fine, steps = Signal(fine_bits), Signal(split.steps_shape)
+    m.d.comb += [fine.eq(split.fine), steps.eq(split.steps)]
+    seen = []
+
+    async def bench(ctx):
+        for s in range(-max_left - 5, max_right + 6):
+            ctx.set(shift, s)
+            seen.append((s, ctx.get(fine), ctx.get(steps)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    for s, f, k in seen:
+        assert split.step * k - f == min(max(s, -max_left), max_right), (s, f, k)
+        assert 0 <= f < split.step and split.low <= k <= split.high, (s, f, k)
