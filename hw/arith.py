@@ -7,7 +7,7 @@ hardware form of :func:`flightgen.isa.numerics.mul_round_shift` and
 
 from amaranth import Array, Cat, Const, Mux, Signal, Value, signed
 
-__all__ = ["bit_length", "halve_shift", "round_half_even", "round_shift_saturate",
+__all__ = ["bit_length", "clamp", "halve_shift", "round_half_even", "round_shift_saturate",
            "round_shift_saturate_steps", "saturate", "StepShift"]
 
 
@@ -48,10 +48,14 @@ def round_half_even(shifted, sticky):
     return quotient + (shifted[0] & (sticky | quotient[0]))
 
 
+def clamp(value, low, high):
+    """``value`` limited to ``[low, high]`` (constants)."""
+    return Mux(value > high, high, Mux(value < low, low, value))
+
+
 def saturate(value, bits):
     """Clip signed ``value`` to the signed ``bits``-bit range."""
-    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(value > high, high, Mux(value < low, low, value))
+    return clamp(value, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
 def round_shift_saturate(value, shift, bits, *, max_right, max_left):
@@ -68,7 +72,7 @@ def round_shift_saturate(value, shift, bits, *, max_right, max_left):
     with ``shift < -bits`` always, -1 included), else the rounded window saturates to
     ``bits``."""
     n = len(value)
-    s = Mux(shift > max_right, max_right, Mux(shift < -max_left, -max_left, shift))
+    s = clamp(shift, -max_left, max_right)
     # value * 2**(max_left + 1): its bit max_left + 1 + i is value's bit i; the guard bit of
     # value * 2**-s is bit t of it
     t = (s + max_left).as_unsigned()[:(max_right + max_left).bit_length()]
@@ -113,7 +117,7 @@ def round_shift_saturate_steps(value, steps, bits, *, step, low, high):
         kept = max(shift + bits, 0)
         losts.append(Cat(*(value[i] ^ sign for i in range(kept, n - 1)),
                          sign if shift + bits < 0 else Const(0, 1)).any())
-    clamped = Mux(steps > high, high, Mux(steps < low, low, steps))
+    clamped = clamp(steps, low, high)
     index = (clamped - low).as_unsigned()[:(high - low).bit_length()]
     return _round_window(Array(windows)[index], Array(stickies)[index], Array(losts)[index],
                          sign, bits)
@@ -135,7 +139,7 @@ class StepShift:
     def __init__(self, shift, *, max_right, max_left, fine_bits):
         self.step = 1 << fine_bits
         self.low, self.high = -(max_left >> fine_bits), -(-max_right >> fine_bits)
-        clamped = Mux(shift > max_right, max_right, Mux(shift < -max_left, -max_left, shift))
+        clamped = clamp(shift, -max_left, max_right)
         self.fine = (-clamped).as_unsigned()[:fine_bits]
         self.steps = (clamped + self.fine) >> fine_bits
 

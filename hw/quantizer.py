@@ -25,7 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..isa.numerics import QUANT_INPUT_BITS, SCALE_BITS, quantize_per_group
-from .arith import bit_length, halve_shift, round_half_even
+from .arith import bit_length, clamp, halve_shift, round_half_even
 
 __all__ = ["BlockQuantizer", "quantized_layout"]
 
@@ -277,7 +277,7 @@ class BlockQuantizer(wiring.Component):
                 code = round_half_even(halved, sticky)
                 m.d.sync += self.o.payload.codes[k].eq(
                     Mux(e3_scalars.zero, 0,
-                        Mux(code > _TOP, _TOP, Mux(code < -_TOP, -_TOP, code))))
+                        clamp(code, -_TOP, _TOP)))
         return m
 
 

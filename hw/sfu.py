@@ -151,7 +151,7 @@ class LaneArray(wiring.Component):
         return self._reg(m, saturate(round_half_even(halved, sticky), FX_BITS),
                          signed(FX_BITS), f"{name}_y")
 
-    def _lane(self, m, lane, results):
+    def _lane(self, m, lane, results, scaling):
         x, bv, bw = self.x[lane], self.bv[lane], self.bw[lane]
         name = f"l{lane}"
         # ADD: 1 stage.
@@ -186,9 +186,9 @@ class LaneArray(wiring.Component):
         halved, sticky = halve_shift(power, whole3)
         results[LaneOp.EXP].append((self._reg(m, Mux(kept3, round_half_even(halved, sticky), 0),
                                               signed(FX_BITS), tag + "_y"), 4))
-        # NORMALIZE: round(e * mult * 2**-shift), 2 stages (the shift's fine part in
-        # mult, the rest picks a window: _scaling).
-        split, mult = self._scaling
+        # NORMALIZE: round(e * mult * 2**-shift), 2 stages (``scaling``: the shift's split,
+        # shared by the lanes, and mult shifted left by its fine part).
+        split, mult = scaling
         tag = f"{name}_nrm"
         product = self._reg(m, x * mult, signed(FX_BITS + len(mult) + 1), tag + "_p")
         results[LaneOp.NORMALIZE].append((self._reg(
@@ -250,9 +250,8 @@ class LaneArray(wiring.Component):
         split = StepShift(self.shift, max_right=70, max_left=40, fine_bits=3)
         mult = Signal(unsigned(len(self.mult) + split.step - 1))
         m.d.comb += mult.eq(self.mult << split.fine)
-        self._scaling = split, mult
         for lane in range(self.lanes):
-            self._lane(m, lane, results)
+            self._lane(m, lane, results, (split, mult))
         results[LaneOp.ROPE] = [None] * self.lanes
         for pair in range(self.lanes // 2):
             self._rope(m, pair, results)

@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa.attention import FOLD_BITS, WEIGHT_BITS, fold, split, weight_codes
 from ..isa.numerics import ACT_BITS, QUANT_INPUT_BITS, SCALE_BITS, quantize_per_token
-from .arith import StepShift, bit_length, halve_shift, round_half_even
+from .arith import StepShift, bit_length, clamp, halve_shift, round_half_even
 
 __all__ = ["TokenQuantizer", "command_layout", "input_layout", "output_layout", "scale_layout",
            "pack_scales"]
@@ -288,7 +288,7 @@ class TokenQuantizer(wiring.Component):
                 code = Signal(signed(WEIGHT_BITS + 1), name=f"code{k}")
                 rounded = round_half_even(halved, sticky)
                 top = Mux(fold_mode, (1 << _TOP_SHIFT[True]) - 1, (1 << _TOP_SHIFT[False]) - 1)
-                m.d.comb += code.eq(Mux(rounded > top, top, Mux(rounded < -top, -top, rounded)))
+                m.d.comb += code.eq(clamp(rounded, -top, top))
                 lo = code[:8].as_signed()
                 hi = (code + 128) >> 8  # (code - lo) / 256
                 m.d.sync += [self.o.payload.codes[k].eq(Mux(fold_mode, hi, code[:8])),
