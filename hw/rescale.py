@@ -13,12 +13,15 @@ Datapath, per lane (a fixed pipeline with one enable):
 1. ``a_mult * k_mult`` (16x16) and ``v = mode ? 256 hi + lo : acc`` (41 bits);
 2. to 4. normalise to a 16-bit multiplier (``bit_length``, a left shift that puts the leading
    one at bit 31, round half to even on the guard and sticky bits, carry);
-5. times ``c_mult`` (16x16); 6. to 8. normalise again, or take ``w_scale`` in ``OUTPUT``;
-9. ``v * mult`` as two partial products, ``v[0:24] * mult`` (unsigned 24x16) and
-   ``v[24:41] * mult`` (signed 17 x unsigned 16): both fit a 27x18 DSP;
-10. their sum ``p`` (57 bits) and the shift ``16 - exp``, clamped;
-11. to 13. a rounding right shift (guard and sticky, round half to even) or a left shift of
-    ``saturate(p, 32)``, saturation to 32 bits, lanes past the length zeroed.
+5. times ``c_mult`` (16x16); 6. to 8. normalise again, or take ``w_scale`` in ``OUTPUT``,
+   and the final right shift ``16 - exp``;
+9. the shift clamped and split, ``8 q - f`` with ``0 <= f < 8`` (:class:`~flightgen.hw.arith.
+   StepShift`); ``v * (mult << f)`` as two partial products, ``v[0:24] * (mult << f)``
+   (unsigned 24x23) and ``v[24:41] * (mult << f)`` (signed 17 x unsigned 23);
+10. their sum ``p`` (64 bits);
+11. ``p * 2**-8q`` rounded half to even and saturated to 32 bits: one of 13 fixed windows of
+    ``p`` (a multiplexer, no shifter); 12. a register (the block's latency stays 13);
+13. lanes past the length zeroed.
 """
 
 import numpy as np
@@ -29,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa.attention import combine, output, scores
 from ..isa.numerics import ACC_BITS, SCALE_BITS
 from ..isa.special import FX_FRAC
-from .arith import bit_length, halve_shift, round_half_even, saturate
+from .arith import StepShift, bit_length
 
 __all__ = ["RescaleMode", "AttentionRescaler", "rescale_command_layout", "rescale_input_layout",
            "scale_word"]
@@ -49,6 +52,9 @@ _P_BITS = _VALUE_BITS + SCALE_BITS
 _MAX_RIGHT = _P_BITS
 #: Left shifts of 32 or more saturate every nonzero product.
 _MAX_LEFT = _FX_BITS
+#: The final shift is split ``8 q - f``: ``f`` (3 bits) shifts the multiplier left inside the
+#: product, ``q`` picks a window of the product (``arith.StepShift``).
+_FINE = 3
 
 
 class RescaleMode(enum.Enum, shape=1):
@@ -338,58 +344,41 @@ class AttentionRescaler(wiring.Component):
             m.d.sync += [product5.eq(mult4 * control[4].c_mult),
                          exp5.eq(exp4 + control[4].c_exp)]
 
-        # stages 6 to 8: normalise, or take the command's scale in OUTPUT mode
+        # stages 6 to 8: normalise, or take the command's scale in OUTPUT mode; the final
+        # right shift 16 - exp
         mult8 = stage(unsigned(SCALE_BITS), "mult8")
-        exp8 = stage(signed(_WIDE_EXP_BITS), "exp8")
+        shift8 = stage(signed(_WIDE_EXP_BITS + 1), "shift8")
         mult, exp = _normalize(m, advance, product5, exp5, f"l{lane}_second")
         with m.If(advance):
             m.d.sync += [mult8.eq(Mux(output_mode[7], control[7].a_mult, mult)),
-                         exp8.eq(Mux(output_mode[7], control[7].a_exp, exp))]
+                         shift8.eq(FX_FRAC - Mux(output_mode[7], control[7].a_exp, exp))]
 
-        # stage 9: the two partial products of v * mult; the shift 16 - exp
+        # stage 9: the shift split 8 q - f; the two partial products of v * (mult << f)
         v = value[-1]
-        low9 = stage(unsigned(_SPLIT + SCALE_BITS), "low9")
-        high9 = stage(signed(_VALUE_BITS - _SPLIT + SCALE_BITS + 1), "high9")
-        shift9 = stage(signed(_WIDE_EXP_BITS + 1), "shift9")
+        split = StepShift(shift8, max_right=_MAX_RIGHT, max_left=_MAX_LEFT, fine_bits=_FINE)
+        scaled = mult8 << split.fine
+        low9 = stage(unsigned(_SPLIT + len(scaled)), "low9")
+        high9 = stage(signed(_VALUE_BITS - _SPLIT + len(scaled) + 1), "high9")
+        steps9 = stage(split.steps_shape, "steps9")
         with m.If(advance):
-            m.d.sync += [low9.eq(v[:_SPLIT] * mult8),
-                         high9.eq(v[_SPLIT:].as_signed() * mult8),
-                         shift9.eq(FX_FRAC - exp8)]
+            m.d.sync += [low9.eq(v[:_SPLIT] * scaled),
+                         high9.eq(v[_SPLIT:].as_signed() * scaled),
+                         steps9.eq(split.steps)]
 
-        # stage 10: p = v * mult; which way to shift, and how far
-        p10 = stage(signed(_P_BITS), "p10")
-        right10 = stage(1, "right10")
-        rshift10 = stage(range(_MAX_RIGHT + 1), "rshift10")
-        lshift10 = stage(range(_MAX_LEFT + 1), "lshift10")
+        # stage 10: p = v * (mult << f)
+        p10 = stage(signed(_P_BITS + split.step - 1), "p10")
+        steps10 = stage(split.steps_shape, "steps10")
         with m.If(advance):
-            m.d.sync += [
-                p10.eq((high9 << _SPLIT) + low9),
-                right10.eq(shift9 > 0),
-                rshift10.eq(Mux(shift9 > _MAX_RIGHT, _MAX_RIGHT, Mux(shift9 > 0, shift9, 0))),
-                lshift10.eq(Mux(-shift9 > _MAX_LEFT, _MAX_LEFT, Mux(shift9 < 0, -shift9, 0))),
-            ]
+            m.d.sync += [p10.eq((high9 << _SPLIT) + low9), steps10.eq(steps9)]
 
-        # stage 11: right: shifted with its guard bit, and the sticky bit; left: p saturated
-        # (saturate(saturate(p) << s) = saturate(p << s) for s >= 0)
-        halved11 = stage(signed(_P_BITS + 1), "halved11")
-        sticky11 = stage(1, "sticky11")
-        clipped11 = stage(signed(_FX_BITS), "clipped11")
-        right11 = stage(1, "right11")
-        lshift11 = stage(range(_MAX_LEFT + 1), "lshift11")
-        halved, sticky = halve_shift(p10, rshift10)
+        # stage 11: p * 2**-8q rounded half to even and saturated to FX (a window of p);
+        # stage 12: registered once more, so that the latency stays 13
+        rounded11 = stage(signed(_FX_BITS), "rounded11")
+        result12 = stage(signed(_FX_BITS), "result12")
         with m.If(advance):
-            m.d.sync += [halved11.eq(halved), sticky11.eq(sticky),
-                         clipped11.eq(saturate(p10, _FX_BITS)), right11.eq(right10),
-                         lshift11.eq(lshift10)]
+            m.d.sync += [rounded11.eq(split.round(p10, steps10, _FX_BITS)),
+                         result12.eq(rounded11)]
 
-        # stage 12: round half to even, or shift left
-        result12 = stage(signed(_FX_BITS + _MAX_LEFT), "result12")
+        # stage 13: lanes past the length give 0
         with m.If(advance):
-            m.d.sync += result12.eq(Mux(right11, round_half_even(halved11, sticky11),
-                                        (clipped11 << lshift11)[:_FX_BITS + _MAX_LEFT]
-                                        .as_signed()))
-
-        # stage 13: saturate to FX; lanes past the length give 0
-        with m.If(advance):
-            m.d.sync += self.o.payload[lane].eq(
-                Mux(control[12].mask[lane], saturate(result12, _FX_BITS), 0))
+            m.d.sync += self.o.payload[lane].eq(Mux(control[12].mask[lane], result12, 0))

@@ -10,6 +10,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from flightgen.hw import rescale
+from flightgen.hw.arith import StepShift
 from flightgen.hw.rescale import AttentionRescaler, RescaleMode, scale_word
 from flightgen.isa.attention import fold, split, weight_codes
 from flightgen.isa.numerics import quantize_per_token, rsqrt, scale_mul
@@ -298,13 +299,25 @@ def test_back_to_back_commands_leave_no_gap():
     assert dut.expected_cycles(0) == 0
 
 
-def _half_up(shifted, sticky):
-    """Round half up (a mutant of round half to even)."""
-    return shifted[1:].as_signed() + shifted[0]
+class _TiesUpStepShift(StepShift):
+    """The final rounding with ties rounded up, not to even: ``p + 1`` rounds as ``p`` does
+    except at a tie whose quotient is even."""
+
+    def round(self, value, steps, bits):
+        return super().round(value + 1, steps, bits)
+
+
+class _CoarseStepShift(StepShift):
+    """The final shift without its fine part (a multiple of 8 bits too far or not far)."""
+
+    def __init__(self, shift, **options):
+        super().__init__(shift, **options)
+        self.fine = self.fine & 0
 
 
 @pytest.mark.parametrize("mutant", [
-    ("round_half_even", _half_up),  # the final rounding
+    ("StepShift", _TiesUpStepShift),  # the final rounding
+    ("StepShift", _CoarseStepShift),  # the final shift
     ("_round_up", lambda top, guard, sticky: guard),  # the scale normalisation
     ("_round_up", lambda top, guard, sticky: guard & sticky),  # ties always down
 ])
