@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from amaranth import Const
 from amaranth.back import verilog
 from amaranth.sim import Simulator
 
@@ -299,24 +300,25 @@ def test_back_to_back_commands_leave_no_gap():
     assert dut.expected_cycles(0) == 0
 
 
-class _TiesUpStepShift(StepShift):
-    """The final rounding with ties rounded up, not to even: ``p + 1`` rounds as ``p`` does
-    except at a tie whose quotient is even."""
+class _OffByOneStepShift(StepShift):
+    """The final rounding of ``p + 1`` instead of ``p``: a right shift rounds it differently
+    only at a tie whose quotient is even (up instead of to even) and one unit below a tie
+    whose quotient is odd; a left shift is off wherever it does not saturate."""
 
     def round(self, value, steps, bits):
         return super().round(value + 1, steps, bits)
 
 
 class _CoarseStepShift(StepShift):
-    """The final shift without its fine part (a multiple of 8 bits too far or not far)."""
+    """The final shift without its fine part: ``8 q`` instead of ``8 q - f``."""
 
     def __init__(self, shift, **options):
         super().__init__(shift, **options)
-        self.fine = self.fine & 0
+        self.fine = Const(0, len(self.fine))
 
 
 @pytest.mark.parametrize("mutant", [
-    ("StepShift", _TiesUpStepShift),  # the final rounding
+    ("StepShift", _OffByOneStepShift),  # the final rounding
     ("StepShift", _CoarseStepShift),  # the final shift
     ("_round_up", lambda top, guard, sticky: guard),  # the scale normalisation
     ("_round_up", lambda top, guard, sticky: guard & sticky),  # ties always down
